@@ -1,0 +1,26 @@
+<#
+.SYNOPSIS
+    The evidence that a VM's backup landed, and how: backup versions, WSB summary, event log.
+.DESCRIPTION
+    A job that reports success can still have backed a VM up offline: Hyper-V-VMMS event 10150
+    says the guest could not take part. The caller reads the events, not only the HResult.
+#>
+param(
+    [Parameter(Mandatory)] [string] $VMId,
+    [Parameter(Mandatory)] [string] $VMName,
+    [Parameter(Mandatory)] [string] $SinceUtc
+)
+$since = ([datetime]::Parse($SinceUtc, [Globalization.CultureInfo]::InvariantCulture, [Globalization.DateTimeStyles]::AdjustToUniversal)).ToLocalTime()
+$summary = Get-WBSummary
+$events = @(
+    Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Hyper-V-VMMS-Admin'; Id = 10150; StartTime = $since } -ErrorAction SilentlyContinue
+    Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Backup'; Id = 1, 4, 5, 14, 50; StartTime = $since } -ErrorAction SilentlyContinue
+)
+@{
+    summary = @{ last_backup_result_hr = $summary.LastBackupResultHR; last_successful_backup_time_utc = $summary.LastSuccessfulBackupTime.ToUniversalTime().ToString('o') }
+    versions = @(Get-WBBackupSet | Where-Object { $_.BackupTime -ge $since } | ForEach-Object {
+        @{ version_id = $_.VersionId; backup_time_utc = $_.BackupTime.ToUniversalTime().ToString('o'); target = "$($_.BackupTarget)"
+           vms = @($_.Application | Where-Object { "$($_.Identifier)" -eq 'Hyper-V' } | ForEach-Object { $_.Component } | ForEach-Object { $_.Name }) } })
+    events = @($events | Where-Object { $_.Id -ne 10150 -or $_.Message.Contains($VMId) -or $_.Message.Contains($VMName) } | ForEach-Object {
+        @{ log = $_.LogName; id = $_.Id; time_utc = $_.TimeCreated.ToUniversalTime().ToString('o'); message = $_.Message } })
+}

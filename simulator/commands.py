@@ -1,0 +1,330 @@
+"""What a simulated host does with a command line that WinRM hands it.
+
+It knows `hostname`, `cd`, `wbadmin get versions|status`, and the project's own
+PowerShell scripts sent as `powershell -EncodedCommand` (recognised by the marker line
+that `hyperv_backup.invocation` writes, parameters read from the base64 JSON that carries
+them). Each script's behaviour is that of the real cmdlets it calls, rendered the way the
+script's ConvertTo-Json would render it. Anything else fails as on Windows.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hyperv_backup import invocation
+from hyperv_backup.facts import (
+    VSS_SERVICE_ID,
+    HEARTBEAT_SERVICE_ID,
+    WBADMIN_BANNER,
+    WBADMIN_CAN_RECOVER_APPLICATIONS,
+    WBADMIN_LOCATION,
+    WBADMIN_NO_BACKUPS,
+    WBADMIN_VERSION_LABELS,
+    WSB_COPY_OPERATION,
+    WSB_NO_OPERATION,
+    WSB_SHADOW_COPY_OPERATION,
+    heartbeat_display_name,
+    vss_display_name,
+)
+
+from .model import VM, Host, Job, JobAlreadyRunning, iso
+
+OS_CAPTIONS = {
+    "2008 R2": ("Microsoft Windows Server 2008 R2 Datacenter", "6.1.7601"),
+    "2012": ("Microsoft Windows Server 2012 Datacenter", "6.2.9200"),
+    "2012 R2": ("Microsoft Windows Server 2012 R2 Datacenter", "6.3.9600"),
+    "2016": ("Microsoft Windows Server 2016 Datacenter", "10.0.14393"),
+    "2019": ("Microsoft Windows Server 2019 Datacenter", "10.0.17763"),
+    "2022": ("Microsoft Windows Server 2022 Datacenter", "10.0.20348"),
+    "2025": ("Microsoft Windows Server 2025 Datacenter", "10.0.26100"),
+}
+GUEST_OS_NAMES = {"windows": "Windows Server 2019 Datacenter", "linux": "Ubuntu 24.04 LTS", "freebsd": "FreeBSD 14.1", "other": None}
+
+
+@dataclass
+class Outcome:
+    stdout: str
+    stderr: str = ""
+    exit_code: int = 0
+    script: str | None = None
+    params: dict[str, Any] | None = None
+
+
+@dataclass
+class Request:
+    """A command line, classified before it runs: which script, and at which backup step."""
+
+    command: str
+    script: str | None = None
+    params: dict[str, Any] | None = None
+    body: str | None = None
+    step: str | None = None
+    vm: VM | None = None
+
+
+class ScriptError(Exception):
+    """A terminating PowerShell error, as the wrapper's trap reports it."""
+
+    def __init__(self, message: str, category: str, hresult: int = -2146233087, error_id: str = ""):
+        super().__init__(message)
+        self.category = category
+        self.hresult = hresult
+        self.error_id = error_id
+
+
+def classify(host: Host, command: str) -> Request:
+    request = Request(command=command)
+    text = invocation.decode_command(command)
+    parsed = invocation.parse_script(text) if text else None
+    if parsed is None:
+        if command.strip().lower().startswith("wbadmin"):
+            request.step = "verify"
+        return request
+    request.script, request.params, request.body = parsed
+    vm_id, vm_name = request.params.get("VMId"), request.params.get("VMName")
+    matches = host.find_vm(vm_id=vm_id) if vm_id else host.find_vm(name=vm_name) if vm_name else []
+    request.vm = matches[0] if matches else None
+    request.step = {
+        "Get-VMBackupProbe": "probe",
+        "Start-VMBackup": "snapshot",
+        "Get-VMBackupResult": "verify",
+    }.get(request.script)
+    if request.script == "Get-VMBackupStatus":
+        job = host.last_job()
+        operation = job.operation if job and request.vm and job.vm_id == request.vm.id else "done"
+        request.step = {"snapshot": "snapshot", "merge": "merge", "copy": "copy"}.get(operation, "verify")
+    return request
+
+
+def execute(host: Host, request: Request) -> Outcome:
+    command = request.command.strip()
+    word = command.split()[0].lower() if command else ""
+    if request.script is not None:
+        return _run_script(host, request)
+    if word in ("hostname", "hostname.exe"):
+        return Outcome(host.name + "\r\n")
+    if command.lower() == "cd":
+        return Outcome(f"C:\\Users\\{host.spec.username}\r\n")
+    if word in ("wbadmin", "wbadmin.exe"):
+        return _wbadmin(host, command)
+    if word in ("powershell", "powershell.exe"):
+        return Outcome("", "The term is not recognized as the name of a cmdlet, function, script file, or operable program.\r\n", 1)
+    name = command.split()[0] if command else command
+    return Outcome("", f"'{name}' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n", 1)
+
+
+# -- scripts ------------------------------------------------------------------------------
+
+
+def _run_script(host: Host, request: Request) -> Outcome:
+    handler = SCRIPTS.get(request.script or "")
+    if handler is None:
+        return _error_outcome(request, ScriptError(f"The script {request.script!r} is not installed on this host.", "ObjectNotFound"))
+    declared = set(invocation.declared_parameters(request.body or ""))
+    unknown = sorted(set(request.params or {}) - declared)
+    if unknown:
+        return _error_outcome(request, ScriptError(
+            f"A parameter cannot be found that matches parameter name '{unknown[0]}'.", "InvalidArgument",
+            error_id="NamedParameterNotFound"))
+    try:
+        result = handler(host, request)
+    except ScriptError as error:
+        return _error_outcome(request, error)
+    return Outcome(json.dumps(result, ensure_ascii=False, separators=(",", ":")), script=request.script, params=request.params)
+
+
+def _error_outcome(request: Request, error: ScriptError) -> Outcome:
+    document = {"error": {"message": str(error), "category": error.category, "hresult": error.hresult, "id": error.error_id}}
+    return Outcome(json.dumps(document, ensure_ascii=False), "", 1, request.script, request.params)
+
+
+def _vm_by_id(host: Host, request: Request) -> VM:
+    vm_id = (request.params or {}).get("VMId", "")
+    if request.vm is None or request.vm not in host.vms:
+        raise ScriptError(f"Hyper-V was unable to find a virtual machine with ID \"{vm_id}\".", "ObjectNotFound",
+                          error_id="InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM")
+    return request.vm
+
+
+def _services(host: Host, vm: VM) -> list[dict[str, Any]]:
+    spec = vm.spec
+    running = vm.state == "Running"
+    guest_has_vss = spec.guest in ("windows", "linux") and spec.guest_vss != "missing"
+    vss_status = "OK" if running and spec.integration_services.get("vss", True) and guest_has_vss else (
+        "No Contact" if running and spec.integration_services.get("vss", True) else "")
+    heartbeat_ok = running and spec.integration_services.get("heartbeat", True) and spec.guest != "other"
+    return [
+        {"name": heartbeat_display_name(host.spec.locale), "id": HEARTBEAT_SERVICE_ID,
+         "enabled": spec.integration_services.get("heartbeat", True), "primary_status": "OK" if heartbeat_ok else ""},
+        {"name": vss_display_name(host.spec.os, host.spec.locale), "id": VSS_SERVICE_ID,
+         "enabled": spec.integration_services.get("vss", True), "primary_status": vss_status},
+    ]
+
+
+def _kvp_volumes(vm: VM) -> str | None:
+    """The guest publishes its volume layout through KVP only while it runs and has integration."""
+    if vm.state != "Running" or vm.spec.guest == "other":
+        return None
+    return json.dumps([{"fs": v.fs, "role": v.role, "dynamic": v.dynamic} for v in vm.spec.volumes or []])
+
+
+def _probe(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    now = host.now()
+    caption, version = OS_CAPTIONS[host.spec.os]
+    job = host.running_job()
+    target = params.get("BackupTarget", "")
+    exists = target.rstrip(":\\").upper() == host.spec.backup_target.rstrip(":\\").upper()
+    vms = host.find_vm(name=params.get("VMName"))
+    result = {
+        "host": {"computer_name": host.name, "os_caption": caption, "os_version": version,
+                 "culture": host.spec.locale, "clock_utc": iso(now)},
+        "target": {"path": target, "exists": exists, "free_bytes": host.target_free_bytes if exists else 0},
+        "wsb_job": _job_brief(host, job) if job else None,
+        "vms": [
+            {
+                "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.spec.generation,
+                "uptime_seconds": vm.uptime_seconds(now), "checkpoint_type": "Production",
+                "guest_os": GUEST_OS_NAMES[vm.spec.guest] if vm.state == "Running" else None,
+                "guest_volumes": _kvp_volumes(vm),
+                "integration_services": _services(host, vm),
+                "checkpoints": [cp.to_json() for cp in vm.checkpoints],
+                "disks": vm.disks(),
+            }
+            for vm in vms
+        ],
+    }
+    for vm in vms:
+        if host.take_fault("probe", ("vm_removed",), vm):
+            host.remove_vm(vm)
+    return result
+
+
+def _operation_text(host: Host, job: Job) -> str:
+    locale = host.spec.locale
+    if job.operation in ("snapshot",):
+        return WSB_SHADOW_COPY_OPERATION[locale]
+    if job.operation in ("merge", "copy"):
+        percent = int(100 * job.progress(host.now()) / job.bytes_total) if job.bytes_total else 0
+        return WSB_COPY_OPERATION[locale].format(percent=percent)
+    return ""
+
+
+def _job_brief(host: Host, job: Job) -> dict[str, Any]:
+    return {"job_state": job.state, "operation": _operation_text(host, job), "start_time_utc": iso(job.started)}
+
+
+def _start(host: Host, request: Request) -> dict[str, Any]:
+    vm = _vm_by_id(host, request)
+    before = {"state": vm.state, "uptime_seconds": vm.uptime_seconds(host.now())}
+    if host.take_fault("snapshot", ("job_running",), vm):
+        host.start_external_job()
+    running = host.running_job()
+    if running is not None:
+        return {"started": False, "vm": before, "job": _job_brief(host, running)}
+    target = (request.params or {}).get("BackupTarget", "")
+    if target.rstrip(":\\").upper() != host.spec.backup_target.rstrip(":\\").upper():
+        raise ScriptError(f"The backup target '{target}' was not found.", "ObjectNotFound")
+    try:
+        job = host.start_job(vm, host.spec.backup_target)
+    except JobAlreadyRunning as error:
+        raise ScriptError(str(error), "ResourceBusy") from None
+    return {"started": True, "vm": before, "job": _job_brief(host, job)}
+
+
+def _status(host: Host, request: Request) -> dict[str, Any]:
+    vm = _vm_by_id(host, request)
+    now = host.now()
+    job = host.running_job() or host.last_job()
+    job_json = None
+    if job is not None:
+        full = job.to_json(now)
+        job_json = {k: full[k] for k in ("job_state", "hresult", "error_description", "version_id", "start_time_utc",
+                                         "end_time_utc", "bytes_transferred", "bytes_total", "vms")}
+        job_json["operation"] = _operation_text(host, job)
+    return {
+        "clock_utc": iso(now),
+        "job": job_json,
+        "vm": {"id": vm.id, "name": vm.name, "state": vm.state, "uptime_seconds": vm.uptime_seconds(now),
+               "checkpoints": [{"id": cp.id, "name": cp.name, "type": cp.type} for cp in vm.checkpoints],
+               "disks": [{"path": d["path"]} for d in vm.disks()]},
+    }
+
+
+def _parse_since(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ScriptError(f"Cannot convert value \"{value}\" to type \"System.DateTime\".", "InvalidArgument") from None
+
+
+def _result(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    since = _parse_since(params.get("SinceUtc", ""))
+    host.tick()
+    vm_id, vm_name = params.get("VMId", ""), params.get("VMName", "")
+    last_ok = max((v.backup_time for v in host.versions), default=None)
+    last_job = next((j for j in reversed(host.jobs) if not j.external and j.state != "Running"), None)
+    return {
+        "summary": {"last_backup_result_hr": last_job.hresult if last_job else 0,
+                    "last_successful_backup_time_utc": iso(last_ok) if last_ok else None},
+        "versions": [v.to_json() for v in host.versions if v.backup_time >= since],
+        "events": [
+            e.to_json() for e in host.events
+            if e.time >= since and (e.id != 10150 or vm_id in e.message or vm_name in e.message)
+        ],
+    }
+
+
+SCRIPTS = {
+    "Get-VMBackupProbe": _probe,
+    "Start-VMBackup": _start,
+    "Get-VMBackupStatus": _status,
+    "Get-VMBackupResult": _result,
+}
+
+
+# -- wbadmin ------------------------------------------------------------------------------
+
+
+def _wbadmin(host: Host, command: str) -> Outcome:
+    words = command.lower().split()
+    locale = host.spec.locale
+    banner = "\r\n".join(WBADMIN_BANNER[locale]) + "\r\n\r\n"
+    if words[1:3] == ["get", "versions"]:
+        host.tick()
+        if not host.versions:
+            return Outcome(banner, WBADMIN_NO_BACKUPS[locale] + "\r\n", 0)
+        return Outcome(banner + "".join(_version_block(host, v) for v in host.versions))
+    if words[1:3] == ["get", "status"]:
+        job = host.running_job()
+        text = _operation_text(host, job) if job else WSB_NO_OPERATION[locale]
+        return Outcome(banner + text + "\r\n")
+    return Outcome(banner, "ERROR - Command syntax incorrect. See the command syntax below.\r\n", 1)
+
+
+def _version_block(host: Host, version) -> str:
+    locale = host.spec.locale
+    local = version.backup_time.astimezone(ZoneInfo(host.spec.timezone))
+    label = {field: names[locale] for field, names in WBADMIN_VERSION_LABELS.items()}
+    lines = [
+        f"{label['backup_time']}: {_wbadmin_time(local, locale)}",
+        f"{label['backup_location']}: {WBADMIN_LOCATION[locale].format(target=version.target)}",
+        f"{label['version_identifier']}: {version.version_id}",
+        f"{label['can_recover']}: {WBADMIN_CAN_RECOVER_APPLICATIONS[locale]}",
+        f"{label['snapshot_id']}: {{{uuid.uuid5(uuid.NAMESPACE_URL, host.name + version.version_id)}}}",
+    ]
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def _wbadmin_time(local: datetime, locale: str) -> str:
+    """Host-local time as wbadmin prints it: en-US `4/8/2025 10:12 PM`, ja-JP `2025/04/08 22:12`."""
+    if locale == "en-US":
+        hour = local.hour % 12 or 12
+        return f"{local.month}/{local.day}/{local.year} {hour}:{local.minute:02d} {'AM' if local.hour < 12 else 'PM'}"
+    return local.strftime("%Y/%m/%d %H:%M")

@@ -1,0 +1,543 @@
+"""The simulated Hyper-V fleet: hosts, VMs, checkpoints, Windows Server Backup jobs, event logs.
+
+A plain state model in the manner of moto's backends: the WS-Management front end
+(`wsman.py`) and the command layer (`commands.py`) only read and change it. Time is a
+simulated host clock that runs `speed` times faster than real time, and a job's phases
+are scheduled on that clock and applied lazily whenever the model is looked at, so no
+thread drives it and the outcome depends only on the scenario, the seed and the clock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Callable
+
+from hyperv_backup.facts import (
+    BACKUP_LOG,
+    VMMS_LOG,
+    BackupEvent,
+    CheckpointType,
+    HResult,
+    Mode,
+    VMMS_GUEST_COULD_NOT_PARTICIPATE,
+    at_least,
+    hresult_hex,
+)
+
+from .scenario import Fault, HostSpec, Scenario, VMSpec
+
+SHADOW_COPY_SECONDS = 20.0  # simulated seconds for the VSS snapshot (plus jitter)
+SAVE_RESTORE_SECONDS = 12.0  # extra time a VM spends saving and restoring in Saved-state mode
+MERGE_SECONDS = 15.0  # simulated seconds for Hyper-V to merge a recovery checkpoint
+REBOOT_REAL_SECONDS = 3.0  # how long a rebooting host does not answer, in real seconds
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Clock:
+    """Simulated UTC clock: starts at real now and runs `speed` times faster."""
+
+    def __init__(self, speed: float, start: datetime | None = None):
+        self.speed = speed
+        self._start = start or datetime.now(UTC)
+        self._mono = time.monotonic()
+        self._skip = 0.0
+
+    def now(self) -> datetime:
+        elapsed = (time.monotonic() - self._mono) * self.speed + self._skip
+        return self._start + timedelta(seconds=elapsed)
+
+    def advance(self, seconds: float) -> None:
+        """Jump the clock forward (tests use it to pass a backup window)."""
+        self._skip += seconds
+
+    def real_seconds(self, simulated: float) -> float:
+        return simulated / self.speed
+
+
+@dataclass
+class Checkpoint:
+    id: str
+    name: str
+    type: str
+    created: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "type": self.type, "created_utc": iso(self.created)}
+
+
+@dataclass
+class VM:
+    id: str
+    spec: VMSpec
+    state: str
+    started: datetime | None  # when the VM last started running (uptime origin)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def uptime_seconds(self, now: datetime) -> int:
+        if self.state != "Running" or self.started is None:
+            return 0
+        return int((now - self.started).total_seconds())
+
+    def disks(self) -> list[dict[str, Any]]:
+        """The VM's disk chain: the .vhdx, plus one .avhdx per checkpoint while any exists."""
+        folder = f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
+        base = f"{folder}\\{self.id}-disk0.vhdx"
+        chain = [base] + [f"{folder}\\{self.id}-disk0_{cp.id}.avhdx" for cp in self.checkpoints]
+        return [
+            {
+                "path": chain[-1],
+                "vhd_type": "Differencing" if len(chain) > 1 else "Dynamic",
+                "parent_path": chain[-2] if len(chain) > 1 else None,
+                "size_bytes": int(self.spec.disk_gb * 1024**3),
+            }
+        ]
+
+
+@dataclass
+class Job:
+    """One Windows Server Backup job (a one-time Start-WBBackup) for one VM."""
+
+    id: int
+    vm_id: str
+    vm_name: str
+    mode: Mode
+    started: datetime
+    target: str
+    bytes_total: int
+    state: str = "Running"  # Running | Completed | Failed
+    operation: str = "snapshot"  # snapshot | merge | copy | done
+    copy_started: datetime | None = None
+    copy_seconds: float = 0.0
+    bytes_done: int = 0
+    hresult: int = 0
+    error: str = ""
+    finished: datetime | None = None
+    version_id: str | None = None
+    external: bool = False  # started by someone else (the job_running fault)
+
+    def progress(self, now: datetime) -> int:
+        if self.operation != "copy" or self.copy_started is None or self.copy_seconds <= 0:
+            return self.bytes_done
+        share = min(1.0, (now - self.copy_started).total_seconds() / self.copy_seconds)
+        return int(self.bytes_total * share)
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "vm_id": self.vm_id,
+            "vms": [self.vm_name],
+            "job_state": self.state,
+            "operation": self.operation,
+            "start_time_utc": iso(self.started),
+            "end_time_utc": iso(self.finished) if self.finished else None,
+            "hresult": self.hresult,
+            "error_description": self.error,
+            "bytes_transferred": self.progress(now),
+            "bytes_total": self.bytes_total,
+            "version_id": self.version_id,
+            "external": self.external,
+        }
+
+
+@dataclass
+class BackupVersion:
+    version_id: str  # as wbadmin prints it: MM/DD/YYYY-HH:MM, in UTC
+    backup_time: datetime
+    target: str
+    vms: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version_id": self.version_id, "backup_time_utc": iso(self.backup_time), "target": self.target, "vms": self.vms}
+
+
+@dataclass
+class Event:
+    log: str
+    id: int
+    time: datetime
+    message: str
+    vm: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"log": self.log, "id": self.id, "time_utc": iso(self.time), "message": self.message, "vm": self.vm}
+
+
+class Host:
+    def __init__(self, spec: HostSpec, fleet: Fleet):
+        self.spec = spec
+        self.fleet = fleet
+        rng = fleet.rng
+        now = fleet.clock.now()
+        self.vms: list[VM] = []
+        for vm_spec in spec.vms:
+            running = vm_spec.state in ("Running", "Paused")
+            vm = VM(
+                id=str(uuid.UUID(int=rng.getrandbits(128), version=4)).upper(),
+                spec=vm_spec,
+                state=vm_spec.state,
+                started=now - timedelta(seconds=rng.randint(3600, 90 * 86400)) if running else None,
+                faults=[Fault(f.kind, f.at, f.times) for f in vm_spec.faults],
+            )
+            for cp in vm_spec.checkpoints:
+                vm.checkpoints.append(self._new_checkpoint(cp.name, cp.type, now - timedelta(days=rng.randint(1, 30))))
+            self.vms.append(vm)
+        self.faults = [Fault(f.kind, f.at, f.times) for f in spec.faults]
+        self.jobs: list[Job] = []
+        self.versions: list[BackupVersion] = []
+        self.events: list[Event] = []
+        self.target_free_bytes = int(spec.target_free_gb * 1024**3)
+        self.max_concurrent_jobs = 0
+        self.requests = 0
+        self.down_until = 0.0  # monotonic time until which the host does not answer (reboot)
+        self._schedule: list[tuple[datetime, int, Callable[[], None]]] = []
+        self._seq = 0
+
+    # -- basics -----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def now(self) -> datetime:
+        return self.fleet.clock.now()
+
+    def journal(self, event: str, **fields: Any) -> None:
+        self.fleet.journal(self.name, event, **fields)
+
+    def log_event(self, log: str, event_id: int, message: str, vm: str | None = None, when: datetime | None = None) -> None:
+        self.events.append(Event(log, event_id, when or self.now(), message, vm))
+
+    def _new_checkpoint(self, name: str, type_: str, created: datetime) -> Checkpoint:
+        return Checkpoint(id=str(uuid.UUID(int=self.fleet.rng.getrandbits(128), version=4)).upper(), name=name, type=type_, created=created)
+
+    def find_vm(self, vm_id: str | None = None, name: str | None = None) -> list[VM]:
+        if vm_id is not None:
+            return [vm for vm in self.vms if vm.id.lower() == vm_id.lower()]
+        return [vm for vm in self.vms if vm.name == name]
+
+    def running_job(self) -> Job | None:
+        self.tick()
+        return next((job for job in self.jobs if job.state == "Running"), None)
+
+    def last_job(self) -> Job | None:
+        self.tick()
+        return self.jobs[-1] if self.jobs else None
+
+    # -- faults -------------------------------------------------------------------------
+
+    def take_fault(self, step: str, kinds: tuple[str, ...], vm: VM | None = None) -> str | None:
+        """Consume one fault of these kinds at this step (the VM's own first), if any is left."""
+        for owner, faults in ((vm.name if vm else None, vm.faults if vm else []), (None, self.faults)):
+            for fault in faults:
+                if fault.at == step and fault.kind in kinds and fault.times > 0:
+                    fault.times -= 1
+                    self.journal("fault", kind=fault.kind, at=step, vm=owner)
+                    return fault.kind
+        return None
+
+    # -- the lazy scheduler --------------------------------------------------------------
+
+    def at(self, when: datetime, action: Callable[[], None]) -> None:
+        self._seq += 1
+        self._schedule.append((when, self._seq, action))
+        self._schedule.sort(key=lambda item: (item[0], item[1]))
+
+    def tick(self) -> None:
+        """Apply every scheduled change whose time has come, in order."""
+        now = self.now()
+        while self._schedule and self._schedule[0][0] <= now:
+            _, _, action = self._schedule.pop(0)
+            action()
+
+    # -- the mode table (DESIGN.md) ------------------------------------------------------
+
+    def guest_can_take_part(self, vm: VM) -> bool:
+        """Whether the guest's own VSS can answer the host's backup request."""
+        spec = vm.spec
+        if vm.state != "Running" or not spec.integration_services.get("vss", True) or spec.guest_vss == "missing":
+            return False
+        if spec.guest == "windows":
+            pass
+        elif spec.guest == "linux":
+            if not at_least(self.spec.os, "2012 R2"):
+                return False  # hv_vss_daemon is used from host 2012 R2
+        else:
+            return False  # FreeBSD and others have no backup integration
+        if not at_least(self.spec.os, "2012 R2"):
+            volumes = spec.volumes or []
+            if any(v.fs != "NTFS" or v.dynamic for v in volumes):
+                return False  # 2012 and older: every guest volume NTFS on a basic disk
+        return True
+
+    def backup_mode(self, vm: VM) -> Mode:
+        if vm.state in ("Off", "Saved"):
+            return Mode.OFFLINE
+        if self.guest_can_take_part(vm) and vm.spec.guest_vss != "fails":
+            return Mode.ONLINE
+        return Mode.CHECKPOINT if at_least(self.spec.os, "2012 R2") else Mode.SAVED
+
+    # -- Windows Server Backup -----------------------------------------------------------
+
+    def start_job(self, vm: VM, target: str) -> Job:
+        """Start-WBBackup for one VM; raises JobAlreadyRunning while another job runs."""
+        running = self.running_job()
+        if running is not None:
+            # Windows refuses the second job; we still count the attempt, so a client that
+            # ever asks for two jobs at once on a host shows up in max_concurrent_jobs.
+            self.max_concurrent_jobs = max(self.max_concurrent_jobs, 2)
+            self.journal("job_rejected", vms=[vm.name], running=running.vm_name)
+            raise JobAlreadyRunning(running)
+        now = self.now()
+        mode = self.backup_mode(vm)
+        job = Job(
+            id=len(self.jobs) + 1,
+            vm_id=vm.id,
+            vm_name=vm.name,
+            mode=mode,
+            started=now,
+            target=target,
+            bytes_total=int(vm.spec.disk_gb * 1024**3),
+        )
+        self.jobs.append(job)
+        self.max_concurrent_jobs = max(self.max_concurrent_jobs, 1)
+        self.journal("job_started", vms=[vm.name], job=job.id, mode=mode.value)
+        self.log_event(BACKUP_LOG, BackupEvent.STARTED, "The backup operation has started.", vm.name)
+        self._plan(job, vm)
+        return job
+
+    def start_external_job(self) -> None:
+        """Someone started a backup at the console (the job_running fault): busy for a while."""
+        now = self.now()
+        job = Job(id=len(self.jobs) + 1, vm_id="", vm_name="(console backup)", mode=Mode.OFFLINE, started=now,
+                  target=self.spec.backup_target, bytes_total=0, operation="copy", external=True)
+        self.jobs.append(job)
+        self.journal("job_started", vms=[], job=job.id, external=True)
+        self.at(now + timedelta(seconds=120), lambda: self._finish(job, None, HResult.OK, ""))
+
+    def _plan(self, job: Job, vm: VM) -> None:
+        rng = self.fleet.rng
+        t = job.started
+        shadow = SHADOW_COPY_SECONDS + rng.uniform(0, 10)
+        transient_at_snapshot = self.take_fault("snapshot", ("vss_transient",), vm)
+        falls_back = job.mode != Mode.OFFLINE and vm.spec.guest_vss == "fails" and self.guest_can_take_part(vm)
+
+        if falls_back:
+            self.at(t + timedelta(seconds=2), lambda: self.log_event(
+                VMMS_LOG, VMMS_GUEST_COULD_NOT_PARTICIPATE,
+                f"Could not create backup checkpoint for virtual machine '{vm.name}': the guest's VSS could not "
+                f"take part. The virtual machine is backed up offline instead. (Virtual machine ID {vm.id})", vm.name))
+        if job.mode == Mode.CHECKPOINT:
+            self.at(t + timedelta(seconds=1), lambda: self._create_recovery_checkpoint(vm))
+        elif job.mode == Mode.SAVED:
+            self.at(t + timedelta(seconds=1), lambda: self._set_state(vm, "Saved"))
+            shadow += SAVE_RESTORE_SECONDS
+            self.at(t + timedelta(seconds=shadow), lambda: self._resume(vm))
+
+        if transient_at_snapshot:
+            def fail_snapshot() -> None:
+                self._remove_recovery_checkpoints(vm)
+                self._finish(job, vm, HResult.VSS_WRITER_TRANSIENT,
+                             "A Volume Shadow Copy Service operation failed: a VSS writer reported a transient error.")
+            self.at(t + timedelta(seconds=shadow), fail_snapshot)
+            return
+
+        t_snapshot = t + timedelta(seconds=shadow)
+        self.at(t_snapshot, lambda: self._set_operation(job, "merge" if job.mode == Mode.CHECKPOINT else "copy", t_snapshot))
+        t_copy = t_snapshot
+        if job.mode == Mode.CHECKPOINT:
+            t_copy = t_snapshot + timedelta(seconds=MERGE_SECONDS)
+            if not self.take_fault("merge", ("merge_stuck",), vm):
+                self.at(t_copy, lambda: self._remove_recovery_checkpoints(vm))
+            else:
+                self.at(t_copy, lambda: self.journal("merge_stuck", vm=vm.name))
+            self.at(t_copy, lambda: self._set_operation(job, "copy", t_copy))
+
+        copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * rng.uniform(0.95, 1.05)
+        job.copy_seconds = copy_seconds
+        copy_fault = self.take_fault("copy", ("vss_transient", "target_full"), vm)
+        if copy_fault is None and job.bytes_total > self.target_free_bytes:
+            copy_fault = "target_full"
+        if copy_fault == "target_full":
+            share = min(1.0, self.target_free_bytes / job.bytes_total) if job.bytes_total else 0
+            self.at(t_copy + timedelta(seconds=copy_seconds * share), lambda: self._target_full(job, vm))
+        elif copy_fault == "vss_transient":
+            self.at(t_copy + timedelta(seconds=copy_seconds / 2), lambda: self._finish(
+                job, vm, HResult.VSS_WRITER_TRANSIENT, "A VSS writer reported a transient error during the copy."))
+        else:
+            self.at(t_copy + timedelta(seconds=copy_seconds), lambda: self._finish(job, vm, HResult.OK, ""))
+
+    def _set_operation(self, job: Job, operation: str, when: datetime) -> None:
+        if job.state != "Running":
+            return
+        job.operation = operation
+        if operation == "copy":
+            job.copy_started = when
+        self.journal("job_phase", job=job.id, vms=[job.vm_name], operation=operation)
+
+    def _set_state(self, vm: VM, state: str) -> None:
+        self.journal("vm_state", vm=vm.name, **{"from": vm.state, "to": state})
+        vm.state = state
+
+    def _resume(self, vm: VM) -> None:
+        if vm.state == "Saved":
+            self._set_state(vm, "Running")
+            vm.started = self.now()  # a restored VM's uptime counts from its resume
+
+    def _create_recovery_checkpoint(self, vm: VM) -> None:
+        if vm not in self.vms:
+            return
+        checkpoint = self._new_checkpoint(f"{vm.name} - Backup - ({self.now():%m/%d/%Y - %I:%M:%S %p})", CheckpointType.RECOVERY, self.now())
+        vm.checkpoints.append(checkpoint)
+        vm.started = self.now()  # the uptime counter restarts at the recovery checkpoint
+        self.journal("checkpoint_created", vm=vm.name, name=checkpoint.name, type=checkpoint.type)
+        self.journal("uptime_reset", vm=vm.name)
+
+    def _remove_recovery_checkpoints(self, vm: VM) -> None:
+        for checkpoint in [cp for cp in vm.checkpoints if cp.type == CheckpointType.RECOVERY]:
+            self.remove_checkpoint(vm, checkpoint)
+
+    def remove_checkpoint(self, vm: VM, checkpoint: Checkpoint) -> None:
+        vm.checkpoints.remove(checkpoint)
+        self.journal("checkpoint_removed", vm=vm.name, name=checkpoint.name, type=checkpoint.type)
+
+    def _target_full(self, job: Job, vm: VM) -> None:
+        self.log_event(BACKUP_LOG, BackupEvent.TARGET_FULL, f"The backup operation to '{job.target}' failed: there is not enough disk space on the target.", vm.name)
+        self._finish(job, vm, HResult.DISK_FULL, "There is not enough space on the disk.")
+
+    def _finish(self, job: Job, vm: VM | None, hresult: int, error: str) -> None:
+        if job.state != "Running":
+            return
+        now = self.now()
+        job.bytes_done = job.progress(now) if hresult else job.bytes_total
+        job.state = "Completed" if hresult == HResult.OK else "Failed"
+        job.operation = "done"
+        job.hresult = hresult
+        job.error = error
+        job.finished = now
+        if vm is not None and hresult == HResult.OK:
+            job.version_id = self._add_version(now, job)
+            self.target_free_bytes = max(0, self.target_free_bytes - job.bytes_total)
+            self.log_event(BACKUP_LOG, BackupEvent.SUCCEEDED, "The backup operation has finished successfully.", vm.name)
+        elif vm is not None:
+            self.log_event(BACKUP_LOG, BackupEvent.FAILED,
+                           f"The backup operation that started at '{iso(job.started)}' has failed with following error code "
+                           f"'{hresult_hex(hresult)}' ({error}).", vm.name)
+        self.log_event(BACKUP_LOG, BackupEvent.COMPLETED, "The backup operation has completed.", vm.name if vm else None)
+        self.journal("job_finished", job=job.id, vms=[job.vm_name] if vm else [], hresult=hresult_hex(hresult),
+                     bytes=job.bytes_done, external=job.external)
+
+    def _add_version(self, when: datetime, job: Job) -> str:
+        moment = when.replace(second=0, microsecond=0)
+        existing = {v.version_id for v in self.versions}
+        while (version_id := moment.strftime("%m/%d/%Y-%H:%M")) in existing:
+            moment += timedelta(minutes=1)  # WSB versions are per minute; never reuse one
+        self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name]))
+        return version_id
+
+    # -- faults that change the host itself -----------------------------------------------
+
+    def reboot(self) -> None:
+        """The host restarts: the running job vanishes and its debris stays, VMs restart."""
+        now = self.now()
+        for job in self.jobs:
+            if job.state == "Running":
+                job.state = "Failed"
+                job.operation = "done"
+                job.hresult = HResult.BACKUP_FAILED
+                job.error = "The backup operation was stopped because the computer restarted."
+                job.finished = now
+                self.journal("job_vanished", job=job.id, vms=[job.vm_name])
+        self._schedule.clear()
+        for vm in self.vms:
+            if vm.state in ("Running", "Saved") and vm.spec.state == "Running":
+                vm.state = "Running"
+                vm.started = now
+        self.down_until = time.monotonic() + REBOOT_REAL_SECONDS
+        self.journal("host_reboot", seconds=REBOOT_REAL_SECONDS)
+
+    def remove_vm(self, vm: VM) -> None:
+        self.vms.remove(vm)
+        self.journal("vm_removed", vm=vm.name)
+
+    # -- observation -----------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        self.tick()
+        now = self.now()
+        return {
+            "name": self.name,
+            "os": self.spec.os,
+            "locale": self.spec.locale,
+            "transport": self.spec.transport,
+            "port": self.fleet.ports.get(self.name),
+            "clock_utc": iso(now),
+            "backup_target": self.spec.backup_target,
+            "target_free_bytes": self.target_free_bytes,
+            "max_concurrent_jobs": self.max_concurrent_jobs,
+            "requests": self.requests,
+            "vms": [
+                {
+                    "id": vm.id,
+                    "name": vm.name,
+                    "state": vm.state,
+                    "generation": vm.spec.generation,
+                    "guest": vm.spec.guest,
+                    "uptime_seconds": vm.uptime_seconds(now),
+                    "checkpoints": [cp.to_json() for cp in vm.checkpoints],
+                    "disks": vm.disks(),
+                }
+                for vm in self.vms
+            ],
+            "jobs": [job.to_json(now) for job in self.jobs],
+            "backup_versions": [v.to_json() for v in self.versions],
+            "events": [e.to_json() for e in self.events],
+        }
+
+
+class JobAlreadyRunning(Exception):
+    def __init__(self, job: Job):
+        super().__init__(f"another backup operation is already running (job {job.id})")
+        self.job = job
+
+
+class Fleet:
+    """Every simulated host, one clock, one journal, one lock."""
+
+    def __init__(self, scenario: Scenario, clock: Clock | None = None):
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.clock = clock or Clock(scenario.speed)
+        self.lock = threading.RLock()
+        self.ports: dict[str, int] = {}
+        self._journal: list[dict[str, Any]] = []
+        self.hosts = {spec.name.upper(): Host(spec, self) for spec in scenario.hosts}
+
+    def host(self, name: str) -> Host:
+        return self.hosts[name.upper()]
+
+    def journal(self, host: str | None, event: str, **fields: Any) -> None:
+        self._journal.append({"at": iso(self.clock.now()), "host": host, "event": event, **fields})
+
+    def journal_lines(self) -> list[dict[str, Any]]:
+        with self.lock:
+            for host in self.hosts.values():
+                host.tick()
+            return list(self._journal)
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            return {"clock_utc": iso(self.clock.now()), "speed": self.clock.speed, "seed": self.scenario.seed,
+                    "hosts": [host.to_json() for host in self.hosts.values()]}
