@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 from hyperv_backup import invocation
 from hyperv_backup.facts import (
-    VSS_SERVICE_ID,
     HEARTBEAT_SERVICE_ID,
+    VSS_SERVICE_ID,
     WBADMIN_BANNER,
     WBADMIN_CAN_RECOVER_APPLICATIONS,
     WBADMIN_LOCATION,

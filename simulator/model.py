@@ -13,18 +13,19 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from hyperv_backup.facts import (
     BACKUP_LOG,
+    VMMS_GUEST_COULD_NOT_PARTICIPATE,
     VMMS_LOG,
     BackupEvent,
     CheckpointType,
     HResult,
     Mode,
-    VMMS_GUEST_COULD_NOT_PARTICIPATE,
     at_least,
     hresult_hex,
 )

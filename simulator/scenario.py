@@ -8,12 +8,12 @@ must never silently fall back to a default.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
-
 from hyperv_backup.facts import HOST_VERSIONS, LOCALES, STEPS, CheckpointType, at_least
 
 FAULT_KINDS = (

@@ -79,7 +79,7 @@ def decode_command(command: str) -> str | None:
     parts = command.split()
     if not parts or parts[0].lower() not in ("powershell", "powershell.exe"):
         return None
-    for flag, value in zip(parts, parts[1:]):
+    for flag, value in zip(parts, parts[1:], strict=False):
         if flag.lower() in ("-encodedcommand", "-enc", "-e", "-ec"):
             return base64.b64decode(value).decode("utf-16-le")
     return None

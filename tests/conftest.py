@@ -1,0 +1,56 @@
+"""Shared test set-up: an Airflow home of our own, and simulated fleets started as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+
+_HOME = tempfile.mkdtemp(prefix="airflow-home-")
+os.environ.setdefault("AIRFLOW_HOME", _HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+from simulator import harness  # noqa: E402
+
+
+def winrm_connection(endpoint: harness.Endpoint, ca_path: str | None, *, password: str = "S3cret!",
+                     username: str = "backup-svc", **extra: object) -> str:
+    """The Airflow connection (JSON form, as an AIRFLOW_CONN_ variable holds it) for a simulated host."""
+    options = {"transport": endpoint.transport, "endpoint": endpoint.url, "operation_timeout_sec": 2, "read_timeout_sec": 5}
+    if endpoint.transport == "ssl" and ca_path:
+        options["ca_trust_path"] = ca_path
+    if endpoint.transport == "plaintext":
+        options["allow_plaintext"] = True
+    options.update(extra)
+    return json.dumps({"conn_type": "winrm", "host": "127.0.0.1", "login": username, "password": password, "extra": options})
+
+
+def use_connection(monkeypatch, conn_id: str, value: str) -> str:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
+    return conn_id
+
+
+@pytest.fixture
+def start_fleet(tmp_path):
+    """Start a simulator for a scenario given as a dict; stopped after the test."""
+    started: list[harness.RunningSimulator] = []
+
+    def start(scenario: dict) -> harness.RunningSimulator:
+        path = tmp_path / f"scenario-{len(started)}.yaml"
+        path.write_text(yaml.safe_dump(scenario, allow_unicode=True), encoding="utf-8")
+        running = harness.start(path, tmp_path / f"certs-{len(started)}")
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -1,0 +1,77 @@
+"""The simulator through the real client: the provider's WinRMHook and pywinrm, on every transport."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.providers.microsoft.winrm.hooks.winrm import WinRMHook
+
+from hyperv_backup.errors import PermanentHostError
+from hyperv_backup.hooks import HyperVHook
+from tests.conftest import use_connection, winrm_connection
+
+SCENARIO = {
+    "seed": 1,
+    "speed": 600,
+    "hosts": [
+        {"name": "HVSSL", "os": "2022", "transport": "ssl", "vms": [{"name": "VM1", "disk_gb": 1}]},
+        {"name": "HVPLAIN", "os": "2016", "transport": "plaintext", "password": "Pl@in'\"pass", "vms": [{"name": "VM1", "disk_gb": 1}]},
+    ],
+}
+
+
+@pytest.fixture
+def fleet(start_fleet):
+    return start_fleet(SCENARIO)
+
+
+def test_provider_hook_runs_hostname_over_https_with_a_validated_certificate(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_ssl", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path))
+    code, stdout, stderr = WinRMHook(ssh_conn_id="hv_ssl").run("hostname")
+    assert code == 0
+    assert b"".join(stdout).decode().strip() == "HVSSL"
+    assert WinRMHook(ssh_conn_id="hv_ssl").test_connection() == (True, "Connection successful.")
+
+
+def test_plaintext_basic_over_http_works_when_opted_in(fleet, monkeypatch):
+    endpoint = fleet.endpoints["HVPLAIN"]
+    assert endpoint.url.startswith("http://")
+    use_connection(monkeypatch, "hv_plain", winrm_connection(endpoint, None, password="Pl@in'\"pass"))
+    assert HyperVHook("hv_plain").run_text("hostname")[1].strip() == "HVPLAIN"
+
+
+def test_plaintext_is_refused_without_the_opt_in(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_plain", winrm_connection(fleet.endpoints["HVPLAIN"], None, allow_plaintext=False,
+                                                             password="Pl@in'\"pass"))
+    with pytest.raises(PermanentHostError, match="unencrypted HTTP"):
+        HyperVHook("hv_plain").run_text("hostname")
+    assert fleet.state()["hosts"][1]["requests"] == 0  # nothing was sent, so no password crossed the wire
+
+
+def test_bad_credentials_are_refused_with_401(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_bad", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path, password="wrong"))
+    with pytest.raises(PermanentHostError, match="refused the credentials") as caught:
+        HyperVHook("hv_bad").run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")
+    assert "wrong" not in str(caught.value)
+    ok, message = WinRMHook(ssh_conn_id="hv_bad").test_connection()
+    assert not ok and "credentials" in message
+
+
+def test_an_untrusted_certificate_is_refused(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_untrusted", winrm_connection(fleet.endpoints["HVSSL"], None))
+    with pytest.raises(PermanentHostError, match="TLS verification failed") as caught:
+        HyperVHook("hv_untrusted").run_text("hostname")
+    assert "ca_trust_path" in caught.value.advice
+
+
+def test_unknown_commands_fail_as_on_windows(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_ssl", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path))
+    code, stdout, stderr = HyperVHook("hv_ssl").run_text("format c:")
+    assert code == 1 and stdout == ""
+    assert "'format' is not recognized" in stderr
+
+
+def test_wbadmin_without_backups_writes_to_stderr(fleet, monkeypatch):
+    use_connection(monkeypatch, "hv_ssl", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path))
+    code, stdout, stderr = HyperVHook("hv_ssl").run_text("wbadmin get versions")
+    assert "Backup command-line tool" in stdout
+    assert "No backups were found" in stderr
