@@ -38,6 +38,7 @@ class _Server(ThreadingHTTPServer):
 class WinRMHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Microsoft-HTTPAPI/2.0"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     host: Host  # set on the subclass made for each listener
     shells: dict[str, wsman.Shell]
 

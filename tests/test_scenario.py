@@ -1,0 +1,53 @@
+"""The scenario file is validated: every error names the key and its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulator.scenario import ScenarioError, load_scenario, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_demo_fleet_loads_with_defaults_filled_in():
+    scenario = load_scenario(ROOT / "include" / "demo-fleet.yaml")
+    assert [h.name for h in scenario.hosts] == ["HV2012", "HV2012R2", "HV2019"]
+    dc01 = scenario.hosts[1].vms[0]
+    assert dc01.name == "DC01" and dc01.integration_services == {"vss": True, "heartbeat": True}
+    assert [v.fs for v in dc01.volumes] == ["FAT32", "NTFS"]  # generation 2: the EFI system partition is FAT32
+
+
+def test_only_name_is_required():
+    scenario = parse_scenario("hosts:\n  - name: HV01\n    vms:\n      - name: A\n")
+    host = scenario.hosts[0]
+    assert (scenario.seed, scenario.speed, host.os, host.transport, host.vms[0].state) == (7, 60.0, "2022", "ssl", "Running")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        guest_vs: ok\n", r"line 5: unknown key `guest_vs` in a VM"),
+        ("hosts:\n  - name: HV01\n    os: '2003'\n", r"line 3: `os` is '2003'; expected one of"),
+        ("seed: 1\nspeeed: 3\n", r"line 2: unknown key `speeed` in the scenario"),
+        ("hosts:\n  - name: HV01\n    os: '2012'\n    vms:\n      - {name: A, generation: 2}\n",
+         r"line 5: VM 'A' is generation 2, which needs a host of 2012 R2 or newer"),
+        ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        faults: [{kind: gremlins, at: copy}]\n",
+         r"line 5: `kind` is 'gremlins'"),
+        ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        disk_gb: -1\n", r"line 5: `disk_gb` is -1"),
+        ("hosts:\n  - {name: HV01}\n  - {name: hv01}\n", r"host name\(s\) given more than once: HV01"),
+        ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: a}]\n", r"VM name 'a' appears twice"),
+        ("hosts: [\n", r"not valid YAML"),
+    ],
+)
+def test_errors_name_the_key_and_line(text, expected):
+    with pytest.raises(ScenarioError, match=expected) as caught:
+        parse_scenario(text, "fleet.yaml")
+    assert str(caught.value).startswith("fleet.yaml")
+
+
+def test_a_fault_without_at_gets_the_step_its_kind_belongs_to():
+    scenario = parse_scenario("hosts:\n  - name: HV01\n    faults: [{kind: merge_stuck}]\n")
+    fault = scenario.hosts[0].faults[0]
+    assert (fault.at, fault.times) == ("merge", 1)
