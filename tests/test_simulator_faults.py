@@ -1,0 +1,156 @@
+"""Each fault kind of the scenario, met through the real client at the step it names."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError
+from hyperv_backup.hooks import HyperVHook
+from tests.conftest import use_connection, winrm_connection
+
+
+def _fleet(start_fleet, monkeypatch, faults, vm_faults=(), os_version="2022", speed=1200, **vm):
+    running = start_fleet({"seed": 5, "speed": speed, "hosts": [{
+        "name": "HV01", "os": os_version, "transport": "ssl", "faults": list(faults),
+        "vms": [{"name": "VM1", "disk_gb": 2, "faults": list(vm_faults)} | vm]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    return running, HyperVHook("hv")
+
+
+def _probe(hook):
+    return hook.run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")
+
+
+def _start(hook):
+    vm_id = _probe(hook)["vms"][0]["id"]
+    return vm_id, hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+
+
+def _wait(hook, vm_id, until=lambda s: s["job"]["job_state"] != "Running", timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            if until(status):
+                return status
+        except TransientHostError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _fault_events(running):
+    return [(line["kind"], line["at"]) for line in running.journal() if line["event"] == "fault"]
+
+
+def test_connection_drop_is_transient_and_the_next_call_works(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "connection_drop", "at": "probe"}])
+    with pytest.raises(TransientHostError, match="connection lost"):
+        _probe(hook)
+    assert _probe(hook)["vms"][0]["name"] == "VM1"
+    assert _fault_events(running) == [("connection_drop", "probe")]
+
+
+def test_slow_reply_runs_the_clients_receive_retry(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "slow", "at": "probe"}])
+    began = time.monotonic()
+    assert _probe(hook)["vms"][0]["name"] == "VM1"
+    assert time.monotonic() - began >= 2.0  # past the client's 2 s operation timeout: at least one TimedOut fault
+    assert _fault_events(running) == [("slow", "probe")]
+
+
+def test_soap_fault_is_transient(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "soap_fault", "at": "probe", "times": 2}])
+    for _ in range(2):
+        with pytest.raises(TransientHostError, match="shell was not found"):
+            _probe(hook)
+    assert _probe(hook)["vms"]
+
+
+def test_auth_fail_is_permanent(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "auth_fail", "at": "probe"}])
+    with pytest.raises(PermanentHostError, match="refused the credentials"):
+        _probe(hook)
+
+
+def test_vss_transient_fails_the_job_with_0x800423F3(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "vss_transient", "at": "snapshot"}])
+    vm_id, started = _start(hook)
+    status = _wait(hook, vm_id)
+    assert (status["job"]["job_state"], status["job"]["hresult"]) == ("Failed", 0x800423F3)
+    assert not status["vm"]["checkpoints"]
+
+
+def test_target_full_fails_the_copy_with_0x80070070_and_backup_event_50(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "target_full", "at": "copy"}])
+    vm_id, started = _start(hook)
+    status = _wait(hook, vm_id)
+    assert (status["job"]["job_state"], status["job"]["hresult"]) == ("Failed", 0x80070070)
+    result = hook.run_script("Get-VMBackupResult", VMId=vm_id, VMName="VM1", SinceUtc=started["job"]["start_time_utc"])
+    assert {50, 5} <= {e["id"] for e in result["events"]}
+    assert result["versions"] == []
+
+
+def test_a_target_without_room_fails_the_same_way(start_fleet, monkeypatch):
+    running = start_fleet({"speed": 1200, "hosts": [{"name": "HV01", "target_free_gb": 1, "vms": [{"name": "VM1", "disk_gb": 2}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    hook = HyperVHook("hv")
+    vm_id, _ = _start(hook)
+    assert _wait(hook, vm_id)["job"]["hresult"] == 0x80070070
+
+
+def test_job_running_makes_the_host_busy_until_the_other_job_ends(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "job_running", "at": "snapshot"}])
+    vm_id, started = _start(hook)
+    assert started["started"] is False and started["job"]["job_state"] == "Running"
+    running.advance(200)  # the console job takes 120 simulated seconds
+    assert hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")["started"] is True
+    assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
+
+
+def test_a_second_job_while_one_runs_is_refused_and_counted(start_fleet, monkeypatch):
+    running = start_fleet({"speed": 60, "hosts": [{"name": "HV01", "vms": [{"name": "VM1", "disk_gb": 50}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    hook = HyperVHook("hv")
+    vm_id, started = _start(hook)
+    assert started["started"]
+    # What the script prevents, the host itself refuses: Start-WBBackup while a job runs.
+    from simulator.model import JobAlreadyRunning  # noqa: F401 - documents which refusal this is
+    again = hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+    assert again["started"] is False
+    assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
+
+
+def test_merge_stuck_leaves_the_recovery_checkpoint(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "merge_stuck", "at": "merge"}], guest_vss="missing")
+    vm_id, _ = _start(hook)
+    status = _wait(hook, vm_id)
+    assert [c["type"] for c in status["vm"]["checkpoints"]] == ["Recovery"]
+    assert status["vm"]["disks"][0]["path"].endswith(".avhdx")
+
+
+def test_host_reboot_makes_the_job_vanish_and_leaves_debris(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "host_reboot", "at": "merge"}], guest_vss="missing",
+                           speed=60)  # slow enough that a poll lands in the 15-second merge
+    vm_id, _ = _start(hook)
+    with pytest.raises(TransientHostError, match="connection lost"):
+        for _ in range(200):  # poll through the snapshot into the merge, where the host restarts
+            hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            time.sleep(0.02)
+    status = _wait(hook, vm_id)  # the host answers again after its pause
+    assert status["job"]["job_state"] == "Failed"
+    assert [c["type"] for c in status["vm"]["checkpoints"]] == ["Recovery"]
+    assert any(line["event"] == "job_vanished" for line in running.journal())
+
+
+def test_vm_removed_after_the_probe_is_permanent(start_fleet, monkeypatch):
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "vm_removed", "at": "probe"}])
+    vm_id = _probe(hook)["vms"][0]["id"]
+    with pytest.raises(PermanentHostError, match="unable to find a virtual machine"):
+        hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+
+
+def test_busy_is_its_own_error_class():
+    assert issubclass(HostBusyError, Exception) and not issubclass(HostBusyError, PermanentHostError)
