@@ -11,7 +11,6 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 import yaml
-
 from hyperv_backup import invocation
 
 ROOT = Path(__file__).resolve().parent.parent

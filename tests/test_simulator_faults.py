@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError
 from hyperv_backup.hooks import HyperVHook
+
 from tests.conftest import use_connection, winrm_connection
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from hyperv_backup.facts import HOST_VERSIONS
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.parsers import parse_wbadmin_versions
+
 from tests.conftest import use_connection, winrm_connection
 
 # name -> VM spec; the expected mode per host age is written out below, from the table, not computed.

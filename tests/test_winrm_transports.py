@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from airflow.providers.microsoft.winrm.hooks.winrm import WinRMHook
-
 from hyperv_backup.errors import PermanentHostError
 from hyperv_backup.hooks import HyperVHook
+
 from tests.conftest import use_connection, winrm_connection
 
 SCENARIO = {
