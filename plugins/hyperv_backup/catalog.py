@@ -1,0 +1,106 @@
+"""The backup catalog (CONTRACTS.md section 3): one row per VM per DAG run, in SQL.
+
+SQLite by default, PostgreSQL by URL. A row is written before a job starts and completed
+after it, so a worker that dies mid-step leaves a `running` row that says how far it got;
+a retry updates the same row (the key is dag_id, run_id, host, vm_name), never adds one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+CONNECTION_ID = "hyperv_backup_catalog"
+STATUSES = ("succeeded", "failed", "skipped", "covered", "deferred", "running")
+
+metadata = MetaData()
+vm_backups = Table(
+    "vm_backups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("interval_start", DateTime(timezone=True)),
+    Column("interval_end", DateTime(timezone=True)),
+    Column("host", String(64), nullable=False),
+    Column("vm_name", String(256), nullable=False),
+    Column("vm_id", String(64)),
+    Column("predicted_mode", String(16)),
+    Column("mode", String(16)),
+    Column("mode_reasons", Text),  # JSON list
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("job_started_at", DateTime(timezone=True)),
+    Column("job_finished_at", DateTime(timezone=True)),
+    Column("snapshot_at", DateTime(timezone=True)),
+    Column("merged_at", DateTime(timezone=True)),
+    Column("bytes_copied", BigInteger),
+    Column("offline_seconds", Float),
+    Column("uptime_reset", Boolean),
+    Column("backup_version", String(32)),
+    Column("updated_at", DateTime(timezone=True)),
+    UniqueConstraint("dag_id", "run_id", "host", "vm_name", name="uq_vm_backups_run_vm"),
+)
+COLUMNS = [c.name for c in vm_backups.columns if c.name not in ("id", "updated_at")]
+
+
+def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password: str | None, port: int | None,
+                   schema: str | None, extra: dict[str, Any]) -> str:
+    """The SQLAlchemy URL of an Airflow connection (a `sqlalchemy_url` in the extra wins)."""
+    if extra.get("sqlalchemy_url"):
+        return str(extra["sqlalchemy_url"])
+    if conn_type == "sqlite":
+        return f"sqlite:///{host}"
+    if conn_type in ("postgres", "postgresql"):
+        from sqlalchemy.engine import URL
+
+        return URL.create("postgresql+psycopg2", username=login, password=password, host=host, port=port,
+                          database=schema).render_as_string(hide_password=False)
+    raise ValueError(f"catalog connection type {conn_type!r} is not supported; use sqlite or postgres")
+
+
+def engine_for(url: str) -> Engine:
+    engine = create_engine(url, future=True)
+    metadata.create_all(engine)
+    return engine
+
+
+def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: datetime) -> None:
+    """Insert the row for (dag_id, run_id, host, vm_name), or update the fields given."""
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown catalog columns: {sorted(unknown)}")
+    if "status" in values and values["status"] not in STATUSES:
+        raise ValueError(f"status {values['status']!r} is not one of {STATUSES}")
+    where = [vm_backups.c[k] == key[k] for k in ("dag_id", "run_id", "host", "vm_name")]
+    with engine.begin() as db:
+        existing = db.execute(select(vm_backups.c.id).where(*where)).first()
+        if existing is None:
+            db.execute(vm_backups.insert().values(**key, **{"status": "running"} | values, updated_at=now))
+        else:
+            db.execute(vm_backups.update().where(vm_backups.c.id == existing.id).values(**values, updated_at=now))
+
+
+def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:
+    query = select(vm_backups).order_by(vm_backups.c.id)
+    for name, value in filters.items():
+        query = query.where(vm_backups.c[name] == value)
+    with engine.connect() as db:
+        return [dict(row._mapping) for row in db.execute(query)]

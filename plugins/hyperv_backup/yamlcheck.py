@@ -1,0 +1,115 @@
+"""Validation of YAML by walking its node tree, so that every error names the file, line and key.
+
+Used by the simulator's scenario file and the backup inventory alike. Pure: no Airflow import.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+
+class YamlError(ValueError):
+    """A file that cannot be used; the message names the file, line and key."""
+
+
+class Ctx:
+    def __init__(self, source: str, error: type[YamlError] = YamlError):
+        self.source = source
+        self.error = error
+
+    def fail(self, node: yaml.Node, message: str) -> YamlError:
+        return self.error(f"{self.source}, line {node.start_mark.line + 1}: {message}")
+
+
+def scalar(ctx: Ctx, node: yaml.Node, key: str) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.fail(node, f"`{key}` must be a single value")
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def string(ctx: Ctx, node: yaml.Node, key: str) -> str:
+    value = scalar(ctx, node, key)
+    if value is None or isinstance(value, (list, dict)):
+        raise ctx.fail(node, f"`{key}` must be a string")
+    return str(value)
+
+
+def choice(options: tuple[str, ...]) -> Callable[[Ctx, yaml.Node, str], str]:
+    def read(ctx: Ctx, node: yaml.Node, key: str) -> str:
+        value = string(ctx, node, key)
+        if value not in options:
+            raise ctx.fail(node, f"`{key}` is {value!r}; expected one of: {', '.join(options)}")
+        return value
+
+    return read
+
+
+def number(minimum: float, maximum: float | None = None, integer: bool = False):
+    def read(ctx: Ctx, node: yaml.Node, key: str) -> float | int:
+        value = scalar(ctx, node, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            raise ctx.fail(node, f"`{key}` must be {'an integer' if integer else 'a number'}, not {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ctx.fail(node, f"`{key}` is {value}; it must be {bound}")
+        return value
+
+    return read
+
+
+def boolean(ctx: Ctx, node: yaml.Node, key: str) -> bool:
+    value = scalar(ctx, node, key)
+    if not isinstance(value, bool):
+        raise ctx.fail(node, f"`{key}` must be true or false, not {value!r}")
+    return value
+
+
+NAME_RE = re.compile(r"^[^\x00-\x1f]{1,100}$")
+
+
+def name(ctx: Ctx, node: yaml.Node, key: str) -> str:
+    value = string(ctx, node, key)
+    if not NAME_RE.match(value):
+        raise ctx.fail(node, f"`{key}` must be 1 to 100 printable characters")
+    return value
+
+
+def mapping(ctx: Ctx, node: yaml.Node, what: str, fields: dict[str, Callable], required=()) -> dict[str, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.fail(node, f"{what} must be a mapping of keys to values")
+    out: dict[str, Any] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value
+        if key not in fields:
+            raise ctx.fail(key_node, f"unknown key `{key}` in {what}; allowed: {', '.join(fields)}")
+        if key in out:
+            raise ctx.fail(key_node, f"`{key}` is given twice in {what}")
+        out[key] = fields[key](ctx, value_node, key)
+    for key in required:
+        if key not in out:
+            raise ctx.fail(node, f"{what} needs `{key}`")
+    return out
+
+
+def sequence(item: Callable[[Ctx, yaml.Node, str], Any]):
+    def read(ctx: Ctx, node: yaml.Node, key: str) -> list[Any]:
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~"):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.fail(node, f"`{key}` must be a list")
+        return [item(ctx, child, key) for child in node.value]
+
+    return read
+
+
+
+
+def compose(text: str, source: str, error: type[YamlError] = YamlError) -> tuple[Ctx, yaml.Node | None]:
+    try:
+        return Ctx(source, error), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as problem:
+        raise error(f"{source}: not valid YAML: {problem}") from None
