@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hyperv-demo-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 
 from simulator import harness  # noqa: E402
 from simulator.scenario import ScenarioError, load_scenario  # noqa: E402
@@ -44,21 +45,52 @@ def connection_id(host_name: str) -> str:
     return f"winrm_{host_name.lower()}"
 
 
-def probe_fleet(scenario) -> list[tuple[str, str, str, str]]:
-    from hyperv_backup.errors import HostError
-    from hyperv_backup.hooks import HyperVHook
+def inventory_for(scenario) -> dict:
+    """The inventory a scenario implies: every host, every VM, nightly at 22:00 host time."""
+    return {
+        "hosts": [
+            {"name": host.name, "connection": connection_id(host.name), "backup_target": host.backup_target,
+             "schedule": "0 22 * * *", "window": {"start": "22:00", "end": "06:00", "timezone": host.timezone},
+             "vms": [vm.name.replace("[", "[[]") if "[" in vm.name else vm.name for vm in host.vms]}
+            for host in scenario.hosts
+        ],
+        "mail": {"to": ["backup-reports@example.test"]},
+    }
 
-    rows = []
+
+def run_backups(scenario) -> int:
+    """Run every host's backup DAG once on the embedded default (SQLite metadata, in-process)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    if bag.import_errors:
+        for path, error in bag.import_errors.items():
+            print(f"error: {path}: {error}", file=sys.stderr)
+        return 1
     for host in scenario.hosts:
-        hook = HyperVHook(connection_id(host.name))
-        for vm in host.vms:
-            try:
-                probe = hook.run_script("Get-VMBackupProbe", VMName=vm.name, BackupTarget=host.backup_target)
-                state = probe["vms"][0]["state"] if probe["vms"] else "not found"
-                rows.append((host.name, vm.name, state, "reached"))
-            except HostError as error:
-                rows.append((host.name, vm.name, "?", f"error: {error}"))
-    return rows
+        bag.get_dag(f"hyperv_backup_{host.name.lower()}").test()
+    return 0
+
+
+def summary(catalog_path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(catalog_path) as db:
+        return db.execute(
+            "SELECT host, vm_name, COALESCE(mode, predicted_mode), status, job_started_at, job_finished_at, bytes_copied, error "
+            "FROM vm_backups ORDER BY host, id").fetchall()
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    from datetime import datetime
+
+    if not start or not end:
+        return "-"
+    seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,21 +109,29 @@ def main(argv: list[str] | None = None) -> int:
     (out / "reports").mkdir(parents=True)
     (out / "mail").mkdir()
 
+    import yaml
+
+    inventory = out / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
+    os.environ["HYPERV_BACKUP_INVENTORY"] = str(inventory)
+    os.environ["AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"] = json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")})
     running = harness.start(Path(args.scenario), out / "certs", dump=out)
     try:
         os.environ.update(connection_env(scenario, running))
-        rows = probe_fleet(scenario)
+        finished = run_backups(scenario)
     finally:
         code = running.stop()
-    if code != 0:
-        print(f"error: the simulator exited with {code}", file=sys.stderr)
+    if code != 0 or finished != 0:
+        print(f"error: the run did not finish (simulator exit {code})", file=sys.stderr)
         return 1
-    width = max(len(r[1]) for r in rows) if rows else 4
-    print(f"{'HOST':10} {'VM':{width}} {'STATE':10} RESULT")
-    for host, vm, state, result in rows:
-        print(f"{host:10} {vm:{width}} {state:10} {result}")
-    print(f"\nwritten to {out}: sim-state.json, sim-journal.jsonl")
-    return 0 if all(r[3] == "reached" for r in rows) else 1
+    rows = summary(out / "catalog.sqlite")
+    width = max((len(r[1]) for r in rows), default=4)
+    print(f"\n{'HOST':10} {'VM':{width}} {'MODE':10} {'STATUS':10} {'DURATION':9} {'GB':>6}  ERROR")
+    for host, vm, mode, status, start, end, copied, error in rows:
+        gb = f"{(copied or 0) / 1024**3:.1f}"
+        print(f"{host:10} {vm:{width}} {mode or '-':10} {status:10} {_duration(start, end):9} {gb:>6}  {error or ''}")
+    print(f"\nwritten to {out}: catalog.sqlite, sim-state.json, sim-journal.jsonl, inventory.yaml")
+    return 0
 
 
 if __name__ == "__main__":

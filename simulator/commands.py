@@ -240,7 +240,8 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
 def _status(host: Host, request: Request) -> dict[str, Any]:
     vm = _vm_by_id(host, request)
     now = host.now()
-    job = host.running_job() or host.last_job()
+    host.tick()
+    job = next((j for j in reversed(host.jobs) if j.vm_id == vm.id), None)
     job_json = None
     if job is not None:
         full = job.to_json(now)

@@ -3,14 +3,16 @@
     Where the backup of one VM stands: the WSB job (running or last), the VM, its checkpoints and disks.
 .DESCRIPTION
     Read-only, cheap, and safe to repeat: the copy step polls it, and a worker that lost its
-    connection re-attaches to the job through it instead of starting another.
+    connection re-attaches to the job through it instead of starting another. The job is this
+    VM's: the running one if it holds the VM, else the VM's latest in the host's job history.
 #>
 param(
     [Parameter(Mandatory)] [string] $VMId
 )
 $vm = Get-VM -Id $VMId
-$job = Get-WBJob
-if (-not $job -or "$($job.JobState)" -ne 'Running') { $job = Get-WBJob -Previous 1 }
+$mine = { @($_.JobItems | Where-Object { $_.Name -ceq $vm.Name }).Count -gt 0 }
+$job = Get-WBJob | Where-Object $mine
+if (-not $job) { $job = Get-WBJob -Previous 20 | Where-Object $mine | Select-Object -First 1 }
 @{
     clock_utc = (Get-Date).ToUniversalTime().ToString('o')
     job = $(if ($job) { @{

@@ -1,0 +1,118 @@
+"""The backup inventory: which hosts, which VMs, when, and who is told. Pure: no Airflow import.
+
+Validated when the DAG file is parsed, without touching the network or a database: a
+mistake becomes one import error naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from .yamlcheck import Ctx, YamlError, compose, mapping, name, number, sequence, string
+
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
+ENV_VAR = "HYPERV_BACKUP_INVENTORY"
+
+
+class InventoryError(YamlError):
+    pass
+
+
+@dataclass
+class Window:
+    start: str = "22:00"
+    end: str = "06:00"
+    timezone: str = "UTC"
+
+
+@dataclass
+class HostEntry:
+    name: str
+    connection: str
+    backup_target: str = "E:"
+    schedule: str = "0 22 * * *"
+    window: Window = field(default_factory=Window)
+    vms: list[str] = field(default_factory=list)  # names or fnmatch patterns
+    exclude: list[str] = field(default_factory=list)
+    priority: dict[str, int] = field(default_factory=dict)
+
+    def selected(self, names: list[str]) -> list[str]:
+        """The VM names this entry backs up, highest priority first (then by name)."""
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.vms or ["*"])
+                  and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+        return sorted(chosen, key=lambda n: (-self.priority.get(n, 0), n))
+
+
+@dataclass
+class Inventory:
+    source: str
+    hosts: list[HostEntry]
+    mail_to: list[str] = field(default_factory=list)
+
+
+def _time(ctx: Ctx, node: yaml.Node, key: str) -> str:
+    value = string(ctx, node, key)
+    hours, _, minutes = value.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
+        raise ctx.fail(node, f"`{key}` is {value!r}; expected HH:MM")
+    return value
+
+
+def _timezone(ctx: Ctx, node: yaml.Node, key: str) -> str:
+    value = string(ctx, node, key)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ctx.fail(node, f"`{key}` {value!r} is not a known time zone (IANA name, e.g. Europe/Berlin)") from None
+    return value
+
+
+def _schedule(ctx: Ctx, node: yaml.Node, key: str) -> str:
+    value = string(ctx, node, key)
+    if not (value.startswith("@") or len(value.split()) == 5):
+        raise ctx.fail(node, f"`{key}` {value!r} is not a cron expression (five fields) or a preset like @daily")
+    return value
+
+
+def _window(ctx: Ctx, node: yaml.Node, key: str) -> Window:
+    return Window(**mapping(ctx, node, "a window", {"start": _time, "end": _time, "timezone": _timezone}))
+
+
+def _priority(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, int]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.fail(node, "`priority` must map VM names to numbers")
+    return {k.value: number(-1000, 1000, integer=True)(ctx, v, k.value) for k, v in node.value}
+
+
+def _host(ctx: Ctx, node: yaml.Node, key: str) -> HostEntry:
+    fields = {"name": name, "connection": name, "backup_target": string, "schedule": _schedule, "window": _window,
+              "vms": sequence(name), "exclude": sequence(name), "priority": _priority}
+    return HostEntry(**mapping(ctx, node, "a host", fields, required=("name", "connection")))
+
+
+def parse_inventory(text: str, source: str) -> Inventory:
+    ctx, root = compose(text, source, InventoryError)
+    if root is None:
+        raise InventoryError(f"{source}: the inventory is empty; it needs `hosts`")
+    mail = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string)})  # noqa: E731
+    values = mapping(ctx, root, "the inventory", {"hosts": sequence(_host), "mail": mail}, required=("hosts",))
+    hosts = values["hosts"]
+    seen = [h.name.upper() for h in hosts]
+    if len(seen) != len(set(seen)):
+        raise InventoryError(f"{source}: a host is listed twice")
+    return Inventory(source, hosts, values.get("mail", {}).get("to", []))
+
+
+def load_inventory(path: str | Path | None = None) -> Inventory:
+    path = Path(path or os.environ.get(ENV_VAR) or DEFAULT_PATH)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InventoryError(f"cannot read inventory {path}: {error.strerror}") from None
+    return parse_inventory(text, str(path))

@@ -1,0 +1,62 @@
+"""The Airflow side of the steps: the copy step's deferrable operator, and shared wiring
+(the catalog engine, the hook and the run key of a task)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from airflow.sdk import BaseHook, BaseOperator
+
+from . import catalog
+from .errors import PermanentHostError
+from .hooks import HyperVHook
+from .steps import BackupSteps, RunKey
+from .triggers import BackupJobTrigger
+
+
+@lru_cache(maxsize=4)
+def _engine(url: str):
+    return catalog.engine_for(url)
+
+
+def catalog_engine():
+    """The catalog's engine, from the Airflow connection `hyperv_backup_catalog`."""
+    conn = BaseHook.get_connection(catalog.CONNECTION_ID)
+    url = catalog.sqlalchemy_url(conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema, conn.extra_dejson)
+    return _engine(url)
+
+
+def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float) -> BackupSteps:
+    dag_run = context["dag_run"]
+    run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
+    return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll)
+
+
+class WaitForBackupJobOperator(BaseOperator):
+    """The copy step: defers until the VM's WSB job ends, then records the copy in the catalog."""
+
+    template_fields: Sequence[str] = ("vm_name", "probe", "snap")
+
+    def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, snap: Any,
+                 poll_interval: float = 5.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
+        self.vm_name, self.probe, self.snap, self.poll_interval = vm_name, probe, snap, poll_interval
+
+    def execute(self, context):
+        context["vm_name"] = self.vm_name
+        self.defer(trigger=BackupJobTrigger(self.winrm_conn_id, self.probe["vm_id"], self.vm_name,
+                                            self.snap["job_started_at"], self.poll_interval),
+                   method_name="execute_complete")
+
+    def execute_complete(self, context, event: dict[str, Any]):
+        context["vm_name"] = self.vm_name
+        steps = steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval)
+        if event.get("status") != "done":
+            raise steps.fail(event.get("message", "the backup job could not be followed"))
+        return steps.copy_finished(event["job"])
+
+
+__all__ = ["WaitForBackupJobOperator", "catalog_engine", "steps_for", "PermanentHostError"]

@@ -1,0 +1,188 @@
+"""The five steps of one VM's backup, as functions the DAG's tasks call.
+
+probe -> snapshot/checkpoint -> verify merge -> copy -> verify. Each step reads the host
+through HyperVHook, decides with the pure `rules`, and writes what it learned to the
+catalog before it returns, so a worker that dies leaves a row that says how far it got.
+The copy step's wait lives in `triggers.BackupJobTrigger`, so it holds no worker slot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from . import catalog, rules
+from .errors import HostBusyError, PermanentHostError, TransientHostError
+from .facts import WSB_SHADOW_COPY_OPERATION, Mode
+from .hooks import HyperVHook
+from .parsers import parse_wbadmin_versions
+
+SHADOW_COPY_TEXTS = frozenset(WSB_SHADOW_COPY_OPERATION.values())
+
+
+@dataclass
+class RunKey:
+    dag_id: str
+    run_id: str
+    interval_start: datetime | None
+    interval_end: datetime | None
+    host: str
+    vm_name: str
+
+    def key(self) -> dict[str, Any]:
+        return {"dag_id": self.dag_id, "run_id": self.run_id, "host": self.host, "vm_name": self.vm_name}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+class BackupSteps:
+    """One VM on one host in one DAG run."""
+
+    def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5):
+        self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
+
+    def record(self, **values: Any) -> None:
+        base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
+        catalog.upsert(self.engine, self.run.key(), base | values, datetime.now(UTC))
+
+    def fail(self, error: str, **values: Any) -> PermanentHostError:
+        self.record(status="failed", error=error, **values)
+        return PermanentHostError(self.run.host, error, script=None)
+
+    # -- probe ----------------------------------------------------------------------
+
+    def probe(self) -> dict[str, Any]:
+        result = self.hook.run_script("Get-VMBackupProbe", VMName=self.run.vm_name, BackupTarget=self.target)
+        os_version = rules.os_version_of(result["host"]["os_caption"])
+        vms = result["vms"]
+        if not vms:
+            raise self.fail(f"no VM named {self.run.vm_name!r} on {self.run.host}: check the inventory")
+        if len(vms) > 1:
+            raise self.fail(f"{len(vms)} VMs are named {self.run.vm_name!r} on {self.run.host}: rename one so the backup is unambiguous")
+        vm = vms[0]
+        prediction = rules.predict_mode(os_version, vm)
+        values = {"vm_id": vm["id"], "predicted_mode": prediction.mode.value, "mode_reasons": json.dumps(prediction.reasons)}
+        leftovers = rules.recovery_checkpoints(vm["checkpoints"])
+        if leftovers:
+            names = ", ".join(repr(c["name"]) for c in leftovers)
+            raise self.fail(
+                f"a Recovery checkpoint left by an earlier failed backup blocks this one ({names}); remove it with "
+                f"Remove-VMSnapshot -VMName '{vm['name']}' -Name <name> and let Hyper-V merge, then rerun", **values)
+        size = sum(int(d.get("size_bytes") or 0) for d in vm["disks"])
+        if not result["target"]["exists"]:
+            raise self.fail(f"the backup target {self.target} does not exist on {self.run.host}", **values)
+        if result["target"]["free_bytes"] < size:
+            free_gb, need_gb = result["target"]["free_bytes"] / 1024**3, size / 1024**3
+            raise self.fail(f"the backup target {self.target} has {free_gb:.1f} GB free; this VM needs {need_gb:.1f} GB", **values)
+        self.record(status="running", error=None, **values)
+        return {"vm_id": vm["id"], "os_version": os_version, "predicted_mode": prediction.mode.value,
+                "reasons": prediction.reasons, "uptime_seconds": vm["uptime_seconds"], "state": vm["state"],
+                "clock_utc": result["host"]["clock_utc"], "size_bytes": size}
+
+    # -- snapshot / checkpoint ---------------------------------------------------------
+
+    def status(self, vm_id: str) -> dict[str, Any]:
+        """Get-VMBackupStatus, retried through transient failures (a dropped connection is not an answer)."""
+        for attempt in range(6):
+            try:
+                return self.hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            except TransientHostError:
+                if attempt == 5:
+                    raise
+                time.sleep(min(30.0, self.poll * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def _our_job(self, status: dict[str, Any], since: str) -> bool:
+        job = status.get("job")
+        return bool(job and self.run.vm_name in job.get("vms", []) and job["start_time_utc"] >= since)
+
+    def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600) -> dict[str, Any]:
+        vm_id = probe["vm_id"]
+        status = self.status(vm_id)
+        if not self._our_job(status, probe["clock_utc"]):  # else: a retry re-attaches to the job it started
+            deadline = time.monotonic() + busy_timeout
+            while True:
+                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target)
+                if started["started"]:
+                    break
+                if time.monotonic() > deadline:
+                    raise HostBusyError(self.run.host, "another Windows Server Backup job kept the host busy", "rerun later")
+                time.sleep(self.poll)
+            status = self.status(vm_id)
+        job_started = status["job"]["start_time_utc"]
+        self.record(status="running", job_started_at=_parse_time(job_started))
+        saved_since = resumed = None
+        while status["job"]["job_state"] == "Running" and status["job"]["operation"] in SHADOW_COPY_TEXTS:
+            if status["vm"]["state"] == "Saved" and saved_since is None:
+                saved_since = status["clock_utc"]
+            time.sleep(self.poll)
+            status = self.status(vm_id)
+        if saved_since is not None and status["vm"]["state"] == "Running":
+            resumed = status["clock_utc"]
+        snapshot_at = status["clock_utc"]
+        elapsed = (_parse_time(snapshot_at) - _parse_time(probe["clock_utc"])).total_seconds()
+        uptime_reset = probe["state"] == "Running" and status["vm"]["uptime_seconds"] < probe["uptime_seconds"] + elapsed - 5
+        offline = (_parse_time(resumed) - _parse_time(saved_since)).total_seconds() if saved_since and resumed else 0.0
+        if saved_since and not resumed:
+            offline = (_parse_time(snapshot_at) - _parse_time(saved_since)).total_seconds()
+        saw_checkpoint = bool(rules.recovery_checkpoints(status["vm"]["checkpoints"])) or uptime_reset
+        self.record(snapshot_at=_parse_time(snapshot_at), uptime_reset=uptime_reset, offline_seconds=offline)
+        return {"job_started_at": job_started, "snapshot_at": snapshot_at, "saw_saved_state": saved_since is not None,
+                "saw_recovery_checkpoint": saw_checkpoint, "uptime_reset": uptime_reset, "offline_seconds": offline}
+
+    # -- verify merge ------------------------------------------------------------------
+
+    def verify_merge(self, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status(probe["vm_id"])
+            recovery = rules.recovery_checkpoints(status["vm"]["checkpoints"])
+            others = [c for c in status["vm"]["checkpoints"] if c not in recovery]
+            avhdx = rules.on_avhdx(status["vm"]["disks"])
+            if not recovery and (not avhdx or others):
+                self.record(merged_at=_parse_time(status["clock_utc"]))
+                return {"merged_at": status["clock_utc"]}
+            if time.monotonic() > deadline:
+                names = ", ".join(repr(c["name"]) for c in recovery) or "(none listed)"
+                raise self.fail(
+                    f"the Recovery checkpoint {names} was not merged within {timeout:.0f} s and the VM still runs on "
+                    f"{', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName '{self.run.vm_name}' "
+                    "-Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
+            time.sleep(self.poll)
+
+    # -- copy (its wait is the trigger's) ------------------------------------------------
+
+    def copy_finished(self, job: dict[str, Any]) -> dict[str, Any]:
+        self.record(job_finished_at=_parse_time(job.get("end_time_utc")), bytes_copied=int(job.get("bytes_transferred") or 0))
+        if job["job_state"] != "Completed" or job.get("hresult"):
+            hresult = int(job.get("hresult") or 0)
+            error = rules.describe_hresult(hresult)
+            if rules.is_transient(hresult):
+                self.record(status="failed", error=error)
+                raise TransientHostError(self.run.host, error, "the VM is backed up again on retry")
+            raise self.fail(error)
+        return job
+
+    # -- verify --------------------------------------------------------------------------
+
+    def verify(self, probe: dict[str, Any], snap: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        result = self.hook.run_script("Get-VMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
+                                      SinceUtc=snap["job_started_at"])
+        versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]
+        if not versions:
+            raise self.fail("the job reported success but no backup version contains this VM")
+        version_id = versions[-1]["version_id"]
+        code, stdout, _ = self.hook.run_text("wbadmin get versions")
+        listed = {v.version_identifier for v in parse_wbadmin_versions(stdout)}
+        if version_id not in listed:
+            raise self.fail(f"backup version {version_id} is not listed by wbadmin get versions (exit code {code})")
+        prediction = rules.Prediction(Mode(probe["predicted_mode"]), probe["reasons"])
+        mode, reasons = rules.actual_mode(prediction, probe["os_version"], result["events"], snap["saw_saved_state"],
+                                          snap["saw_recovery_checkpoint"])
+        self.record(status="succeeded", error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id)
+        return {"mode": mode.value, "backup_version": version_id}
