@@ -1,0 +1,56 @@
+"""DAG integrity: the inventory builds one DAG per host; a wrong inventory is one clear import error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_CHECK = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder="{dags}")
+out = {{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}, "dags": {{}}}}
+for dag_id, dag in bag.dags.items():
+    out["dags"][dag_id] = {{"tags": sorted(dag.tags), "max_active_runs": dag.max_active_runs, "doc": bool(dag.doc_md),
+                          "tasks": sorted(dag.task_ids), "params": sorted(dag.params.keys())}}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _load(inventory: Path, tmp_path: Path) -> dict:
+    import json
+
+    env = dict(os.environ, HYPERV_BACKUP_INVENTORY=str(inventory), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW_HOME=str(tmp_path), PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
+    done = subprocess.run([sys.executable, "-c", _CHECK.format(dags=ROOT / "dags")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def test_one_dag_per_host_with_the_five_steps(tmp_path):
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01, vms: [A, B]}\n"
+                         "  - {name: HV02, connection: winrm_hv02, window: {timezone: Asia/Tokyo}}\n")
+    result = _load(inventory, tmp_path)
+    assert result["errors"] == {}
+    assert sorted(result["dags"]) == ["hyperv_backup_hv01", "hyperv_backup_hv02"]
+    dag = result["dags"]["hyperv_backup_hv01"]
+    assert dag["max_active_runs"] == 1 and dag["doc"] and "HV01" in dag["tags"]
+    assert dag["params"] == ["plan_only", "vms"]
+    steps = ["backup_vm.probe", "backup_vm.snapshot", "backup_vm.verify_merge", "backup_vm.copy", "backup_vm.verify"]
+    assert set(steps) <= set(dag["tasks"])
+
+
+def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path):
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  - name: HV01\n    connection: winrm_hv01\n    windw: {start: '22:00'}\n")
+    result = _load(inventory, tmp_path)
+    assert result["dags"] == {}
+    (path, error), = result["errors"].items()
+    assert path.endswith("hyperv_backup.py")
+    assert f"{inventory}, line 4: unknown key `windw` in a host" in error

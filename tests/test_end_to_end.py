@@ -1,0 +1,72 @@
+"""End to end: `make demo`'s program backs up the mixed demo fleet through Airflow and the real client.
+
+Hosts 2012, 2012 R2 (ja-JP) and 2019; Windows gen 1 and gen 2, Linux with and without the VSS
+daemon, FreeBSD, a VM that is off, one with a user's checkpoint, one with a hostile name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = "x'; Remove-Item C:\\ -Recurse; '"
+EXPECTED_MODES = {
+    "FS01": "online", "APP-LEGACY": "saved", "WEB-LNX": "saved",
+    "DC01": "online", "DB-LNX": "online", "CACHE-LNX": "checkpoint", "FW-BSD": "checkpoint",
+    "SQL01": "online", "ARCHIVE": "offline", HOSTILE: "online", "TOOLS": "checkpoint",
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, AIRFLOW_HOME=str(out / "airflow-home"), PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
+    done = subprocess.run([sys.executable, "-m", "include.demo", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_every_vm_is_backed_up_in_the_mode_its_host_and_guest_allow(demo):
+    out, stdout = demo
+    with sqlite3.connect(out / "catalog.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        rows = {r["vm_name"]: dict(r) for r in db.execute("SELECT * FROM vm_backups")}
+    assert {name: row["mode"] for name, row in rows.items()} == EXPECTED_MODES
+    assert {row["status"] for row in rows.values()} == {"succeeded"}
+    for name, row in rows.items():
+        assert row["backup_version"] and row["job_started_at"] < row["job_finished_at"], name
+        assert row["bytes_copied"] > 0 and json.loads(row["mode_reasons"]), name
+    assert rows["APP-LEGACY"]["offline_seconds"] > 0 and rows["APP-LEGACY"]["uptime_reset"]
+    assert rows["CACHE-LNX"]["uptime_reset"] and rows["CACHE-LNX"]["offline_seconds"] == 0
+    assert not rows["DC01"]["uptime_reset"]
+    assert "FS01" in stdout and "succeeded" in stdout
+
+
+def test_the_fleet_is_left_clean_and_never_ran_two_jobs_at_once(demo):
+    out, _ = demo
+    state = json.loads((out / "sim-state.json").read_text())
+    for host in state["hosts"]:
+        assert host["max_concurrent_jobs"] == 1, host["name"]
+        for vm in host["vms"]:
+            assert not [c for c in vm["checkpoints"] if c["type"] == "Recovery"], vm["name"]
+    sql01 = next(vm for host in state["hosts"] for vm in host["vms"] if vm["name"] == "SQL01")
+    assert [c["name"] for c in sql01["checkpoints"]] == ["before-patch"]  # the user's checkpoint survived
+    journal = [json.loads(line) for line in (out / "sim-journal.jsonl").read_text().splitlines()]
+    started = [line["vms"][0] for line in journal if line["event"] == "job_started"]
+    assert sorted(started) == sorted(EXPECTED_MODES)  # exactly one job per VM
+    assert not [line for line in journal if line["event"] == "job_rejected"]
+
+
+def test_no_password_leaks_into_the_outputs(demo):
+    out, stdout = demo
+    for path in [out / "sim-journal.jsonl", out / "sim-state.json", out / "inventory.yaml"]:
+        assert "S3cret!" not in path.read_text(encoding="utf-8"), path
+    assert "S3cret!" not in stdout
