@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from hyperv_backup import invocation
 from hyperv_backup.facts import (
     HEARTBEAT_SERVICE_ID,
+    SCRIPT_STEPS,
     VSS_SERVICE_ID,
     WBADMIN_BANNER,
     WBADMIN_CAN_RECOVER_APPLICATIONS,
@@ -89,12 +90,8 @@ def classify(host: Host, command: str) -> Request:
     vm_id, vm_name = request.params.get("VMId"), request.params.get("VMName")
     matches = host.find_vm(vm_id=vm_id) if vm_id else host.find_vm(name=vm_name) if vm_name else []
     request.vm = matches[0] if matches else None
-    request.step = {
-        "Get-VMBackupProbe": "probe",
-        "Start-VMBackup": "snapshot",
-        "Get-VMBackupResult": "verify",
-    }.get(request.script)
-    if request.script == "Get-VMBackupStatus":
+    request.step = SCRIPT_STEPS.get(request.script or "")
+    if request.script == "Get-VMBackupStatus":  # a status poll belongs to the phase the job is in
         job = host.last_job()
         operation = job.operation if job and request.vm and job.vm_id == request.vm.id else "done"
         request.step = {"snapshot": "snapshot", "merge": "merge", "copy": "copy"}.get(operation, "verify")

@@ -10,7 +10,6 @@ from typing import Any
 from airflow.sdk import BaseHook, BaseOperator
 
 from . import catalog
-from .errors import PermanentHostError
 from .hooks import HyperVHook
 from .steps import BackupSteps, RunKey
 from .triggers import BackupJobTrigger
@@ -58,5 +57,3 @@ class WaitForBackupJobOperator(BaseOperator):
             raise steps.fail(event.get("message", "the backup job could not be followed"))
         return steps.copy_finished(event["job"])
 
-
-__all__ = ["WaitForBackupJobOperator", "catalog_engine", "steps_for", "PermanentHostError"]
