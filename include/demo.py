@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hyperv-demo-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ.setdefault("AIRFLOW__HYPERV_BACKUP__POLL_SECONDS", "0.5")  # the simulator's clock runs 60x faster than a host's
 
 from simulator import harness  # noqa: E402
 from simulator.scenario import ScenarioError, load_scenario  # noqa: E402

@@ -186,7 +186,7 @@ def _probe(host: Host, request: Request) -> dict[str, Any]:
         "vms": [
             {
                 "id": vm.id, "name": vm.name, "state": vm.state, "generation": vm.spec.generation,
-                "uptime_seconds": vm.uptime_seconds(now), "checkpoint_type": "Production",
+                "uptime_seconds": vm.uptime_seconds(now), "checkpoint_type": vm.spec.checkpoint_type,
                 "guest_os": GUEST_OS_NAMES[vm.spec.guest] if vm.state == "Running" else None,
                 "guest_volumes": _kvp_volumes(vm),
                 "integration_services": _services(host, vm),
@@ -279,11 +279,41 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
     }
 
 
+def _host_vms(host: Host, request: Request) -> dict[str, Any]:
+    job = host.running_job()
+    return {
+        "clock_utc": iso(host.now()),
+        "running_job_vms": [job.vm_name] if job and not job.external else [],
+        "vms": [
+            {"id": vm.id, "name": vm.name, "state": vm.state, "checkpoint_type": vm.spec.checkpoint_type,
+             "checkpoints": [cp.to_json() for cp in vm.checkpoints],
+             "disks": [{k: d[k] for k in ("path", "vhd_type", "parent_path")} for d in vm.disks()],
+             "chain": (chain := vm.chain()), "avhdx_files": [p for p in chain if p.endswith(".avhdx")] + vm.stray}
+            for vm in host.vms
+        ],
+    }
+
+
+def _remove_recovery(host: Host, request: Request) -> dict[str, Any]:
+    vm = _vm_by_id(host, request)
+    wanted = (request.params or {}).get("CheckpointId", "")
+    checkpoint = next((cp for cp in vm.checkpoints if cp.id.lower() == wanted.lower()), None)
+    if checkpoint is None:
+        raise ScriptError(f"The checkpoint {wanted} of '{vm.name}' no longer exists.", "ObjectNotFound")
+    if checkpoint.type != "Recovery":
+        raise ScriptError(f"'{checkpoint.name}' is a {checkpoint.type} checkpoint, not backup debris; it was left alone.",
+                          "InvalidOperation")
+    host.remove_checkpoint_and_merge(vm, checkpoint)
+    return {"removed": {"id": checkpoint.id, "name": checkpoint.name, "type": checkpoint.type}, "clock_utc": iso(host.now())}
+
+
 SCRIPTS = {
     "Get-VMBackupProbe": _probe,
     "Start-VMBackup": _start,
     "Get-VMBackupStatus": _status,
     "Get-VMBackupResult": _result,
+    "Get-HostVMs": _host_vms,
+    "Remove-RecoveryCheckpoint": _remove_recovery,
 }
 
 

@@ -82,21 +82,31 @@ class VM:
     started: datetime | None  # when the VM last started running (uptime origin)
     checkpoints: list[Checkpoint] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    merging: list[str] = field(default_factory=list)  # .avhdx of removed checkpoints, until Hyper-V has merged them
+    stray: list[str] = field(default_factory=list)  # .avhdx files no checkpoint explains (debris)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def folder(self) -> str:
+        return f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
+
+    def avhdx_of(self, checkpoint: Checkpoint) -> str:
+        return f"{self.folder}\\{self.id}-disk0_{checkpoint.id}.avhdx"
 
     def uptime_seconds(self, now: datetime) -> int:
         if self.state != "Running" or self.started is None:
             return 0
         return int((now - self.started).total_seconds())
 
+    def chain(self) -> list[str]:
+        """The VM's disk chain, newest first: one .avhdx per checkpoint (and per removed one until merged), then the .vhdx."""
+        return [*(self.avhdx_of(cp) for cp in reversed(self.checkpoints)), *reversed(self.merging), f"{self.folder}\\{self.id}-disk0.vhdx"]
+
     def disks(self) -> list[dict[str, Any]]:
-        """The VM's disk chain: the .vhdx, plus one .avhdx per checkpoint while any exists."""
-        folder = f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
-        base = f"{folder}\\{self.id}-disk0.vhdx"
-        chain = [base] + [f"{folder}\\{self.id}-disk0_{cp.id}.avhdx" for cp in self.checkpoints]
+        chain = self.chain()[::-1]
         return [
             {
                 "path": chain[-1],
@@ -194,6 +204,8 @@ class Host:
             )
             for cp in vm_spec.checkpoints:
                 vm.checkpoints.append(self._new_checkpoint(cp.name, cp.type, now - timedelta(days=rng.randint(1, 30))))
+            vm.stray = [f"{vm.folder}\\{vm.id}-disk0_{str(uuid.UUID(int=rng.getrandbits(128), version=4)).upper()}.avhdx"
+                        for _ in range(vm_spec.stray_avhdx)]
             self.vms.append(vm)
         self.faults = [Fault(f.kind, f.at, f.times) for f in spec.faults]
         self.jobs: list[Job] = []
@@ -205,6 +217,7 @@ class Host:
         self.down_until = 0.0  # monotonic time until which the host does not answer (reboot)
         self._schedule: list[tuple[datetime, int, Callable[[], None]]] = []
         self._seq = 0
+        self._acting_at: datetime | None = None  # while a scheduled change applies: the time it was due
 
     # -- basics -----------------------------------------------------------------------
 
@@ -213,10 +226,10 @@ class Host:
         return self.spec.name
 
     def now(self) -> datetime:
-        return self.fleet.clock.now()
+        return self._acting_at or self.fleet.clock.now()
 
     def journal(self, event: str, **fields: Any) -> None:
-        self.fleet.journal(self.name, event, **fields)
+        self.fleet.journal(self.name, event, when=self.now(), **fields)
 
     def log_event(self, log: str, event_id: int, message: str, vm: str | None = None, when: datetime | None = None) -> None:
         self.events.append(Event(log, event_id, when or self.now(), message, vm))
@@ -260,8 +273,12 @@ class Host:
         """Apply every scheduled change whose time has come, in order."""
         now = self.now()
         while self._schedule and self._schedule[0][0] <= now:
-            _, _, action = self._schedule.pop(0)
-            action()
+            due, _, action = self._schedule.pop(0)
+            self._acting_at = due  # the change happened when it was due, not when someone next asked
+            try:
+                action()
+            finally:
+                self._acting_at = None
 
     # -- the mode table (DESIGN.md) ------------------------------------------------------
 
@@ -414,6 +431,17 @@ class Host:
         vm.checkpoints.remove(checkpoint)
         self.journal("checkpoint_removed", vm=vm.name, name=checkpoint.name, type=checkpoint.type)
 
+    def remove_checkpoint_and_merge(self, vm: VM, checkpoint: Checkpoint) -> None:
+        """Remove-VMSnapshot: the checkpoint goes at once, its .avhdx is merged into the parent in the background."""
+        avhdx = vm.avhdx_of(checkpoint)
+        self.remove_checkpoint(vm, checkpoint)
+        vm.merging.append(avhdx)
+
+        def merged() -> None:
+            vm.merging.remove(avhdx)
+            self.journal("merge_finished", vm=vm.name, path=avhdx)
+        self.at(self.now() + timedelta(seconds=MERGE_SECONDS), merged)
+
     def _target_full(self, job: Job, vm: VM) -> None:
         self.log_event(BACKUP_LOG, BackupEvent.TARGET_FULL, f"The backup operation to '{job.target}' failed: there is not enough disk space on the target.", vm.name)
         self._finish(job, vm, HResult.DISK_FULL, "There is not enough space on the disk.")
@@ -497,8 +525,10 @@ class Host:
                     "generation": vm.spec.generation,
                     "guest": vm.spec.guest,
                     "uptime_seconds": vm.uptime_seconds(now),
+                    "checkpoint_type": vm.spec.checkpoint_type,
                     "checkpoints": [cp.to_json() for cp in vm.checkpoints],
                     "disks": vm.disks(),
+                    "stray_avhdx": vm.stray,
                 }
                 for vm in self.vms
             ],
@@ -529,8 +559,8 @@ class Fleet:
     def host(self, name: str) -> Host:
         return self.hosts[name.upper()]
 
-    def journal(self, host: str | None, event: str, **fields: Any) -> None:
-        self._journal.append({"at": iso(self.clock.now()), "host": host, "event": event, **fields})
+    def journal(self, host: str | None, event: str, when: datetime | None = None, **fields: Any) -> None:
+        self._journal.append({"at": iso(when or self.clock.now()), "host": host, "event": event, **fields})
 
     def journal_lines(self) -> list[dict[str, Any]]:
         with self.lock:

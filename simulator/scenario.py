@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from hyperv_backup.facts import HOST_VERSIONS, LOCALES, STEPS, CheckpointType, at_least
+from hyperv_backup.facts import CHECKPOINT_SETTINGS, HOST_VERSIONS, LOCALES, STEPS, CheckpointType, at_least
 from hyperv_backup.yamlcheck import Ctx, YamlError, boolean, choice, compose, mapping, name, number, sequence, string
 
 FAULT_KINDS = (
@@ -70,6 +70,8 @@ class VMSpec:
     disk_gb: float = 40.0
     checkpoints: list[Checkpoint] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    checkpoint_type: str = "Production"  # extension: the VM's checkpoint setting (Disabled turns checkpoints off)
+    stray_avhdx: int = 0  # extension: .avhdx files beside the disks that no checkpoint explains (debris)
 
 
 @dataclass
@@ -143,6 +145,8 @@ def _vm(ctx: Ctx, node: yaml.Node, key: str) -> tuple[VMSpec, yaml.Node]:
         "disk_gb": number(0.001),
         "checkpoints": sequence(_checkpoint),
         "faults": sequence(_fault),
+        "checkpoint_type": choice(CHECKPOINT_SETTINGS),
+        "stray_avhdx": number(0, 100, integer=True),
     }
     return VMSpec(**mapping(ctx, node, "a VM", fields, required=("name",))), node
 

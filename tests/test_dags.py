@@ -41,7 +41,7 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     assert sorted(result["dags"]) == ["hyperv_backup_hv01", "hyperv_backup_hv02"]
     dag = result["dags"]["hyperv_backup_hv01"]
     assert dag["max_active_runs"] == 1 and dag["doc"] and "HV01" in dag["tags"]
-    assert dag["params"] == ["plan_only", "vms"]
+    assert dag["params"] == ["force", "plan_only", "vms"]
     steps = ["backup_vm.probe", "backup_vm.snapshot", "backup_vm.verify_merge", "backup_vm.copy", "backup_vm.verify"]
     assert set(steps) <= set(dag["tasks"])
 

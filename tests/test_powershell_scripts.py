@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_the_checker_catches_a_syntax_error():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_has_a_param_block_and_ends_in_one_document(script):
     text = script.read_text()
-    assert invocation.declared_parameters(text), "every script declares its parameters"
+    assert re.search(r"^param\(", text, re.MULTILINE), "every script declares its parameters, if only as param()"
     rendered = invocation.render_script(script.stem, text, {name: HOSTILE for name in invocation.declared_parameters(text)})
     assert _syntax_errors(rendered.encode()) == []
     assert rendered.rstrip().endswith("[Console]::Out.Write((ConvertTo-Json -Compress -Depth 8 $r))")

@@ -7,7 +7,7 @@ a retry updates the same row (the key is dag_id, run_id, host, vm_name), never a
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    func,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -55,6 +56,7 @@ vm_backups = Table(
     Column("offline_seconds", Float),
     Column("uptime_reset", Boolean),
     Column("backup_version", String(32)),
+    Column("missed", Text),  # extension: why this interval was not backed up on time (set by backfills)
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint("dag_id", "run_id", "host", "vm_name", name="uq_vm_backups_run_vm"),
 )
@@ -96,6 +98,33 @@ def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: dat
             db.execute(vm_backups.insert().values(**key, **{"status": "running"} | values, updated_at=now))
         else:
             db.execute(vm_backups.update().where(vm_backups.c.id == existing.id).values(**values, updated_at=now))
+
+
+def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:
+    found = rows(engine, **{k: key[k] for k in ("dag_id", "run_id", "host", "vm_name")})
+    return found[0] if found else None
+
+
+def last_good(engine: Engine, host: str) -> dict[str, datetime]:
+    """Each VM's newest successful backup on a host (job start, UTC)."""
+    query = (select(vm_backups.c.vm_name, func.max(vm_backups.c.job_started_at))
+             .where(vm_backups.c.host == host, vm_backups.c.status == "succeeded").group_by(vm_backups.c.vm_name))
+    with engine.connect() as db:
+        return {name: _utc(at) for name, at in db.execute(query) if at is not None}
+
+
+def covering_backup(engine: Engine, host: str, vm_name: str, after: datetime) -> dict[str, Any] | None:
+    """The newest successful backup of a VM whose job started at or after `after`: it covers every interval before."""
+    query = (select(vm_backups).where(vm_backups.c.host == host, vm_backups.c.vm_name == vm_name,
+                                      vm_backups.c.status == "succeeded", vm_backups.c.job_started_at >= after)
+             .order_by(vm_backups.c.job_started_at.desc()).limit(1))
+    with engine.connect() as db:
+        found = db.execute(query).first()
+    return dict(found._mapping) if found else None
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands naive datetimes back
 
 
 def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.exceptions import AirflowSkipException
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from . import catalog, windows
+from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
-from .operators import WaitForBackupJobOperator, steps_for
+from .operators import WaitForBackupJobOperator, catalog_engine, steps_for
+from .steps import NotThisTime
 
 CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
-POLL_SECONDS = 0.5
 MERGE_TIMEOUT_SECONDS = 600
+
+
+def poll_seconds() -> float:
+    """How often a step asks the host how its job is doing (`[hyperv_backup] poll_seconds`).
+
+    Each poll is a few WinRM round trips; the interval trades host load against how soon the
+    next VM's job starts after one ends (bench/pipeline.py measures both).
+    """
+    from airflow.configuration import conf
+
+    return conf.getfloat("hyperv_backup", "poll_seconds", fallback=5.0)
 
 
 def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
@@ -38,48 +52,61 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         params={
             "vms": Param([], type="array", description="back up only these VMs (empty: all of the inventory)"),
             "plan_only": Param(False, type="boolean", description="probe and predict the mode, start no job"),
+            "force": Param(False, type="boolean", description="back up even when the window has closed or a later backup "
+                                                               "already covers this (backfilled) interval"),
         },
     ) as dag:
 
+        def _steps(vm_name: str):
+            context = get_current_context()
+            context["vm_name"] = vm_name  # for map_index_template: the UI shows the VM's name
+            return steps_for(context, host, conn, target, vm_name, poll_seconds(), entry.clean_recovery_checkpoints)
+
         @task
         def select_vms(params=None) -> list[str]:
-            patterns = [v for v in entry.vms if any(ch in v for ch in "*?[")]
-            if patterns or not entry.vms:
-                raise ValueError(f"{host}: list VMs by name in the inventory; patterns ({', '.join(patterns) or 'all'}) "
-                                 "need the host's VM list, which this version does not read yet")
-            chosen = entry.selected(entry.vms)
+            """The VMs of this run, in the order their jobs should start (priority, then oldest good backup)."""
+            listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HostVMs")["vms"]]
+            named = [v for v in entry.vms if v not in entry.patterns and v not in listed]  # probe records them as missing
+            chosen = entry.selected(listed + named, catalog.last_good(catalog_engine(), host))
             wanted = params.get("vms") or []
             unknown = sorted(set(wanted) - set(chosen))
             if unknown:
-                raise ValueError(f"not in the inventory for {host}: {', '.join(unknown)}")
+                raise ValueError(f"not selected by the inventory for {host}: {', '.join(unknown)}")
+            if not chosen:
+                raise ValueError(f"no VM on {host} matches the inventory ({', '.join(entry.vms or ['*'])})")
             return [name for name in chosen if not wanted or name in wanted]
 
-        def _named(vm_name: str):
-            context = get_current_context()
-            context["vm_name"] = vm_name
-            return context
-
         @task(map_index_template="{{ vm_name }}")
-        def probe(vm_name: str) -> dict:
-            return steps_for(_named(vm_name), host, conn, target, vm_name, POLL_SECONDS).probe()
+        def probe(vm_name: str, params=None) -> dict:
+            steps = _steps(vm_name)
+            context = get_current_context()
+            try:
+                steps.begin(str(context["dag_run"].run_type), bool(params.get("force")))
+            except NotThisTime as reason:
+                raise AirflowSkipException(str(reason)) from None
+            return steps.probe()
 
         @task(map_index_template="{{ vm_name }}")
         def snapshot(vm_name: str, probed: dict, params=None) -> dict:
-            steps = steps_for(_named(vm_name), host, conn, target, vm_name, POLL_SECONDS)
+            steps = _steps(vm_name)
             if params.get("plan_only"):
-                from airflow.exceptions import AirflowSkipException
-
                 steps.record(status="skipped", error="plan only: no job was started")
                 raise AirflowSkipException("plan only")
-            return steps.snapshot(probed)
+            context = get_current_context()
+            due = context.get("data_interval_end") or context.get("logical_date")
+            deadline = windows.job_deadline(entry.window, str(context["dag_run"].run_type), due, bool(params.get("force")))
+            try:
+                return steps.snapshot(probed, last_start=deadline, window=entry.window.describe())
+            except NotThisTime as reason:
+                raise AirflowSkipException(str(reason)) from None
 
         @task(map_index_template="{{ vm_name }}")
         def verify_merge(vm_name: str, probed: dict, snap: dict) -> dict:
-            return steps_for(_named(vm_name), host, conn, target, vm_name, POLL_SECONDS).verify_merge(probed, MERGE_TIMEOUT_SECONDS)
+            return _steps(vm_name).verify_merge(probed, MERGE_TIMEOUT_SECONDS)
 
         @task(map_index_template="{{ vm_name }}")
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
-            return steps_for(_named(vm_name), host, conn, target, vm_name, POLL_SECONDS).verify(probed, snap, job)
+            return _steps(vm_name).verify(probed, snap, job)
 
         @task_group
         def backup_vm(vm_name: str):
@@ -87,7 +114,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             snap = snapshot(vm_name, probed)
             merged = verify_merge(vm_name, probed, snap)
             copied = WaitForBackupJobOperator(task_id="copy", host=host, winrm_conn_id=conn, backup_target=target,
-                                              vm_name=vm_name, probe=probed, snap=snap, poll_interval=POLL_SECONDS,
+                                              vm_name=vm_name, probe=probed, snap=snap, poll_interval=poll_seconds(),
                                               map_index_template="{{ vm_name }}")
             merged >> copied
             verify(vm_name, probed, snap, copied.output)

@@ -50,6 +50,10 @@ class CheckpointType(StrEnum):
 
 
 # Only these are ever removed by this project: debris of a host-level backup.
+# A VM's checkpoint setting (Set-VM -CheckpointType); Disabled also rules out the Recovery
+# checkpoint a 2012 R2+ host needs for a backup that the guest cannot take part in.
+CHECKPOINT_SETTINGS: tuple[str, ...] = ("Disabled", "Production", "ProductionOnly", "Standard")
+
 REMOVABLE_CHECKPOINT_TYPES = frozenset({CheckpointType.RECOVERY})
 
 # The backup integration service. Get-VMIntegrationService's language-independent id
@@ -130,6 +134,8 @@ SCRIPT_STEPS: dict[str, str] = {
     "Start-VMBackup": "snapshot",
     "Get-VMBackupStatus": "copy",  # the simulator refines this by the job's phase
     "Get-VMBackupResult": "verify",
+    "Get-HostVMs": "probe",
+    "Remove-RecoveryCheckpoint": "probe",  # clean-up happens before a backup, or in the audit
 }
 STEPS: tuple[str, ...] = ("probe", "snapshot", "merge", "copy", "verify")
 

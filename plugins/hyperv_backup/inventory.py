@@ -9,12 +9,14 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .yamlcheck import Ctx, YamlError, compose, mapping, name, number, sequence, string
+from .windows import Window
+from .yamlcheck import Ctx, YamlError, boolean, compose, mapping, name, number, sequence, string
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
 ENV_VAR = "HYPERV_BACKUP_INVENTORY"
@@ -25,28 +27,34 @@ class InventoryError(YamlError):
 
 
 @dataclass
-class Window:
-    start: str = "22:00"
-    end: str = "06:00"
-    timezone: str = "UTC"
-
-
-@dataclass
 class HostEntry:
     name: str
     connection: str
     backup_target: str = "E:"
     schedule: str = "0 22 * * *"
-    window: Window = field(default_factory=Window)
+    window: Window = field(default_factory=lambda: Window("22:00", "06:00", "UTC"))
     vms: list[str] = field(default_factory=list)  # names or fnmatch patterns
     exclude: list[str] = field(default_factory=list)
     priority: dict[str, int] = field(default_factory=dict)
+    rpo_hours: float = 24.0  # recovery-point objective: the oldest a VM's last good backup may be
+    clean_recovery_checkpoints: bool = False  # let the probe remove a Recovery checkpoint a failed backup left
 
-    def selected(self, names: list[str]) -> list[str]:
-        """The VM names this entry backs up, highest priority first (then by name)."""
+    @property
+    def patterns(self) -> list[str]:
+        return [p for p in self.vms or ["*"] if any(ch in p for ch in "*?[")]
+
+    def selected(self, names: list[str], last_good: dict[str, datetime] | None = None) -> list[str]:
+        """The VM names this entry backs up, in the order their jobs should run.
+
+        Names match the host's VMs exactly (as Hyper-V does, case and all); patterns are fnmatch.
+        Order: highest priority first, then the oldest last good backup (never backed up first),
+        then the name, so VMs a closed window deferred go first next time.
+        """
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.vms or ["*"])
                   and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
-        return sorted(chosen, key=lambda n: (-self.priority.get(n, 0), n))
+        last_good = last_good or {}
+        never = datetime.min.replace(tzinfo=UTC)
+        return sorted(chosen, key=lambda n: (-self.priority.get(n, 0), last_good.get(n) or never, n))
 
 
 @dataclass
@@ -81,7 +89,8 @@ def _schedule(ctx: Ctx, node: yaml.Node, key: str) -> str:
 
 
 def _window(ctx: Ctx, node: yaml.Node, key: str) -> Window:
-    return Window(**mapping(ctx, node, "a window", {"start": _time, "end": _time, "timezone": _timezone}))
+    fields = {"start": _time, "end": _time, "timezone": _timezone, "grace_minutes": number(0, 24 * 60, integer=True)}
+    return Window(**{"start": "22:00", "end": "06:00", "timezone": "UTC"} | mapping(ctx, node, "a window", fields))
 
 
 def _priority(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, int]:
@@ -92,7 +101,8 @@ def _priority(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, int]:
 
 def _host(ctx: Ctx, node: yaml.Node, key: str) -> HostEntry:
     fields = {"name": name, "connection": name, "backup_target": string, "schedule": _schedule, "window": _window,
-              "vms": sequence(name), "exclude": sequence(name), "priority": _priority}
+              "vms": sequence(name), "exclude": sequence(name), "priority": _priority,
+              "rpo_hours": number(1, 24 * 366), "clean_recovery_checkpoints": boolean}
     return HostEntry(**mapping(ctx, node, "a host", fields, required=("name", "connection")))
 
 

@@ -27,10 +27,11 @@ def catalog_engine():
     return _engine(url)
 
 
-def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float) -> BackupSteps:
+def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
+              clean_recovery_checkpoints: bool = False) -> BackupSteps:
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
-    return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll)
+    return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints)
 
 
 class WaitForBackupJobOperator(BaseOperator):

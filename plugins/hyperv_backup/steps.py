@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import catalog, rules
+from . import catalog, hygiene, rules, windows
 from .errors import HostBusyError, PermanentHostError, TransientHostError
 from .facts import WSB_SHADOW_COPY_OPERATION, Mode
 from .hooks import HyperVHook
@@ -40,11 +40,17 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
+class NotThisTime(Exception):
+    """This VM is not backed up in this run, for a reason the catalog already holds (covered, deferred, done)."""
+
+
 class BackupSteps:
     """One VM on one host in one DAG run."""
 
-    def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5):
+    def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
+                 clean_recovery_checkpoints: bool = False):
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
+        self.clean = clean_recovery_checkpoints
 
     def record(self, **values: Any) -> None:
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
@@ -54,10 +60,48 @@ class BackupSteps:
         self.record(status="failed", error=error, **values)
         return PermanentHostError(self.run.host, error, script=None)
 
+    # -- before the probe: does this run back the VM up at all? ---------------------
+
+    def begin(self, run_type: str, force: bool = False) -> None:
+        """Raise NotThisTime when the catalog says this VM needs no job in this run.
+
+        A rerun of a run (a retry, a cleared task, a backfill reprocessing failed runs) does not
+        redo a VM that already succeeded or was covered in it. A backfilled interval is covered
+        by a good backup taken after it ended, if there is one (`force` takes a new one anyway).
+        """
+        existing = catalog.row(self.engine, self.run.key())
+        if existing and existing["status"] in ("succeeded", "covered"):
+            raise NotThisTime(f"{self.run.vm_name} is already {existing['status']} in this run")
+        missed = (existing or {}).get("missed") or windows.missed_reason(run_type, (existing or {}).get("error"))
+        if missed:
+            self.record(missed=missed)
+        if run_type != windows.BACKFILL or force or self.run.interval_end is None:
+            return
+        cover = catalog.covering_backup(self.engine, self.run.host, self.run.vm_name, self.run.interval_end)
+        if cover:
+            when = f"{cover['job_started_at']:%Y-%m-%d %H:%M} UTC"
+            self.record(status="covered", error=f"missed; covered by the backup of {when} (run {cover['run_id']}), no second job",
+                        **{k: cover[k] for k in ("vm_id", "predicted_mode", "mode", "mode_reasons", "backup_version")})
+            raise NotThisTime(f"covered by the backup of {when}")
+
     # -- probe ----------------------------------------------------------------------
 
     def probe(self) -> dict[str, Any]:
-        result = self.hook.run_script("Get-VMBackupProbe", VMName=self.run.vm_name, BackupTarget=self.target)
+        result = self._probe_host()
+        idle = not result["wsb_job"]  # a Recovery checkpoint is debris only while no backup job could own it
+        if self.clean and idle and result["vms"] and rules.recovery_checkpoints(result["vms"][0]["checkpoints"]):
+            findings = [f for f in hygiene.audit_vm(result["vms"][0]) if f.removable]
+            done = hygiene.remediate(self.hook.run_script, findings, self.run.vm_name, poll=self.poll)
+            if not all(entry["merged"] for entry in done):
+                raise self.fail(f"removed {', '.join(e['removed'] for e in done)} but Hyper-V did not finish the merge; "
+                                "rerun once Get-VM shows no .avhdx")
+            result = self._probe_host()
+        return self._judge(result)
+
+    def _probe_host(self) -> dict[str, Any]:
+        return self.hook.run_script("Get-VMBackupProbe", VMName=self.run.vm_name, BackupTarget=self.target)
+
+    def _judge(self, result: dict[str, Any]) -> dict[str, Any]:
         os_version = rules.os_version_of(result["host"]["os_caption"])
         vms = result["vms"]
         if not vms:
@@ -101,18 +145,29 @@ class BackupSteps:
         job = status.get("job")
         return bool(job and self.run.vm_name in job.get("vms", []) and job["start_time_utc"] >= since)
 
-    def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600) -> dict[str, Any]:
+    def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600, last_start: datetime | None = None,
+                 window: str = "") -> dict[str, Any]:
+        """Start this VM's job (or re-attach to it) and follow it through the shadow copy.
+
+        `last_start` is the window's end plus grace (UTC): no job starts after it, also not
+        after waiting for another job; the VM is then recorded `deferred` and goes first next time.
+        """
         vm_id = probe["vm_id"]
         status = self.status(vm_id)
         if not self._our_job(status, probe["clock_utc"]):  # else: a retry re-attaches to the job it started
             deadline = time.monotonic() + busy_timeout
             while True:
+                if last_start is not None and _parse_time(status["clock_utc"]) > last_start:
+                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+                                f"VM's turn (host clock {status['clock_utc'][:16]}Z); it goes first next time")
+                    raise NotThisTime("window closed")
                 started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target)
                 if started["started"]:
                     break
                 if time.monotonic() > deadline:
                     raise HostBusyError(self.run.host, "another Windows Server Backup job kept the host busy", "rerun later")
                 time.sleep(self.poll)
+                status = self.status(vm_id)
             status = self.status(vm_id)
         job_started = status["job"]["start_time_utc"]
         self.record(status="running", job_started_at=_parse_time(job_started))
