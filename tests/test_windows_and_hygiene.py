@@ -1,0 +1,134 @@
+"""Backup windows (across midnight and DST), run kinds, VM selection order, and the checkpoint audit.
+
+The pure rules first; then the audit and its remediation against a simulated host with debris,
+through the real client, where a user's Standard checkpoint must survive.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hyperv_backup import hygiene, windows
+from hyperv_backup.errors import PermanentHostError
+from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.inventory import parse_inventory
+
+from tests.conftest import use_connection, winrm_connection
+
+BERLIN = windows.Window("22:00", "06:00", "Europe/Berlin", grace_minutes=30)
+
+
+def test_a_window_across_midnight_is_the_one_that_opened_last():
+    start, end = BERLIN.bounds(datetime(2026, 11, 23, 21, 0, tzinfo=UTC))  # 22:00 Berlin (CET, UTC+1)
+    assert (start, end) == (datetime(2026, 11, 23, 21, 0, tzinfo=UTC), datetime(2026, 11, 24, 5, 0, tzinfo=UTC))
+    assert BERLIN.bounds(datetime(2026, 11, 24, 3, 0, tzinfo=UTC))[0] == start  # 04:00 Berlin: still that window
+    assert BERLIN.bounds(datetime(2026, 11, 23, 20, 59, tzinfo=UTC))[0] == start - timedelta(days=1)
+
+
+def test_a_window_follows_daylight_saving_time():
+    # 2026-03-29: Berlin goes from UTC+1 to UTC+2 at 02:00, inside the night's window
+    start, end = BERLIN.bounds(datetime(2026, 3, 28, 21, 30, tzinfo=UTC))
+    assert (start, end) == (datetime(2026, 3, 28, 21, 0, tzinfo=UTC), datetime(2026, 3, 29, 4, 0, tzinfo=UTC))
+    assert end - start == timedelta(hours=7)  # the short night: one hour less of window
+    assert BERLIN.last_start(start) == end + timedelta(minutes=30)
+
+
+def test_a_window_within_one_day():
+    day = windows.Window("01:00", "05:00", "Asia/Tokyo")
+    assert day.bounds(datetime(2026, 11, 23, 17, 0, tzinfo=UTC)) == (  # 02:00 Tokyo
+        datetime(2026, 11, 23, 16, 0, tzinfo=UTC), datetime(2026, 11, 23, 20, 0, tzinfo=UTC))
+
+
+def test_only_scheduled_runs_are_held_to_the_window():
+    due = datetime(2026, 11, 23, 21, 0, tzinfo=UTC)
+    assert windows.job_deadline(BERLIN, "scheduled", due, force=False) == datetime(2026, 11, 24, 5, 30, tzinfo=UTC)
+    assert windows.job_deadline(BERLIN, "scheduled", due, force=True) is None
+    assert windows.job_deadline(BERLIN, "manual", due, force=False) is None
+    assert windows.job_deadline(BERLIN, "backfill", due, force=False) is None
+
+
+def test_a_backfilled_interval_says_why_it_was_missed():
+    assert windows.missed_reason("scheduled", None) is None
+    assert "Airflow was down" in windows.missed_reason("backfill", None)
+    assert windows.missed_reason("backfill", "WinRM refused the credentials") == "the scheduled run failed: WinRM refused the credentials"
+
+
+def test_vm_order_is_priority_then_oldest_good_backup_and_patterns_match_exactly():
+    entry = parse_inventory("hosts:\n  - name: HV01\n    connection: c\n    vms: ['SQL*', 'WEB01', 'APP?']\n"
+                            "    exclude: ['SQL-TEST']\n    priority: {WEB01: 5}\n", "inv.yaml").hosts[0]
+    names = ["SQL02", "SQL01", "sql03", "SQL-TEST", "WEB01", "APP1", "APP10", "DC01"]
+    last = {"SQL01": datetime(2026, 11, 22, tzinfo=UTC), "SQL02": datetime(2026, 11, 20, tzinfo=UTC)}
+    assert entry.selected(names, last) == ["WEB01", "APP1", "SQL02", "SQL01"]  # APP1 never backed up: before SQL02
+
+
+def test_inventory_rejects_a_bad_grace_with_file_and_line():
+    text = "hosts:\n  - name: HV01\n    connection: c\n    window: {grace_minutes: -5}\n"
+    with pytest.raises(Exception, match=r"inv.yaml.*line 4.*grace_minutes"):
+        parse_inventory(text, "inv.yaml")
+
+
+def _vm(name, checkpoints=(), chain=(), files=(), setting="Production"):
+    return {"name": name, "id": name + "-ID", "checkpoint_type": setting, "disks": [{"path": (list(chain) or ["x.vhdx"])[0]}],
+            "checkpoints": [{"id": f"{name}-{c}", "name": c, "type": t} for c, t in checkpoints],
+            "chain": list(chain), "avhdx_files": list(files)}
+
+
+def test_audit_finds_the_three_kinds_of_debris_and_only_recovery_checkpoints_are_removable():
+    answer = {"running_job_vms": ["BUSY"], "vms": [
+        _vm("LEFT", [("LEFT - Backup - (11/23/2026)", "Recovery"), ("before-patch", "Standard")], ["a.avhdx", "b.avhdx", "x.vhdx"],
+            ["a.avhdx", "b.avhdx"]),
+        _vm("STRAY", [], ["x.vhdx"], ["C:\\VMs\\STRAY\\old_1234.avhdx"]),
+        _vm("OFF", setting="Disabled"),
+        _vm("BUSY", [("BUSY - Backup", "Recovery")], ["c.avhdx", "x.vhdx"], ["c.avhdx"]),
+        _vm("CLEAN", [("monthly", "Standard"), ("replica", "Replica")], ["d.avhdx", "e.avhdx", "x.vhdx"], ["d.avhdx", "e.avhdx"]),
+    ]}
+    found = {(f.vm_name, f.kind, f.removable) for f in hygiene.audit_host(answer)}
+    assert found == {("LEFT", hygiene.RECOVERY_LEFT, True), ("STRAY", hygiene.UNEXPLAINED_AVHDX, False),
+                     ("OFF", hygiene.CHECKPOINTS_DISABLED, False)}
+
+
+def test_merged_counts_one_avhdx_per_remaining_checkpoint():
+    assert hygiene.merged(_vm("A", [("p", "Standard")], ["p.avhdx", "x.vhdx"]))
+    assert not hygiene.merged(_vm("A", [("p", "Standard")], ["p.avhdx", "r.avhdx", "x.vhdx"]))  # the removed one still merging
+
+
+# -- against the simulator ------------------------------------------------------------------
+
+
+def _debris_fleet(start_fleet, monkeypatch):
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "DB01", "checkpoints": [{"name": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", "type": "Recovery"},
+                                         {"name": "before-upgrade", "type": "Standard"}]},
+        {"name": "WEB01", "stray_avhdx": 2},
+        {"name": "LAB01", "checkpoint_type": "Disabled"},
+        {"name": "OK01"}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    return running, HyperVHook("hv")
+
+
+def test_audit_and_remediation_remove_only_the_recovery_checkpoint(start_fleet, monkeypatch):
+    running, hook = _debris_fleet(start_fleet, monkeypatch)
+    findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
+    assert sorted((f.vm_name, f.kind) for f in findings) == [
+        ("DB01", hygiene.RECOVERY_LEFT), ("LAB01", hygiene.CHECKPOINTS_DISABLED),
+        ("WEB01", hygiene.UNEXPLAINED_AVHDX), ("WEB01", hygiene.UNEXPLAINED_AVHDX)]
+
+    done = hygiene.remediate(hook.run_script, findings, poll=0.1, timeout=30)
+    assert done == [{"vm_name": "DB01", "vm_id": done[0]["vm_id"], "removed": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)",
+                     "merged": True}]
+    after = {f.kind for f in hygiene.audit_host(hook.run_script("Get-HostVMs"))}
+    assert after == {hygiene.CHECKPOINTS_DISABLED, hygiene.UNEXPLAINED_AVHDX}  # files and settings are reported, never touched
+    db01 = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")
+    assert [(c["name"], c["type"]) for c in db01["checkpoints"]] == [("before-upgrade", "Standard")]
+    removed = [e for e in running.journal() if e["event"] == "checkpoint_removed"]
+    assert [(e["vm"], e["type"]) for e in removed] == [("DB01", "Recovery")]
+
+
+def test_the_host_script_refuses_to_remove_a_users_checkpoint(start_fleet, monkeypatch):
+    running, hook = _debris_fleet(start_fleet, monkeypatch)
+    db01 = next(vm for vm in hook.run_script("Get-HostVMs")["vms"] if vm["name"] == "DB01")
+    standard = next(c for c in db01["checkpoints"] if c["type"] == "Standard")
+    with pytest.raises(PermanentHostError, match="Standard checkpoint, not backup debris"):
+        hook.run_script("Remove-RecoveryCheckpoint", VMId=db01["id"], CheckpointId=standard["id"])
+    assert len(next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")["checkpoints"]) == 2
