@@ -1,0 +1,194 @@
+"""The report's content: pure functions from catalog frames to report frames. No Airflow import.
+
+Everything is computed from the catalog (`vm_backups`) alone, vectorized with pandas, so the
+report of any past interval can be rebuilt and comes out the same every time. A row belongs to
+the interval its run was due in (`interval_end`, else the job's start, else its last update).
+Times are UTC throughout; a host's window is converted from its own time zone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+
+from .windows import Window
+
+MODES = ("online", "checkpoint", "saved", "offline")
+TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
+VM_COLUMNS = ["host", "vm_name", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
+              "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    start: datetime  # aware, UTC
+    end: datetime
+
+    @property
+    def label(self) -> str:
+        """The night the report is about: the interval's first day (a 24 h interval) or its dates."""
+        last = self.end - timedelta(microseconds=1)
+        return f"{self.start:%Y-%m-%d}" if last.date() == self.start.date() or self.end - self.start <= timedelta(days=1) \
+            else f"{self.start:%Y-%m-%d} to {last:%Y-%m-%d}"
+
+
+def normalize(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The catalog as read (any SQL backend) with UTC timestamps and the row's moment `due`."""
+    frame = catalog.copy()
+    for column in TIME_COLUMNS:
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
+    if "missed" not in frame:
+        frame["missed"] = None
+    frame["due"] = frame["interval_end"].fillna(frame["job_started_at"]).fillna(frame["updated_at"])
+    return frame
+
+
+def in_interval(frame: pd.DataFrame, interval: Interval) -> pd.DataFrame:
+    return frame[(frame["due"] >= interval.start) & (frame["due"] < interval.end)]
+
+
+def _reasons(series: pd.Series) -> pd.Series:
+    return series.fillna("[]").map(lambda text: "; ".join(json.loads(text)) if text.startswith("[") else text)
+
+
+def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per VM backup of the interval: mode (predicted and actual, why), time, size, speed, impact, outcome."""
+    if rows.empty:
+        return pd.DataFrame(columns=VM_COLUMNS)
+    duration = (rows["job_finished_at"] - rows["job_started_at"]).dt.total_seconds()
+    copy_seconds = (rows["job_finished_at"] - rows["merged_at"].fillna(rows["snapshot_at"])).dt.total_seconds()
+    gb = rows["bytes_copied"].fillna(0).astype(float) / 1024**3
+    table = pd.DataFrame({
+        "host": rows["host"], "vm_name": rows["vm_name"], "status": rows["status"],
+        "predicted_mode": rows["predicted_mode"], "mode": rows["mode"], "reasons": _reasons(rows["mode_reasons"]),
+        "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
+        "mb_s": (gb * 1024 / copy_seconds.where(copy_seconds > 0)).where(rows["status"] == "succeeded"),
+        "offline_s": rows["offline_seconds"].astype(float), "uptime_reset": rows["uptime_reset"].astype("boolean"),
+        "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds(),
+        "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
+    })
+    return table.sort_values(["host", "started", "vm_name"], na_position="last").reset_index(drop=True)
+
+
+def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Window]) -> pd.DataFrame:
+    """Per host: the planned window of its run, when its jobs really ran, whether the window held, and who ran past it."""
+    hosts = sorted(set(windows) | set(rows["host"]))
+    due = rows.groupby("host")["due"].min()
+    ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
+    records = []
+    for host in hosts:
+        window = windows.get(host)
+        planned = window.bounds(due[host].to_pydatetime()) if window is not None and host in due else (None, None)
+        mine = vms[vms["host"] == host]
+        late = mine[(mine["finished"] > planned[1]) | (mine["status"] == "deferred")] if planned[1] is not None else mine.iloc[0:0]
+        records.append({
+            "host": host, "planned_start": planned[0], "planned_end": planned[1],
+            "first_start": ran["first_start"].get(host, pd.NaT), "last_end": ran["last_end"].get(host, pd.NaT),
+            "vms": len(mine), "held": late.empty if host in due else None,
+            "overran": ", ".join(late["vm_name"]),
+            "window": window.describe() if window is not None else "",
+        })
+    return pd.DataFrame(records, columns=["host", "planned_start", "planned_end", "first_start", "last_end", "vms", "held",
+                                          "overran", "window"])
+
+
+def rpo_table(history: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], default_rpo: float = 24.0) -> pd.DataFrame:
+    """Every VM the catalog knows, with the age of its last good backup at `at`; past the RPO (or never) first."""
+    known = history[history["due"] < at]
+    vms = known[["host", "vm_name"]].drop_duplicates()
+    good = known[(known["status"] == "succeeded") & (known["job_started_at"] < at)]
+    last = good.groupby(["host", "vm_name"], as_index=False)["job_started_at"].max().rename(columns={"job_started_at": "last_good"})
+    table = vms.merge(last, on=["host", "vm_name"], how="left")
+    table["age_h"] = (pd.Timestamp(at) - table["last_good"]).dt.total_seconds() / 3600
+    table["rpo_h"] = table["host"].map(rpo_hours).fillna(default_rpo).astype(float)
+    table["breach"] = table["last_good"].isna() | (table["age_h"] > table["rpo_h"])
+    table["sort_age"] = table["age_h"].fillna(np.inf)
+    table = table.sort_values(["breach", "sort_age", "host", "vm_name"], ascending=[False, False, True, True])
+    return table.drop(columns="sort_age").reset_index(drop=True)
+
+
+def trend_table(history: pd.DataFrame, at: datetime, days: int = 30) -> pd.DataFrame:
+    """The last `days` days up to `at`: VMs tried, succeeded, success rate, and the longest host window (hours)."""
+    since = pd.Timestamp(at) - pd.Timedelta(days=days)
+    recent = history[(history["due"] >= since) & (history["due"] < at) & ~history["status"].isin(["covered", "skipped", "running"])]
+    day_index = pd.date_range((since + pd.Timedelta(days=1)).normalize(), pd.Timestamp(at).normalize(), freq="D", tz="UTC")
+    if recent.empty:
+        return pd.DataFrame({"day": day_index, "vms": 0, "succeeded": 0, "success_rate": np.nan, "window_h": np.nan})
+    day = recent["due"].dt.floor("D")
+    counts = recent.assign(day=day, ok=recent["status"].eq("succeeded")).groupby("day").agg(vms=("ok", "size"), succeeded=("ok", "sum"))
+    spans = recent.assign(day=day).groupby(["day", "host"]).agg(first=("job_started_at", "min"), last=("job_finished_at", "max"))
+    longest = ((spans["last"] - spans["first"]).dt.total_seconds() / 3600).groupby(level="day").max()
+    table = counts.join(longest.rename("window_h")).reindex(day_index)
+    table.index.name = "day"
+    table[["vms", "succeeded"]] = table[["vms", "succeeded"]].fillna(0).astype(int)
+    table["success_rate"] = table["succeeded"] / table["vms"].where(table["vms"] > 0)
+    return table.reset_index()[["day", "vms", "succeeded", "success_rate", "window_h"]]
+
+
+def impact_table(vms: pd.DataFrame) -> pd.DataFrame:
+    """The VMs whose service the backup touched (Saved state, a checkpoint that restarts uptime), and why."""
+    touched = vms[vms["mode"].isin(["saved", "checkpoint"]) | (vms["offline_s"].fillna(0) > 0) | vms["uptime_reset"].fillna(False)]
+    impact = np.where(touched["offline_s"].fillna(0) > 0, "offline " + touched["offline_s"].fillna(0).round().astype(int).astype(str) + " s",
+                      np.where(touched["uptime_reset"].fillna(False), "uptime restarted", "no online backup"))
+    return pd.DataFrame({"host": touched["host"], "vm_name": touched["vm_name"], "mode": touched["mode"], "impact": impact,
+                         "why": touched["reasons"]}).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Summary:
+    label: str
+    total: int
+    succeeded: int
+    failed: int
+    by_status: dict[str, int]
+    overran: list[str]
+    breaches: int
+
+    @property
+    def subject(self) -> str:
+        """The truth in one line: counts, failures, windows that overran, recovery points missed."""
+        if self.total == 0:
+            parts = ["nothing ran"]
+        else:
+            parts = [f"{self.succeeded}/{self.total} succeeded"]
+            parts += [f"{self.by_status[s]} {s}" for s in ("failed", "deferred", "covered", "skipped", "running") if self.by_status.get(s)]
+        if self.overran:
+            parts.append(f"window overran on {', '.join(self.overran)}")
+        if self.breaches:
+            parts.append(f"{self.breaches} VM{'s' if self.breaches != 1 else ''} past RPO")
+        return f"Hyper-V backups {self.label}: " + ", ".join(parts)
+
+
+def summarize(interval: Interval, vms: pd.DataFrame, windows: pd.DataFrame, rpo: pd.DataFrame) -> Summary:
+    counts = vms["status"].value_counts()
+    return Summary(
+        label=interval.label, total=len(vms), succeeded=int(counts.get("succeeded", 0)), failed=int(counts.get("failed", 0)),
+        by_status={str(k): int(v) for k, v in counts.items()},
+        overran=sorted(windows.loc[windows["held"].eq(False), "host"]), breaches=int(rpo["breach"].sum()))
+
+
+@dataclass
+class Report:
+    interval: Interval
+    summary: Summary
+    vms: pd.DataFrame
+    windows: pd.DataFrame
+    rpo: pd.DataFrame
+    trend: pd.DataFrame
+    impact: pd.DataFrame
+
+
+def build(catalog: pd.DataFrame, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float]) -> Report:
+    """The whole report of one interval, from the catalog rows up to its end."""
+    history = normalize(catalog)
+    rows = in_interval(history, interval)
+    vms = vm_table(rows)
+    hosts = window_table(vms, rows, windows)
+    rpo = rpo_table(history, interval.end, rpo_hours)
+    return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(history, interval.end),
+                  impact_table(vms))

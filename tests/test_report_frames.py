@@ -1,0 +1,94 @@
+"""Report frames on catalog data built here: a normal night, nothing ran, all failed, a VM never
+backed up, a window across midnight, and a night with a daylight saving time change."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from hyperv_backup import report
+from hyperv_backup.windows import Window
+
+NIGHT = report.Interval(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
+DUE = datetime(2026, 11, 23, 21, 0, tzinfo=UTC)  # 22:00 Berlin
+WINDOWS = {"HV01": Window("22:00", "06:00", "Europe/Berlin"), "HV02": Window("22:00", "00:00", "Europe/Berlin")}
+
+
+def row(host, vm, status="succeeded", start=0.0, minutes=30.0, mode="online", due=DUE, **extra):
+    started = due + timedelta(minutes=start)
+    finished = started + timedelta(minutes=minutes)
+    base = {"dag_id": f"hyperv_backup_{host.lower()}", "run_id": f"scheduled__{due:%Y-%m-%dT%H}", "interval_start": due,
+            "interval_end": due, "host": host, "vm_name": vm, "vm_id": vm + "-id", "predicted_mode": mode, "mode": mode,
+            "mode_reasons": json.dumps([f"{vm} reason"]), "status": status, "error": None if status == "succeeded" else "boom",
+            "job_started_at": started, "job_finished_at": finished, "snapshot_at": started + timedelta(minutes=1),
+            "merged_at": started + timedelta(minutes=2), "bytes_copied": 60 * 1024**3, "offline_seconds": 0.0,
+            "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "updated_at": finished}
+    return base | extra
+
+
+def build(rows, interval=NIGHT, windows=WINDOWS):
+    return report.build(pd.DataFrame(rows, columns=list(row("H", "V"))), interval, windows, {"HV01": 24, "HV02": 24})
+
+
+def test_a_normal_night_with_one_overrun_and_impact():
+    built = build([
+        row("HV01", "DC01"), row("HV01", "SQL01", start=30, minutes=60, mode="checkpoint", uptime_reset=True),
+        row("HV02", "FS01", minutes=150, mode="saved", offline_seconds=42.0),  # HV02's window ends at midnight: overrun
+        row("HV02", "WEB01", status="failed", start=150, minutes=5),
+    ])
+    vms = built.vms.set_index("vm_name")
+    assert vms.loc["DC01", "duration_s"] == 1800 and vms.loc["DC01", "gb"] == 60
+    assert vms.loc["DC01", "mb_s"] == pytest.approx(60 * 1024 / (28 * 60))  # copy time: from the merge to the end
+    assert vms.loc["SQL01", "merge_s"] == 60 and pd.isna(vms.loc["WEB01", "mb_s"])
+    windows = built.windows.set_index("host")
+    assert windows.loc["HV01", "held"] and not windows.loc["HV02", "held"]
+    assert windows.loc["HV02", "overran"] == "FS01, WEB01"
+    assert windows.loc["HV02", "planned_end"] == datetime(2026, 11, 23, 23, 0, tzinfo=UTC)
+    assert list(built.impact["vm_name"]) == ["SQL01", "FS01"]
+    assert list(built.impact["impact"]) == ["uptime restarted", "offline 42 s"]
+    assert built.summary.subject == "Hyper-V backups 2026-11-23: 3/4 succeeded, 1 failed, window overran on HV02, 1 VM past RPO"
+
+
+def test_nothing_ran():
+    built = build([])
+    assert built.vms.empty and built.impact.empty and built.rpo.empty
+    assert built.summary.subject == "Hyper-V backups 2026-11-23: nothing ran"
+    assert list(built.windows["held"]) == [None, None]
+    assert len(built.trend) == 30 and built.trend["vms"].sum() == 0
+
+
+def test_all_failed_and_a_vm_never_backed_up_comes_first():
+    earlier = DUE - timedelta(days=3)
+    built = build([row("HV01", "OLD", due=earlier), row("HV01", "OLD", status="failed"), row("HV01", "NEW", status="failed")])
+    assert built.summary.subject == "Hyper-V backups 2026-11-23: 0/2 succeeded, 2 failed, 2 VMs past RPO"
+    assert list(built.rpo["vm_name"]) == ["NEW", "OLD"]  # never backed up first, then the oldest
+    assert pd.isna(built.rpo.loc[0, "last_good"]) and built.rpo.loc[1, "age_h"] == pytest.approx(3 * 24 + 10)
+
+
+def test_the_trend_covers_30_days_and_a_report_is_the_same_every_time():
+    rows = [row("HV01", "A", due=DUE - timedelta(days=d), status="failed" if d % 2 else "succeeded") for d in range(40)]
+    first, second = build(rows), build(rows)
+    assert len(first.trend) == 30 and first.trend["day"].iloc[-1] == pd.Timestamp("2026-11-24", tz="UTC")
+    assert first.trend["vms"].sum() == 29  # the 29 nights before the end that fall in the window (the 30th is tomorrow's)
+    pd.testing.assert_frame_equal(first.vms, second.vms)
+    pd.testing.assert_frame_equal(first.trend, second.trend)
+
+
+def test_a_night_when_daylight_saving_time_ends():
+    # 2026-10-25 03:00 CEST -> 02:00 CET in Berlin: the window 22:00-06:00 is 9 hours long, ending at 05:00 UTC
+    due = datetime(2026, 10, 24, 20, 0, tzinfo=UTC)  # 22:00 CEST
+    night = report.Interval(datetime(2026, 10, 24, 6, 0, tzinfo=UTC), datetime(2026, 10, 25, 6, 0, tzinfo=UTC))
+    built = build([row("HV01", "A", due=due, minutes=8 * 60 + 30), row("HV01", "B", due=due, start=8 * 60 + 30, minutes=40)],
+                  interval=night)
+    window = built.windows.set_index("host").loc["HV01"]
+    assert (window["planned_start"], window["planned_end"]) == (due, datetime(2026, 10, 25, 5, 0, tzinfo=UTC))
+    assert not window["held"] and window["overran"] == "B"
+
+
+def test_rows_belong_to_the_interval_their_run_was_due_in():
+    before = row("HV01", "A", due=NIGHT.start - timedelta(minutes=1))
+    at_end = row("HV01", "B", due=NIGHT.end)  # the next interval's
+    inside = row("HV01", "C", due=NIGHT.end - timedelta(seconds=1))
+    assert list(build([before, at_end, inside]).vms["vm_name"]) == ["C"]
