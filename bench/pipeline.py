@@ -37,7 +37,7 @@ def scenario(vms: int) -> dict:
 
 def run_once(scenario_path: Path, out: Path, poll: float) -> None:
     env = os.environ | {"AIRFLOW__HYPERV_BACKUP__POLL_SECONDS": str(poll), "AIRFLOW_HOME": str(out / "airflow")}
-    subprocess.run([sys.executable, "-m", "include.demo", "--scenario", str(scenario_path), "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "include.demo", "--scenario", str(scenario_path), "--out", str(out), "--no-report"],
                    cwd=ROOT, env=env, check=True, capture_output=True, text=True)
 
 

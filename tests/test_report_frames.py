@@ -92,3 +92,17 @@ def test_rows_belong_to_the_interval_their_run_was_due_in():
     at_end = row("HV01", "B", due=NIGHT.end)  # the next interval's
     inside = row("HV01", "C", due=NIGHT.end - timedelta(seconds=1))
     assert list(build([before, at_end, inside]).vms["vm_name"]) == ["C"]
+
+
+def test_a_manual_run_neither_holds_nor_overruns_a_window():
+    built = build([row("HV01", "A", run_id="manual__2026-11-23T14:00", start=600, minutes=600)])
+    window = built.windows.set_index("host").loc["HV01"]
+    assert window["held"] is None and window["overran"] == ""
+    assert built.vms["run_kind"].tolist() == ["manual"]
+    assert "overran" not in built.summary.subject
+
+
+def test_a_manual_interval_is_named_by_its_end():
+    interval = report.Interval(datetime(2026, 11, 23, 18, 5, tzinfo=UTC), datetime(2026, 11, 24, 18, 5, tzinfo=UTC), nightly=False)
+    assert interval.label == "24 h to 2026-11-24 18:05 UTC"
+    assert NIGHT.label == "2026-11-23"

@@ -60,6 +60,16 @@ vm_backups = Table(
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint("dag_id", "run_id", "host", "vm_name", name="uq_vm_backups_run_vm"),
 )
+# Which report e-mails went out: a retry of the send task finds its report here and does not send it twice.
+report_mails = Table(
+    "report_mails",
+    metadata,
+    Column("report_key", String(250), primary_key=True),
+    Column("message_id", String(250), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("recipients", Text, nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)
 COLUMNS = [c.name for c in vm_backups.columns if c.name not in ("id", "updated_at")]
 
 
@@ -125,6 +135,27 @@ def covering_backup(engine: Engine, host: str, vm_name: str, after: datetime) ->
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands naive datetimes back
+
+
+def mail_sent(engine: Engine, report_key: str) -> dict[str, Any] | None:
+    with engine.connect() as db:
+        found = db.execute(select(report_mails).where(report_mails.c.report_key == report_key)).first()
+    return dict(found._mapping) if found else None
+
+
+def record_mail(engine: Engine, report_key: str, message_id: str, subject: str, recipients: list[str], now: datetime) -> None:
+    with engine.begin() as db:
+        db.execute(report_mails.insert().values(report_key=report_key, message_id=message_id, subject=subject,
+                                                recipients=", ".join(recipients), sent_at=now))
+
+
+def frame(engine: Engine):
+    """The whole catalog as a pandas DataFrame, for the reports (which select by each row's due time)."""
+    import pandas as pd
+
+    query = select(*[vm_backups.c[name] for name in COLUMNS], vm_backups.c.updated_at)
+    with engine.connect() as db:
+        return pd.read_sql(query, db)
 
 
 def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
 TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
-VM_COLUMNS = ["host", "vm_name", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
+VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
               "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed"]
 
 
@@ -27,13 +27,15 @@ VM_COLUMNS = ["host", "vm_name", "status", "predicted_mode", "mode", "reasons", 
 class Interval:
     start: datetime  # aware, UTC
     end: datetime
+    nightly: bool = True  # a scheduled day's interval, named by the night it starts; else by its end
 
     @property
     def label(self) -> str:
-        """The night the report is about: the interval's first day (a 24 h interval) or its dates."""
-        last = self.end - timedelta(microseconds=1)
-        return f"{self.start:%Y-%m-%d}" if last.date() == self.start.date() or self.end - self.start <= timedelta(days=1) \
-            else f"{self.start:%Y-%m-%d} to {last:%Y-%m-%d}"
+        """What the report is about, for the subject: `2026-11-23` (the night) or `24 h to 2026-11-24 18:05 UTC`."""
+        if self.nightly and self.end - self.start == timedelta(days=1):
+            return f"{self.start:%Y-%m-%d}"
+        hours = (self.end - self.start).total_seconds() / 3600
+        return f"{hours:.0f} h to {self.end:%Y-%m-%d %H:%M} UTC"
 
 
 def normalize(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +66,8 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
     copy_seconds = (rows["job_finished_at"] - rows["merged_at"].fillna(rows["snapshot_at"])).dt.total_seconds()
     gb = rows["bytes_copied"].fillna(0).astype(float) / 1024**3
     table = pd.DataFrame({
-        "host": rows["host"], "vm_name": rows["vm_name"], "status": rows["status"],
+        "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": rows["run_id"].str.partition("__")[0],
+        "status": rows["status"],
         "predicted_mode": rows["predicted_mode"], "mode": rows["mode"], "reasons": _reasons(rows["mode_reasons"]),
         "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
         "mb_s": (gb * 1024 / copy_seconds.where(copy_seconds > 0)).where(rows["status"] == "succeeded"),
@@ -76,20 +79,25 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Window]) -> pd.DataFrame:
-    """Per host: the planned window of its run, when its jobs really ran, whether the window held, and who ran past it."""
+    """Per host: the planned window of its run, when its jobs really ran, whether the window held, and who ran past it.
+
+    Only scheduled runs promise the window; a manual run or a backfill is an administrator's
+    decision made at any hour, so it neither holds nor overruns one (`held` is None).
+    """
     hosts = sorted(set(windows) | set(rows["host"]))
-    due = rows.groupby("host")["due"].min()
+    scheduled = rows["run_id"].str.startswith("scheduled__")
+    due = rows[scheduled].groupby("host")["due"].min()
     ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
     records = []
     for host in hosts:
         window = windows.get(host)
         planned = window.bounds(due[host].to_pydatetime()) if window is not None and host in due else (None, None)
-        mine = vms[vms["host"] == host]
+        mine = vms[(vms["host"] == host) & (vms["run_kind"] == "scheduled")]
         late = mine[(mine["finished"] > planned[1]) | (mine["status"] == "deferred")] if planned[1] is not None else mine.iloc[0:0]
         records.append({
             "host": host, "planned_start": planned[0], "planned_end": planned[1],
             "first_start": ran["first_start"].get(host, pd.NaT), "last_end": ran["last_end"].get(host, pd.NaT),
-            "vms": len(mine), "held": late.empty if host in due else None,
+            "vms": int((vms["host"] == host).sum()), "held": late.empty if host in due else None,
             "overran": ", ".join(late["vm_name"]),
             "window": window.describe() if window is not None else "",
         })

@@ -1,0 +1,80 @@
+"""The report's charts, drawn headless with matplotlib (Agg) into PNG bytes. No Airflow import."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+MODE_COLOURS = {"online": "#2e7d32", "checkpoint": "#1565c0", "saved": "#ef6c00", "offline": "#757575"}
+FAILED = "#c62828"
+WINDOW = "#fff3c4"
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
+    """One bar per VM job, grouped by host, coloured by mode; failed jobs red-edged and hatched; the planned window shaded."""
+    ran = vms.dropna(subset=["started"]).copy()
+    ran["finished"] = ran["finished"].fillna(ran["started"])
+    hosts = list(dict.fromkeys(ran["host"]))
+    height = max(2.2, 0.32 * len(ran) + 0.5 * len(hosts) + 1.2)
+    figure, axis = plt.subplots(figsize=(10, height))
+    if ran.empty:
+        axis.text(0.5, 0.5, "no backup job ran in this interval", ha="center", va="center", transform=axis.transAxes)
+        axis.set_axis_off()
+        return _png(figure)
+    labels, y = [], 0
+    for host in hosts:
+        mine = ran[ran["host"] == host].sort_values("started")
+        planned = windows.loc[windows["host"] == host]
+        top = y + len(mine)
+        if not planned.empty and pd.notna(planned["planned_start"].iloc[0]):
+            axis.fill_betweenx([y - 0.5, top - 0.5], planned["planned_start"].iloc[0], planned["planned_end"].iloc[0],
+                               color=WINDOW, zorder=0)
+            axis.vlines(planned["planned_end"].iloc[0], y - 0.5, top - 0.5, colors="#b8860b", linestyles="--", zorder=1)
+        for _, job in mine.iterrows():
+            failed = job["status"] != "succeeded"
+            axis.barh(y, job["finished"] - job["started"], left=job["started"], height=0.6, zorder=2,
+                      color=MODE_COLOURS.get(job["mode"] or job["predicted_mode"], "#9e9e9e"),
+                      edgecolor=FAILED if failed else "white", linewidth=1.5 if failed else 0.5, hatch="///" if failed else None)
+            labels.append(f"{host} · {job['vm_name']}")
+            y += 1
+        axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
+    axis.set_yticks(range(len(labels)), labels, fontsize=8)
+    axis.invert_yaxis()
+    axis.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz="UTC"))
+    axis.set_xlabel("UTC")
+    axis.set_title("Backup jobs against the planned window", loc="left")
+    legend = [Patch(color=c, label=m) for m, c in MODE_COLOURS.items()] + [
+        Patch(facecolor="white", edgecolor=FAILED, hatch="///", label="failed"), Patch(color=WINDOW, label="planned window")]
+    axis.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, fontsize=8, frameon=False)
+    return _png(figure)
+
+
+def trend(table: pd.DataFrame) -> bytes:
+    """Success rate (line) and the longest host window (bars) per day, over the last 30 days."""
+    figure, bars = plt.subplots(figsize=(10, 3.2))
+    days = table["day"].dt.tz_localize(None)
+    bars.bar(days, table["window_h"].fillna(0), color="#90caf9", width=0.8, label="longest window (h)")
+    bars.set_ylabel("window (hours)")
+    rate = bars.twinx()
+    rate.plot(days, table["success_rate"] * 100, color="#2e7d32", marker="o", markersize=3, label="succeeded (%)")
+    rate.set_ylim(0, 105)
+    rate.set_ylabel("succeeded (%)")
+    bars.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    bars.set_title("Last 30 days", loc="left")
+    handles = bars.get_legend_handles_labels()[0] + rate.get_legend_handles_labels()[0]
+    bars.legend(handles=handles, loc="lower left", fontsize=8, frameon=False)
+    return _png(figure)

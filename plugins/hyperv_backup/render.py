@@ -1,0 +1,85 @@
+"""The report as files: charts (PNG), the per-VM table (CSV) and the HTML page. No Airflow import.
+
+The same template renders twice: for the folder, images are referenced by file name; for the
+e-mail, by Content-ID (`cid:` + the file name, which is the Content-ID the SMTP provider gives
+each attached file). Jinja2 autoescapes, so a VM named `<script>` is text, not markup.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from . import charts
+from .report import Report
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
+
+
+@dataclass
+class Rendered:
+    html: Path  # the page, images by file name
+    email_html: str  # the same page, images by Content-ID
+    images: list[Path]
+    csv: Path
+
+    @property
+    def attachments(self) -> list[Path]:
+        return [*self.images, self.csv]
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
+
+def _num(value, digits: int = 0) -> str:
+    return "–" if _missing(value) else f"{value:,.{digits}f}"
+
+
+def _duration(seconds) -> str:
+    if _missing(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _time(fmt: str):
+    return lambda value: "" if _missing(value) else pd.Timestamp(value).strftime(fmt)
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env.filters.update(num=_num, duration=_duration, hm=_time("%H:%M"), ymdhm=_time("%Y-%m-%d %H:%M"),
+                       text=lambda value: "" if _missing(value) else value)
+    return env
+
+
+def csv_frame(report: Report) -> pd.DataFrame:
+    """The per-VM table as attached: times as ISO 8601 UTC, numbers unrounded."""
+    frame = report.vms.copy()
+    for column in ("started", "finished"):
+        frame[column] = frame[column].map(lambda t: "" if _missing(t) else t.isoformat())
+    return frame
+
+
+def render(report: Report, folder: Path, prefix: str) -> Rendered:
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {"gantt": charts.gantt(report.vms, report.windows), "trend": charts.trend(report.trend)}
+    paths = {}
+    for name, png in images.items():
+        paths[name] = folder / f"{prefix}-{name}.png"
+        paths[name].write_bytes(png)
+    csv = folder / f"{prefix}-vms.csv"
+    csv_frame(report).to_csv(csv, index=False)
+    template = environment().get_template("report.html.j2")
+    values = {"interval": report.interval, "summary": report.summary, "vms": report.vms.to_dict("records"),
+              "windows": report.windows.to_dict("records"), "rpo": report.rpo.to_dict("records"),
+              "impact": report.impact.to_dict("records")}
+    html = folder / f"{prefix}.html"
+    html.write_text(template.render(values, images={k: p.name for k, p in paths.items()}), encoding="utf-8")
+    email_html = template.render(values, images={k: f"cid:{p.name}" for k, p in paths.items()})
+    return Rendered(html, email_html, list(paths.values()), csv)

@@ -1,0 +1,140 @@
+"""The report DAG: build the report of an interval from the catalog, write it, then e-mail it.
+
+It runs daily (the interval is the day before 07:00 UTC) and whenever a backup run marks the
+catalog Asset; an asset-triggered run refreshes the files of the last 24 hours and mails only
+when `[hyperv_backup] mail_on_catalog_update` is true, so stakeholders get one mail a day, not
+one per host. A manual run may name any past interval (Params), to rebuild that report.
+Files are written before any mail goes out; a retry of the send finds its report in the
+`report_mails` ledger and does not send it twice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from airflow.exceptions import AirflowSkipException
+from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from . import catalog, render, report
+from .dag_factory import CATALOG_ASSET
+from .inventory import Inventory
+from .operators import catalog_engine
+
+DAG_ID = "hyperv_backup_report"
+
+
+def _config(key: str, fallback: str) -> str:
+    from airflow.configuration import conf
+
+    return conf.get("hyperv_backup", key, fallback=fallback)
+
+
+def reports_location() -> str:
+    """Where report files go: `[hyperv_backup] reports_path`, a folder or an object storage URL (s3://...)."""
+    from airflow.configuration import AIRFLOW_HOME
+
+    return _config("reports_path", str(Path(AIRFLOW_HOME) / "hyperv-backup-reports"))
+
+
+def _interval(context, params) -> report.Interval:
+    if params.get("interval_start") and params.get("interval_end"):
+        start, end = (datetime.fromisoformat(params[k]).astimezone(UTC) for k in ("interval_start", "interval_end"))
+        return report.Interval(start, end, nightly=False)
+    dag_run = context["dag_run"]
+    if str(dag_run.run_type) in ("scheduled", "backfill"):
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        return report.Interval(start.astimezone(UTC), end.astimezone(UTC))
+    end = dag_run.run_after  # asset-triggered or manual: the 24 hours up to the run
+    return report.Interval((end - timedelta(days=1)).astimezone(UTC), end.astimezone(UTC), nightly=False)
+
+
+def build_report_dag(inventory: Inventory) -> DAG:
+    windows = {h.name: h.window for h in inventory.hosts}
+    rpo = {h.name: h.rpo_hours for h in inventory.hosts}
+    with DAG(
+        dag_id=DAG_ID,
+        schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"), assets=[CATALOG_ASSET]),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["hyperv", "backup", "report"],
+        doc_md=__doc__,
+        default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+        params={
+            "interval_start": Param("", type="string", description="rebuild the report of this interval (ISO 8601); empty: the run's"),
+            "interval_end": Param("", type="string", description="end of that interval (ISO 8601)"),
+            "send_mail": Param(True, type="boolean", description="e-mail the report (asset-triggered runs follow the configuration)"),
+        },
+    ) as dag:
+
+        @task
+        def build_report(params=None) -> dict:
+            """Build from the catalog alone and write the files; returns what the mail needs."""
+            context = get_current_context()
+            interval = _interval(context, params)
+            built = report.build(catalog.frame(catalog_engine()), interval, windows, rpo)
+            prefix = f"hyperv-backup-{interval.start:%Y-%m-%d}" + ("" if interval.end - interval.start == timedelta(days=1)
+                                                                   else f"-{interval.end:%Y%m%dT%H%M}")
+            with tempfile.TemporaryDirectory(prefix="hyperv-report-") as staging:
+                rendered = render.render(built, Path(staging), prefix)
+                mail_html = rendered.html.with_suffix(".mail.html")
+                mail_html.write_text(rendered.email_html, encoding="utf-8")
+                folder = _publish([rendered.html, *rendered.attachments, mail_html], reports_location())
+            print(f"{built.summary.subject}\nwritten to {folder}")
+            return {"key": f"{prefix}/{interval.start.isoformat()}/{interval.end.isoformat()}", "subject": built.summary.subject,
+                    "folder": folder, "mail_html": mail_html.name, "attachments": [p.name for p in rendered.attachments]}
+
+        @task
+        def send_report(built: dict, params=None) -> str:
+            context = get_current_context()
+            asset_triggered = str(context["dag_run"].run_type) == "asset_triggered"
+            if not params.get("send_mail") or (asset_triggered and _config("mail_on_catalog_update", "False").lower() != "true"):
+                raise AirflowSkipException("mail not wanted for this run; the report files are written")
+            if not inventory.mail_to:
+                raise AirflowSkipException("the inventory names no recipients (mail: {to: [...]})")
+            return _send_once(built, inventory.mail_to)
+
+        send_report(build_report())
+    return dag
+
+
+def _storage(location: str):
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(location if "://" in location else f"file://{Path(location).resolve()}")
+
+
+def _publish(paths: list[Path], location: str) -> str:
+    """Copy the files to the reports location (a folder, or any ObjectStoragePath URL): the mail is sent from there."""
+    target = _storage(location)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (target / path.name).write_bytes(path.read_bytes())
+    return str(target)
+
+
+def _send_once(built: dict, recipients: list[str]) -> str:
+    """Send through the SMTP provider (`smtp_default`), unless the ledger says this report already went out."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    engine = catalog_engine()
+    sent = catalog.mail_sent(engine, built["key"])
+    if sent:
+        return f"already sent at {sent['sent_at']} as {sent['message_id']}; not sending it twice"
+    message_id = f"<{built['key'].replace('/', '.').replace(':', '')}@hyperv-backup>"
+    folder = _storage(built["folder"])
+    with tempfile.TemporaryDirectory(prefix="hyperv-mail-") as local:
+        files = []
+        for name in built["attachments"]:  # the SMTP provider attaches local files, each with Content-ID <file name>
+            files.append(Path(local) / name)
+            files[-1].write_bytes((folder / name).read_bytes())
+        html = (folder / built["mail_html"]).read_text(encoding="utf-8")
+        with SmtpHook(smtp_conn_id="smtp_default") as smtp:
+            smtp.send_email_smtp(to=recipients, subject=built["subject"], html_content=html, files=[str(f) for f in files],
+                                 mime_subtype="related", custom_headers={"Message-ID": message_id})
+    catalog.record_mail(engine, built["key"], message_id, built["subject"], recipients, datetime.now(UTC))
+    return f"sent to {', '.join(recipients)}: {built['subject']}"
