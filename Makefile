@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv demo test lint simulator clean
+.PHONY: venv browser demo test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,18 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
 
-test: venv
+# Debian's Chromium, for the test that opens the HTML report headless.
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+
+test: venv browser
 	$(PY) -m ruff check dags plugins include simulator tests bench
 	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.report
 
 lint: venv
 	$(PY) -m ruff check dags plugins include simulator tests bench

@@ -54,3 +54,17 @@ def start_fleet(tmp_path):
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """`make demo`'s program run once on the demo fleet: (DEMO_OUT, stdout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, AIRFLOW_HOME=str(out / "airflow-home"), PYTHONPATH=f"{root / 'plugins'}:{root}")
+    done = subprocess.run([sys.executable, "-m", "include.demo", "--out", str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout

@@ -24,16 +24,6 @@ EXPECTED_MODES = {
 }
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    env = dict(os.environ, AIRFLOW_HOME=str(out / "airflow-home"), PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
-    done = subprocess.run([sys.executable, "-m", "include.demo", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done.stdout
-
-
 def test_every_vm_is_backed_up_in_the_mode_its_host_and_guest_allow(demo):
     out, stdout = demo
     with sqlite3.connect(out / "catalog.sqlite") as db:

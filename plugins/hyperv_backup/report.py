@@ -63,7 +63,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=VM_COLUMNS)
     duration = (rows["job_finished_at"] - rows["job_started_at"]).dt.total_seconds()
-    copy_seconds = (rows["job_finished_at"] - rows["merged_at"].fillna(rows["snapshot_at"])).dt.total_seconds()
+    copy_seconds = (rows["job_finished_at"] - rows["snapshot_at"]).dt.total_seconds()  # after the shadow copy: merge and copy
     gb = rows["bytes_copied"].fillna(0).astype(float) / 1024**3
     table = pd.DataFrame({
         "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": rows["run_id"].str.partition("__")[0],
@@ -72,7 +72,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
         "mb_s": (gb * 1024 / copy_seconds.where(copy_seconds > 0)).where(rows["status"] == "succeeded"),
         "offline_s": rows["offline_seconds"].astype(float), "uptime_reset": rows["uptime_reset"].astype("boolean"),
-        "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds(),
+        "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
     })
     return table.sort_values(["host", "started", "vm_name"], na_position="last").reset_index(drop=True)
