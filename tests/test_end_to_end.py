@@ -7,13 +7,8 @@ daemon, FreeBSD, a VM that is off, one with a user's checkpoint, one with a host
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = "x'; Remove-Item C:\\ -Recurse; '"

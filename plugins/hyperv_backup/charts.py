@@ -24,12 +24,19 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+ROW_PER_VM_UP_TO = 60  # beyond this many jobs a row per VM is unreadable: one row per host, one segment per VM
+
+
 def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
-    """One bar per VM job, grouped by host, coloured by mode; failed jobs red-edged and hatched; the planned window shaded."""
+    """One bar per VM job, grouped by host, coloured by mode; failed jobs red-edged and hatched; the planned window shaded.
+
+    A large fleet gets one row per host, each VM's job a segment of it, so the chart stays legible.
+    """
     ran = vms.dropna(subset=["started"]).copy()
     ran["finished"] = ran["finished"].fillna(ran["started"])
     hosts = list(dict.fromkeys(ran["host"]))
-    height = max(2.2, 0.32 * len(ran) + 0.5 * len(hosts) + 1.2)
+    per_vm = len(ran) <= ROW_PER_VM_UP_TO
+    height = max(2.2, 0.32 * (len(ran) if per_vm else len(hosts)) + (0.5 * len(hosts) if per_vm else 0) + 1.2)
     figure, axis = plt.subplots(figsize=(10, height))
     if ran.empty:
         axis.text(0.5, 0.5, "no backup job ran in this interval", ha="center", va="center", transform=axis.transAxes)
@@ -39,18 +46,19 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
     for host in hosts:
         mine = ran[ran["host"] == host].sort_values("started")
         planned = windows.loc[windows["host"] == host]
-        top = y + len(mine)
+        top = y + (len(mine) if per_vm else 1)
         if not planned.empty and pd.notna(planned["planned_start"].iloc[0]):
             axis.fill_betweenx([y - 0.5, top - 0.5], planned["planned_start"].iloc[0], planned["planned_end"].iloc[0],
                                color=WINDOW, zorder=0)
             axis.vlines(planned["planned_end"].iloc[0], y - 0.5, top - 0.5, colors="#b8860b", linestyles="--", zorder=1)
-        for _, job in mine.iterrows():
-            failed = job["status"] != "succeeded"
-            axis.barh(y, job["finished"] - job["started"], left=job["started"], height=0.6, zorder=2,
-                      color=MODE_COLOURS.get(job["mode"] or job["predicted_mode"], "#9e9e9e"),
-                      edgecolor=FAILED if failed else "white", linewidth=1.5 if failed else 0.5, hatch="///" if failed else None)
-            labels.append(f"{host} · {job['vm_name']}")
-            y += 1
+        for failed, jobs in mine.groupby(mine["status"] != "succeeded"):
+            rows = range(y, y + len(mine)) if per_vm else [y] * len(mine)
+            lanes = [rows[i] for i in (mine.index.get_indexer(jobs.index) if per_vm else range(len(jobs)))]
+            colours = (jobs["mode"].fillna(jobs["predicted_mode"])).map(MODE_COLOURS).fillna("#9e9e9e")
+            axis.barh(lanes, jobs["finished"] - jobs["started"], left=jobs["started"], height=0.6, zorder=2, color=list(colours),
+                      edgecolor=FAILED if failed else "white", linewidth=1.5 if failed else 0.3, hatch="///" if failed else None)
+        labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
+        y = top
         axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
     axis.invert_yaxis()
