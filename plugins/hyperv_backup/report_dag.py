@@ -21,7 +21,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from . import catalog, render, report
 from .dag_factory import CATALOG_ASSET
-from .inventory import Inventory
+from .inventory import load_inventory
 from .operators import catalog_engine
 
 DAG_ID = "hyperv_backup_report"
@@ -52,9 +52,9 @@ def _interval(context, params) -> report.Interval:
     return report.Interval((end - timedelta(days=1)).astimezone(UTC), end.astimezone(UTC), nightly=False)
 
 
-def build_report_dag(inventory: Inventory) -> DAG:
-    windows = {h.name: h.window for h in inventory.hosts}
-    rpo = {h.name: h.rpo_hours for h in inventory.hosts}
+def build_report_dag() -> DAG:
+    """The report DAG. It reads the inventory when it runs, not when it is parsed, so a wrong
+    inventory stays the one import error of the backup DAG file and this DAG keeps loading."""
     with DAG(
         dag_id=DAG_ID,
         schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"), assets=[CATALOG_ASSET]),
@@ -76,6 +76,9 @@ def build_report_dag(inventory: Inventory) -> DAG:
             """Build from the catalog alone and write the files; returns what the mail needs."""
             context = get_current_context()
             interval = _interval(context, params)
+            inventory = load_inventory()
+            windows = {h.name: h.window for h in inventory.hosts}
+            rpo = {h.name: h.rpo_hours for h in inventory.hosts}
             built = report.build(catalog.frame(catalog_engine()), interval, windows, rpo)
             prefix = f"hyperv-backup-{interval.start:%Y-%m-%d}" + ("" if interval.end - interval.start == timedelta(days=1)
                                                                    else f"-{interval.end:%Y%m%dT%H%M}")
@@ -94,9 +97,10 @@ def build_report_dag(inventory: Inventory) -> DAG:
             asset_triggered = str(context["dag_run"].run_type) == "asset_triggered"
             if not params.get("send_mail") or (asset_triggered and _config("mail_on_catalog_update", "False").lower() != "true"):
                 raise AirflowSkipException("mail not wanted for this run; the report files are written")
-            if not inventory.mail_to:
+            recipients = load_inventory().mail_to
+            if not recipients:
                 raise AirflowSkipException("the inventory names no recipients (mail: {to: [...]})")
-            return _send_once(built, inventory.mail_to)
+            return _send_once(built, recipients)
 
         send_report(build_report())
     return dag
