@@ -9,18 +9,27 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.exceptions import AirflowSkipException
+from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from . import catalog, windows
+from .errors import HostError
 from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
-from .operators import WaitForBackupJobOperator, catalog_engine, steps_for
-from .steps import NotThisTime
+from .operators import WaitForBackupJobOperator, catalog_engine, outcome, steps_for
 
 CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
 MERGE_TIMEOUT_SECONDS = 600
+
+
+def retry_policy() -> dict:
+    """Retries of a step that met a transient error (`[hyperv_backup] retries`, `retry_delay_seconds`)."""
+    from airflow.configuration import conf
+
+    return {"retries": conf.getint("hyperv_backup", "retries", fallback=2),
+            "retry_delay": timedelta(seconds=conf.getint("hyperv_backup", "retry_delay_seconds", fallback=30)),
+            "retry_exponential_backoff": True}
 
 
 def poll_seconds() -> float:
@@ -47,8 +56,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", host],
         doc_md=doc,
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
-                      "execution_timeout": timedelta(hours=2)},
+        default_args=retry_policy() | {"execution_timeout": timedelta(hours=2)},
         params={
             "vms": Param([], type="array", description="back up only these VMs (empty: all of the inventory)"),
             "plan_only": Param(False, type="boolean", description="probe and predict the mode, start no job"),
@@ -65,7 +73,11 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         @task
         def select_vms(params=None) -> list[str]:
             """The VMs of this run, in the order their jobs should start (priority, then oldest good backup)."""
-            listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HostVMs")["vms"]]
+            try:
+                listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HostVMs")["vms"]]
+            except HostError as error:
+                _host_failed(error)
+                raise
             named = [v for v in entry.vms if v not in entry.patterns and v not in listed]  # probe records them as missing
             chosen = entry.selected(listed + named, catalog.last_good(catalog_engine(), host))
             wanted = params.get("vms") or []
@@ -76,15 +88,18 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 raise ValueError(f"no VM on {host} matches the inventory ({', '.join(entry.vms or ['*'])})")
             return [name for name in chosen if not wanted or name in wanted]
 
+        def _host_failed(error: HostError) -> None:
+            """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why."""
+            known = set(catalog.last_good(catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
+            for vm_name in sorted(known):
+                _steps(vm_name).record(status="failed", error=f"the host could not be reached: {error}")
+
         @task(map_index_template="{{ vm_name }}")
         def probe(vm_name: str, params=None) -> dict:
             steps = _steps(vm_name)
-            context = get_current_context()
-            try:
-                steps.begin(str(context["dag_run"].run_type), bool(params.get("force")))
-            except NotThisTime as reason:
-                raise AirflowSkipException(str(reason)) from None
-            return steps.probe()
+            with outcome(steps):
+                steps.begin(str(get_current_context()["dag_run"].run_type), bool(params.get("force")))
+                return steps.probe()
 
         @task(map_index_template="{{ vm_name }}")
         def snapshot(vm_name: str, probed: dict, params=None) -> dict:
@@ -95,18 +110,20 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             context = get_current_context()
             due = context.get("data_interval_end") or context.get("logical_date")
             deadline = windows.job_deadline(entry.window, str(context["dag_run"].run_type), due, bool(params.get("force")))
-            try:
+            with outcome(steps):
                 return steps.snapshot(probed, last_start=deadline, window=entry.window.describe())
-            except NotThisTime as reason:
-                raise AirflowSkipException(str(reason)) from None
 
         @task(map_index_template="{{ vm_name }}")
         def verify_merge(vm_name: str, probed: dict, snap: dict) -> dict:
-            return _steps(vm_name).verify_merge(probed, MERGE_TIMEOUT_SECONDS)
+            steps = _steps(vm_name)
+            with outcome(steps):
+                return steps.verify_merge(probed, MERGE_TIMEOUT_SECONDS)
 
         @task(map_index_template="{{ vm_name }}")
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
-            return _steps(vm_name).verify(probed, snap, job)
+            steps = _steps(vm_name)
+            with outcome(steps):
+                return steps.verify(probed, snap, job)
 
         @task_group
         def backup_vm(vm_name: str):
@@ -123,5 +140,17 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def catalog_updated() -> None:
             """Marks the catalog Asset so the report DAG follows every backup run, failed VMs included."""
 
-        backup_vm.expand(vm_name=select_vms()) >> catalog_updated()
+        @task
+        def every_vm_accounted_for() -> str:
+            """The run's verdict from the catalog: it fails when a VM failed, so the UI, a rerun of failed runs
+            (`--reprocess-behavior failed`) and alerting see it; the rerun then redoes only those VMs."""
+            dag_run = get_current_context()["dag_run"]
+            rows = catalog.rows(catalog_engine(), dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+            failed = [f"{r['vm_name']}: {r['error']}" for r in rows if r["status"] in ("failed", "running")]
+            counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in catalog.STATUSES if any(r["status"] == s for r in rows))
+            if failed:
+                raise AirflowFailException(f"{len(failed)} of {len(rows)} VMs not backed up ({counts}):\n" + "\n".join(failed))
+            return counts or "no VM in this run"
+
+        backup_vm.expand(vm_name=select_vms()) >> catalog_updated() >> every_vm_accounted_for()
     return dag

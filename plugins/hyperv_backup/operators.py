@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseHook, BaseOperator
 
 from . import catalog
+from .errors import HostError, PermanentHostError
 from .hooks import HyperVHook
-from .steps import BackupSteps, RunKey
+from .steps import BackupSteps, NotThisTime, RunKey
 from .triggers import BackupJobTrigger
 
 
@@ -34,6 +37,23 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints)
 
 
+@contextmanager
+def outcome(steps: BackupSteps) -> Iterator[None]:
+    """How a step's end becomes Airflow's: not this time -> skipped; permanent -> failed at once, no retry;
+    transient -> retried by Airflow. Every host error is written to the VM's row first, so a try
+    that ends here leaves the cause in the catalog, not a `running` row."""
+    try:
+        yield
+    except NotThisTime as reason:
+        raise AirflowSkipException(str(reason)) from None
+    except PermanentHostError as error:
+        steps.record(status="failed", error=str(error))
+        raise AirflowFailException(str(error)) from None
+    except HostError as error:
+        steps.record(status="failed", error=str(error))
+        raise
+
+
 class WaitForBackupJobOperator(BaseOperator):
     """The copy step: defers until the VM's WSB job ends, then records the copy in the catalog."""
 
@@ -54,7 +74,8 @@ class WaitForBackupJobOperator(BaseOperator):
     def execute_complete(self, context, event: dict[str, Any]):
         context["vm_name"] = self.vm_name
         steps = steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval)
-        if event.get("status") != "done":
-            raise steps.fail(event.get("message", "the backup job could not be followed"))
-        return steps.copy_finished(event["job"])
+        with outcome(steps):
+            if event.get("status") != "done":
+                raise steps.fail(event.get("message", "the backup job could not be followed"))
+            return steps.copy_finished(event["job"])
 

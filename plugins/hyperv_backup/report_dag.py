@@ -106,7 +106,7 @@ def build_report_dag() -> DAG:
     return dag
 
 
-def _storage(location: str):
+def storage(location: str):
     from airflow.sdk import ObjectStoragePath
 
     return ObjectStoragePath(location if "://" in location else f"file://{Path(location).resolve()}")
@@ -114,7 +114,7 @@ def _storage(location: str):
 
 def _publish(paths: list[Path], location: str) -> str:
     """Copy the files to the reports location (a folder, or any ObjectStoragePath URL): the mail is sent from there."""
-    target = _storage(location)
+    target = storage(location)
     target.mkdir(parents=True, exist_ok=True)
     for path in paths:
         (target / path.name).write_bytes(path.read_bytes())
@@ -130,7 +130,7 @@ def _send_once(built: dict, recipients: list[str]) -> str:
     if sent:
         return f"already sent at {sent['sent_at']} as {sent['message_id']}; not sending it twice"
     message_id = f"<{built['key'].replace('/', '.').replace(':', '')}@hyperv-backup>"
-    folder = _storage(built["folder"])
+    folder = storage(built["folder"])
     with tempfile.TemporaryDirectory(prefix="hyperv-mail-") as local:
         files = []
         for name in built["attachments"]:  # the SMTP provider attaches local files, each with Content-ID <file name>
