@@ -18,7 +18,6 @@ import os
 import shutil
 import sqlite3
 import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +57,16 @@ def _unreachable_fleet(scenario, ports: dict[str, int], cert_dir: Path) -> harne
     return harness.RunningSimulator(process=None, endpoints=endpoints, ca_path=str(cert_dir / "ca.pem"))
 
 
+def _compressed_schedule(intervals: int) -> tuple[list[datetime], str]:
+    """The nightly schedule, compressed: one run a minute, `intervals` times, starting in 2-3 minutes, on this
+    date only (so the first run is the first of these, and no later scheduled run competes with the backfill)."""
+    first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=3)
+    if (first + timedelta(minutes=intervals - 1)).hour != first.hour:
+        first = first.replace(minute=0) + timedelta(hours=1)  # keep the fires within one hour: one cron line
+    fires = [first + timedelta(minutes=i) for i in range(intervals)]
+    return fires, f"{fires[0].minute}-{fires[-1].minute} {first.hour} {first.day} {first.month} *"
+
+
 def _finished(cluster: AirflowCluster, dag_id: str, count: int, run_type: str | None = None):
     runs = [r for r in cluster.runs(dag_id) if run_type is None or r["run_id"].startswith(f"{run_type}__")]
     done = [r for r in runs if r["state"] in FINISHED]
@@ -74,11 +83,7 @@ def play(scenario_path: Path, out: Path, intervals: int) -> dict:
         shutil.rmtree(out)
     (out / "reports").mkdir(parents=True)
     ports = _scenario_with_ports(scenario_path, out / "scenario.yaml")
-    # The nightly schedule, compressed: the DAG fires once a minute for `intervals` minutes, a few minutes
-    # from now, and then not again for an hour, so no scheduled run competes with the backfill.
-    first = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=3)
-    fires = [first + timedelta(minutes=i) for i in range(intervals)]
-    cron = f"{','.join(str(m) for m in sorted({f.minute for f in fires}))} {','.join(str(h) for h in sorted({f.hour for f in fires}))} * * *"
+    fires, cron = _compressed_schedule(intervals)
     inventory = inventory_for(scenario)
     for host in inventory["hosts"]:
         host |= {"schedule": cron, "window": {"start": "00:00", "end": "00:00", "timezone": "UTC"}}
@@ -96,12 +101,9 @@ def play(scenario_path: Path, out: Path, intervals: int) -> dict:
         env["AIRFLOW_CONN_SMTP_DEFAULT"] = mail.connection()
         with AirflowCluster(out / "airflow", env) as cluster:
             cluster.wait_for_dags([*dag_ids, "hyperv_backup_report"])
-            wait = (fires[0] - datetime.now(UTC)).total_seconds() + 2
-            if wait < 0:
-                raise RuntimeError("Airflow took more than 3 minutes to start; the outage's schedule has passed")
-            _say(f"Airflow is up; the fleet is unreachable. {', '.join(dag_ids)} run at {cron!r} (UTC); unpausing at "
-                 f"{fires[0]:%H:%M}")
-            time.sleep(wait)  # unpaused after the first fire time, the DAG's first run is that one (catchup is off)
+            if datetime.now(UTC) > fires[0]:
+                raise RuntimeError("Airflow took more than 2 minutes to start; the outage's schedule has passed")
+            _say(f"Airflow is up; the fleet is unreachable. {', '.join(dag_ids)} run at {cron!r} (UTC).")
             for dag_id in dag_ids:
                 cluster.cli("dags", "unpause", dag_id)
             for dag_id in dag_ids:
@@ -137,8 +139,16 @@ def play(scenario_path: Path, out: Path, intervals: int) -> dict:
 def _backfill(cluster: AirflowCluster, dag_id: str, run_ids: list[str]) -> None:
     runs = [r for r in cluster.runs(dag_id) if r["run_id"] in run_ids]
     before = {r["run_id"]: r.get("end_date") for r in runs}
-    cluster.cli("backfill", "create", "--dag-id", dag_id, "--from-date", runs[0]["logical_date"],
-                "--to-date", runs[-1]["logical_date"], "--reprocess-behavior", "failed")
+    command = ["backfill", "create", "--dag-id", dag_id, "--from-date", runs[0]["logical_date"], "--to-date",
+               runs[-1]["logical_date"], "--reprocess-behavior", "failed", "--max-active-runs", "1"]
+    _say("airflow " + " ".join(command))
+
+    def created():  # the scheduler marks the previous backfill completed a little after its last run
+        done = cluster.cli(*command, check=False)
+        if done.returncode != 0 and "AlreadyRunningBackfill" not in done.stderr:
+            raise RuntimeError(f"airflow {' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        return done.returncode == 0
+    cluster.wait(created, "the previous backfill to complete", timeout=180, every=5)
 
     def done():
         now = {r["run_id"]: r for r in cluster.runs(dag_id) if r["run_id"] in run_ids}

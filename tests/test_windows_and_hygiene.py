@@ -132,3 +132,42 @@ def test_the_host_script_refuses_to_remove_a_users_checkpoint(start_fleet, monke
     with pytest.raises(PermanentHostError, match="Standard checkpoint, not backup debris"):
         hook.run_script("Remove-RecoveryCheckpoint", VMId=db01["id"], CheckpointId=standard["id"])
     assert len(next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")["checkpoints"]) == 2
+
+
+def test_a_window_that_closes_mid_run_defers_the_rest(start_fleet, monkeypatch, tmp_path):
+    """The first VM's job starts inside the window; then the host clock passes the window's end: the
+    second VM is recorded `deferred` and no job is started for it, and next time it goes first."""
+    from hyperv_backup import catalog
+    from hyperv_backup.inventory import HostEntry
+    from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey
+
+    running = start_fleet({"seed": 2, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "FIRST", "disk_gb": 2}, {"name": "SECOND", "disk_gb": 2}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    clock = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00"))
+    window = windows.Window(f"{clock - timedelta(hours=1):%H:%M}", f"{clock + timedelta(hours=1):%H:%M}", "UTC", grace_minutes=10)
+    deadline = windows.job_deadline(window, "scheduled", clock, force=False)
+
+    def steps(vm):
+        run = RunKey("hyperv_backup_hv01", "scheduled__x", clock, clock, "HV01", vm)
+        return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05)
+
+    first = steps("FIRST")
+    assert first.snapshot(first.probe(), last_start=deadline, window=window.describe())["job_started_at"]
+    running.advance(2 * 3600)  # the night goes on: the window (and its grace) is over
+    second = steps("SECOND")
+    probed = second.probe()
+    with pytest.raises(NotThisTime, match="window closed"):
+        second.snapshot(probed, last_start=deadline, window=window.describe())
+    rows = {r["vm_name"]: r for r in catalog.rows(engine)}
+    assert rows["SECOND"]["status"] == "deferred" and rows["SECOND"]["error"].startswith("window closed")
+    assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["FIRST"]]
+    entry = HostEntry("HV01", "hv")
+    assert entry.selected(["FIRST", "SECOND"], {"FIRST": clock}) == ["SECOND", "FIRST"]  # deferred goes first next time
+
+
+def test_run_kind_reads_the_task_sdks_enum_as_its_value():
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    assert windows.run_kind(DagRunType.BACKFILL) == "backfill" and windows.run_kind("scheduled") == "scheduled"

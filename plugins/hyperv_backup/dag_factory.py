@@ -98,7 +98,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def probe(vm_name: str, params=None) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
-                steps.begin(str(get_current_context()["dag_run"].run_type), bool(params.get("force")))
+                steps.begin(windows.run_kind(get_current_context()["dag_run"].run_type), bool(params.get("force")))
                 return steps.probe()
 
         @task(map_index_template="{{ vm_name }}")
@@ -109,7 +109,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 raise AirflowSkipException("plan only")
             context = get_current_context()
             due = context.get("data_interval_end") or context.get("logical_date")
-            deadline = windows.job_deadline(entry.window, str(context["dag_run"].run_type), due, bool(params.get("force")))
+            deadline = windows.job_deadline(entry.window, windows.run_kind(context["dag_run"].run_type), due, bool(params.get("force")))
             with outcome(steps):
                 return steps.snapshot(probed, last_start=deadline, window=entry.window.describe())
 

@@ -23,6 +23,7 @@ from . import catalog, render, report
 from .dag_factory import CATALOG_ASSET
 from .inventory import load_inventory
 from .operators import catalog_engine
+from .windows import run_kind
 
 DAG_ID = "hyperv_backup_report"
 
@@ -45,7 +46,7 @@ def _interval(context, params) -> report.Interval:
         start, end = (datetime.fromisoformat(params[k]).astimezone(UTC) for k in ("interval_start", "interval_end"))
         return report.Interval(start, end, nightly=False)
     dag_run = context["dag_run"]
-    if str(dag_run.run_type) in ("scheduled", "backfill"):
+    if run_kind(dag_run.run_type) in ("scheduled", "backfill"):
         start, end = context["data_interval_start"], context["data_interval_end"]
         return report.Interval(start.astimezone(UTC), end.astimezone(UTC))
     end = dag_run.run_after  # asset-triggered or manual: the 24 hours up to the run
@@ -94,7 +95,7 @@ def build_report_dag() -> DAG:
         @task
         def send_report(built: dict, params=None) -> str:
             context = get_current_context()
-            asset_triggered = str(context["dag_run"].run_type) == "asset_triggered"
+            asset_triggered = run_kind(context["dag_run"].run_type) == "asset_triggered"
             if not params.get("send_mail") or (asset_triggered and _config("mail_on_catalog_update", "False").lower() != "true"):
                 raise AirflowSkipException("mail not wanted for this run; the report files are written")
             recipients = load_inventory().mail_to

@@ -20,6 +20,11 @@ from zoneinfo import ZoneInfo
 SCHEDULED, MANUAL, BACKFILL = "scheduled", "manual", "backfill"
 
 
+def run_kind(run_type: object) -> str:
+    """A DAG run's type as its plain value (`backfill`, ...): the Task SDK hands an Enum whose str() is its name."""
+    return str(getattr(run_type, "value", run_type))
+
+
 @dataclass(frozen=True)
 class Window:
     start: str  # HH:MM, host-local
