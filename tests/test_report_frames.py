@@ -24,7 +24,7 @@ def row(host, vm, status="succeeded", start=0.0, minutes=30.0, mode="online", du
             "mode_reasons": json.dumps([f"{vm} reason"]), "status": status, "error": None if status == "succeeded" else "boom",
             "job_started_at": started, "job_finished_at": finished, "snapshot_at": started + timedelta(minutes=1),
             "merged_at": started + timedelta(minutes=2), "bytes_copied": 60 * 1024**3, "offline_seconds": 0.0,
-            "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "updated_at": finished}
+            "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "missed": None, "updated_at": finished}
     return base | extra
 
 
@@ -101,6 +101,12 @@ def test_a_manual_run_neither_holds_nor_overruns_a_window():
     assert window["held"] is None and window["overran"] == ""
     assert built.vms["run_kind"].tolist() == ["manual"]
     assert "overran" not in built.summary.subject
+
+
+def test_a_backfilled_scheduled_run_is_not_held_to_the_window():
+    built = build([row("HV01", "A", start=600, minutes=60, missed="the scheduled run failed: the host could not be reached")])
+    assert built.windows.set_index("host").loc["HV01", "held"] is None
+    assert built.vms["run_kind"].tolist() == ["backfill"]
 
 
 def test_a_manual_interval_is_named_by_its_end():

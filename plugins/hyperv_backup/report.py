@@ -58,6 +58,11 @@ def _reasons(series: pd.Series) -> pd.Series:
     return series.fillna("[]").map(lambda text: "; ".join(json.loads(text)) if text.startswith("[") else text)
 
 
+def _run_kind(rows: pd.DataFrame) -> pd.Series:
+    """scheduled / manual / backfill / ...: a run a backfill reprocessed keeps its `scheduled__` id but has `missed` set."""
+    return rows["run_id"].str.split("__", n=1).str[0].where(rows["missed"].isna(), "backfill")
+
+
 def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per VM backup of the interval: mode (predicted and actual, why), time, size, speed, impact, outcome."""
     if rows.empty:
@@ -66,7 +71,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
     copy_seconds = (rows["job_finished_at"] - rows["snapshot_at"]).dt.total_seconds()  # after the shadow copy: merge and copy
     gb = rows["bytes_copied"].fillna(0).astype(float) / 1024**3
     table = pd.DataFrame({
-        "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": rows["run_id"].str.partition("__")[0],
+        "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": _run_kind(rows),
         "status": rows["status"],
         "predicted_mode": rows["predicted_mode"], "mode": rows["mode"], "reasons": _reasons(rows["mode_reasons"]),
         "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
@@ -85,7 +90,7 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
     decision made at any hour, so it neither holds nor overruns one (`held` is None).
     """
     hosts = sorted(set(windows) | set(rows["host"]))
-    scheduled = rows["run_id"].str.startswith("scheduled__")
+    scheduled = _run_kind(rows) == "scheduled"
     due = rows[scheduled].groupby("host")["due"].min()
     ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
     records = []
