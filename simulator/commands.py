@@ -217,13 +217,17 @@ def _job_brief(host: Host, job: Job) -> dict[str, Any]:
 
 
 def _start(host: Host, request: Request) -> dict[str, Any]:
+    now = host.now()
+    not_after = (request.params or {}).get("NotAfterUtc")
+    if not_after and now > _parse_since(not_after):
+        return {"started": False, "window_closed": True, "clock_utc": iso(now)}
     vm = _vm_by_id(host, request)
-    before = {"state": vm.state, "uptime_seconds": vm.uptime_seconds(host.now())}
+    before = {"state": vm.state, "uptime_seconds": vm.uptime_seconds(now)}
     if host.take_fault("snapshot", ("job_running",), vm):
         host.start_external_job()
     running = host.running_job()
     if running is not None:
-        return {"started": False, "vm": before, "job": _job_brief(host, running)}
+        return {"started": False, "clock_utc": iso(now), "vm": before, "job": _job_brief(host, running)}
     target = (request.params or {}).get("BackupTarget", "")
     if target.rstrip(":\\").upper() != host.spec.backup_target.rstrip(":\\").upper():
         raise ScriptError(f"The backup target '{target}' was not found.", "ObjectNotFound")
@@ -231,7 +235,7 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
         job = host.start_job(vm, host.spec.backup_target)
     except JobAlreadyRunning as error:
         raise ScriptError(str(error), "ResourceBusy") from None
-    return {"started": True, "vm": before, "job": _job_brief(host, job)}
+    return {"started": True, "clock_utc": iso(now), "vm": before, "job": _job_brief(host, job)}
 
 
 def _status(host: Host, request: Request) -> dict[str, Any]:

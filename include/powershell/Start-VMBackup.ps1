@@ -5,16 +5,23 @@
     Windows runs one WSB job at a time; a second Start-WBBackup fails. The script looks first
     and reports the running job instead of starting, so the caller can wait. Start-WBBackup
     -Async returns at once; the caller follows the job with Get-VMBackupStatus.
+    With NotAfterUtc (the backup window's end plus grace) the host's own clock decides: past
+    it, no job starts and the answer says the window closed.
 #>
 param(
     [Parameter(Mandatory)] [string] $VMId,
-    [Parameter(Mandatory)] [string] $BackupTarget
+    [Parameter(Mandatory)] [string] $BackupTarget,
+    [string] $NotAfterUtc = ''
 )
+$now = (Get-Date).ToUniversalTime()
+if ($NotAfterUtc -and $now -gt ([datetime]::Parse($NotAfterUtc)).ToUniversalTime()) {
+    return @{ started = $false; window_closed = $true; clock_utc = $now.ToString('o') }
+}
 $vm = Get-VM -Id $VMId
 $before = @{ state = "$($vm.State)"; uptime_seconds = [int64]$vm.Uptime.TotalSeconds }
 $running = Get-WBJob
 if ($running -and "$($running.JobState)" -eq 'Running') {
-    return @{ started = $false; vm = $before; job = @{ job_state = 'Running'; operation = $running.CurrentOperation; start_time_utc = $running.StartTime.ToUniversalTime().ToString('o') } }
+    return @{ started = $false; clock_utc = $now.ToString('o'); vm = $before; job = @{ job_state = 'Running'; operation = $running.CurrentOperation; start_time_utc = $running.StartTime.ToUniversalTime().ToString('o') } }
 }
 $policy = New-WBPolicy
 $source = Get-WBVirtualMachine | Where-Object { "$($_.VMId)" -eq $VMId }
@@ -23,4 +30,4 @@ Add-WBBackupTarget -Policy $policy -Target (New-WBBackupTarget -VolumePath $Back
 Set-WBVssBackupOption -Policy $policy -VssCopyBackup
 Start-WBBackup -Policy $policy -Async -Force
 $job = Get-WBJob
-@{ started = $true; vm = $before; job = @{ job_state = "$($job.JobState)"; operation = $job.CurrentOperation; start_time_utc = $job.StartTime.ToUniversalTime().ToString('o') } }
+@{ started = $true; clock_utc = $now.ToString('o'); vm = $before; job = @{ job_state = "$($job.JobState)"; operation = $job.CurrentOperation; start_time_utc = $job.StartTime.ToUniversalTime().ToString('o') } }

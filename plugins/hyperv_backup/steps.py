@@ -156,18 +156,18 @@ class BackupSteps:
         status = self.status(vm_id)
         if not self._our_job(status, probe["clock_utc"]):  # else: a retry re-attaches to the job it started
             deadline = time.monotonic() + busy_timeout
+            limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
             while True:
-                if last_start is not None and _parse_time(status["clock_utc"]) > last_start:
-                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
-                                f"VM's turn (host clock {status['clock_utc'][:16]}Z); it goes first next time")
-                    raise NotThisTime("window closed")
-                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target)
+                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
                 if started["started"]:
                     break
+                if started.get("window_closed"):  # the host's clock decided, right before it would have started
+                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+                                f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
+                    raise NotThisTime("window closed")
                 if time.monotonic() > deadline:
                     raise HostBusyError(self.run.host, "another Windows Server Backup job kept the host busy", "rerun later")
                 time.sleep(self.poll)
-                status = self.status(vm_id)
             status = self.status(vm_id)
         job_started = status["job"]["start_time_utc"]
         self.record(status="running", job_started_at=_parse_time(job_started))
