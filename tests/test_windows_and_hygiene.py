@@ -171,3 +171,43 @@ def test_run_kind_reads_the_task_sdks_enum_as_its_value():
     from airflow.sdk.api.datamodels._generated import DagRunType
 
     assert windows.run_kind(DagRunType.BACKFILL) == "backfill" and windows.run_kind("scheduled") == "scheduled"
+
+
+_AUDIT = """
+import subprocess, sys
+subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+from airflow.dag_processing.dagbag import DagBag
+run = DagBag(dag_folder="{dags}").get_dag("hyperv_checkpoint_audit").test(run_conf={{"remediate": True}})
+print("STATE", run.state)
+"""
+
+
+def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(start_fleet, tmp_path):
+    """The daily audit, run as a DAG (dag.test) with remediation on, over a fleet with debris."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "DB01", "checkpoints": [{"name": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", "type": "Recovery"},
+                                         {"name": "before-upgrade", "type": "Standard"}]},
+        {"name": "WEB01", "stray_avhdx": 1}, {"name": "OK01"}]}]})
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01}\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
+               AIRFLOW__CORE__DAGS_FOLDER=str(root / "dags"), AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
+               AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", PYTHONPATH=f"{root / 'plugins'}:{root}",
+               AIRFLOW_CONN_WINRM_HV01=winrm_connection(running.endpoints["HV01"], running.ca_path))
+    done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "STATE failed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]  # debris an admin must handle is left
+    (written,) = (tmp_path / "reports").glob("checkpoint-audit-HV01-*.json")
+    result = json.loads(written.read_text())
+    assert [(d["vm_name"], d["removed"], d["merged"]) for d in result["remediated"]] == [
+        ("DB01", "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", True)]
+    assert [(f["vm_name"], f["kind"]) for f in result["findings"]] == [("WEB01", hygiene.UNEXPLAINED_AVHDX)]
+    db01 = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")
+    assert [(c["name"], c["type"]) for c in db01["checkpoints"]] == [("before-upgrade", "Standard")]
