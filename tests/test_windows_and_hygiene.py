@@ -49,9 +49,11 @@ def test_only_scheduled_runs_are_held_to_the_window():
 
 
 def test_a_backfilled_interval_says_why_it_was_missed():
-    assert windows.missed_reason("scheduled", None) is None
-    assert "Airflow was down" in windows.missed_reason("backfill", None)
-    assert windows.missed_reason("backfill", "WinRM refused the credentials") == "the scheduled run failed: WinRM refused the credentials"
+    assert windows.missed_reason("scheduled") is None
+    assert "Airflow was down" in windows.missed_reason("backfill")
+    assert windows.missed_reason("backfill", "failed", "WinRM refused the credentials") == \
+        "the scheduled run failed: WinRM refused the credentials"
+    assert windows.missed_reason("backfill", "deferred", "window closed: ...") == "the scheduled run left it deferred: window closed: ..."
 
 
 def test_vm_order_is_priority_then_oldest_good_backup_and_patterns_match_exactly():

@@ -72,7 +72,8 @@ class BackupSteps:
         existing = catalog.row(self.engine, self.run.key())
         if existing and existing["status"] in ("succeeded", "covered"):
             raise NotThisTime(f"{self.run.vm_name} is already {existing['status']} in this run")
-        missed = (existing or {}).get("missed") or windows.missed_reason(run_type, (existing or {}).get("error"))
+        earlier = existing or {}
+        missed = earlier.get("missed") or windows.missed_reason(run_type, earlier.get("status"), earlier.get("error"))
         if missed:
             self.record(missed=missed)
         if run_type != windows.BACKFILL or force or self.run.interval_end is None:

@@ -64,10 +64,11 @@ def job_deadline(window: Window, run_type: str, due: datetime | None, force: boo
     return window.last_start(due)
 
 
-def missed_reason(run_type: str, earlier_error: str | None) -> str | None:
+def missed_reason(run_type: str, earlier_status: str | None = None, earlier_error: str | None = None) -> str | None:
     """Why a run's interval was not backed up on time, for the catalog; None for a run on time."""
     if run_type != BACKFILL:
         return None
     if earlier_error:
-        return f"the scheduled run failed: {earlier_error}"
+        how = "failed" if earlier_status in (None, "failed", "running") else f"left it {earlier_status}"
+        return f"the scheduled run {how}: {earlier_error}"
     return "no run took place in this interval (Airflow was down or the DAG was paused)"
