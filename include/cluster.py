@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every component waits up to 30 s for SQLite's one writer (sqlite3's default is 5 s): four processes share it.
+SQLITE_CONNECT_ARGS = {"timeout": 30}
 COMPONENTS = {
     "api-server": [],
     "scheduler": ["--skip-serve-logs"],
@@ -46,6 +48,7 @@ class AirflowCluster:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "include.cluster.SQLITE_CONNECT_ARGS",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -54,8 +57,14 @@ class AirflowCluster:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+        """An `airflow` command against this cluster. SQLite lets one writer in at a time, so a command that
+        met the scheduler's write ("database is locked", its transaction rolled back) is run again."""
+        for attempt in range(6):
+            done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, cwd=ROOT, capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode == 0 or "database is locked" not in done.stderr:
+                break
+            time.sleep(1 + attempt)
         if check and done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{done.stderr[-3000:]}")
         return done
