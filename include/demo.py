@@ -1,8 +1,9 @@
-"""`make demo`: start the simulated fleet, reach every host over WinRM, and write DEMO_OUT.
+"""`make demo`: start the simulated fleet, back it up, report, and write DEMO_OUT.
 
 The inventory and the Airflow connections are derived from the scenario, so any valid
 scenario works. What runs against the fleet is the real client (HyperVHook on the
-provider's WinRMHook) sending the project's scripts.
+provider's WinRMHook) sending the project's scripts; the report goes through the SMTP
+provider to a real SMTP server on 127.0.0.1 that keeps each message as an .eml file.
 """
 
 from __future__ import annotations
