@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from airflow.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from . import hygiene

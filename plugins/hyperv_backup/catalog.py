@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     func,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -131,6 +132,29 @@ def covering_backup(engine: Engine, host: str, vm_name: str, after: datetime) ->
     with engine.connect() as db:
         found = db.execute(query).first()
     return dict(found._mapping) if found else None
+
+
+def backups_under_way(engine: Engine, host: str, vm_name: str, after: datetime, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Other runs' backups of a VM whose job started at or after `after` and has no result yet.
+
+    Concurrent backfill runs meet here: one run's catch-up job is under way, and the others
+    wait for its result instead of starting a second job for the same VM.
+    """
+    query = (select(vm_backups).where(vm_backups.c.host == host, vm_backups.c.vm_name == vm_name,
+                                      vm_backups.c.status == "running", vm_backups.c.job_started_at >= after,
+                                      or_(vm_backups.c.dag_id != dag_id, vm_backups.c.run_id != run_id))
+             .order_by(vm_backups.c.job_started_at))
+    with engine.connect() as db:
+        return [dict(found._mapping) for found in db.execute(query)]
+
+
+def job_owner(engine: Engine, host: str, vm_name: str, job_started_at: datetime) -> tuple[str, str] | None:
+    """The (dag_id, run_id) whose row records this VM's job started at that host time, if any."""
+    query = select(vm_backups.c.dag_id, vm_backups.c.run_id).where(
+        vm_backups.c.host == host, vm_backups.c.vm_name == vm_name, vm_backups.c.job_started_at == job_started_at)
+    with engine.connect() as db:
+        found = db.execute(query).first()
+    return (found.dag_id, found.run_id) if found else None
 
 
 def _utc(value: datetime) -> datetime:

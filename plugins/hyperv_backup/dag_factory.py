@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
 from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -109,9 +109,11 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 raise AirflowSkipException("plan only")
             context = get_current_context()
             due = context.get("data_interval_end") or context.get("logical_date")
-            deadline = windows.job_deadline(entry.window, windows.run_kind(context["dag_run"].run_type), due, bool(params.get("force")))
+            kind, force = windows.run_kind(context["dag_run"].run_type), bool(params.get("force"))
+            deadline = windows.job_deadline(entry.window, kind, due, force)
             with outcome(steps):
-                return steps.snapshot(probed, last_start=deadline, window=entry.window.describe())
+                return steps.snapshot(probed, last_start=deadline, window=entry.window.describe(),
+                                      catch_up=kind == windows.BACKFILL and not force)
 
         @task(map_index_template="{{ vm_name }}")
         def verify_merge(vm_name: str, probed: dict, snap: dict) -> dict:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, AirflowSkipException
 
 from . import catalog
 from .errors import HostError, PermanentHostError
@@ -34,7 +34,18 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
               clean_recovery_checkpoints: bool = False) -> BackupSteps:
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
-    return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints)
+    return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
+                       run_alive=_run_alive(context["ti"]))
+
+
+def _run_alive(ti) -> Callable[[str, str], bool]:
+    """Whether an Airflow run is still queued or running, through the Task SDK (tasks have no metadata database)."""
+    def alive(dag_id: str, run_id: str) -> bool:
+        try:
+            return ti.get_dagrun_state(dag_id, run_id) in ("queued", "running")
+        except AirflowRuntimeError:  # the run was deleted: its catalog row waits for nobody
+            return False
+    return alive
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from . import catalog, hygiene, rules, windows
@@ -48,9 +49,12 @@ class BackupSteps:
     """One VM on one host in one DAG run."""
 
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
-                 clean_recovery_checkpoints: bool = False):
+                 clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None):
+        """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
+        a run that died (a killed worker) must not keep this run waiting for its backup."""
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
         self.clean = clean_recovery_checkpoints
+        self.run_alive = run_alive or (lambda dag_id, run_id: True)
 
     def record(self, **values: Any) -> None:
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
@@ -78,12 +82,28 @@ class BackupSteps:
             self.record(missed=missed)
         if run_type != windows.BACKFILL or force or self.run.interval_end is None:
             return
+        self._raise_if_covered()
+
+    def _raise_if_covered(self) -> None:
+        """A good backup that started after this (missed) interval ended covers it: record so, take no job."""
         cover = catalog.covering_backup(self.engine, self.run.host, self.run.vm_name, self.run.interval_end)
         if cover:
             when = f"{cover['job_started_at']:%Y-%m-%d %H:%M} UTC"
             self.record(status="covered", error=f"missed; covered by the backup of {when} (run {cover['run_id']}), no second job",
                         **{k: cover[k] for k in ("vm_id", "predicted_mode", "mode", "mode_reasons", "backup_version")})
             raise NotThisTime(f"covered by the backup of {when}")
+
+    def _catch_up_elsewhere(self) -> str | None:
+        """For a backfilled interval, right before its job would start: None when this run takes the
+        catch-up; a description of another run's catch-up of this VM still under way, to wait for;
+        NotThisTime when that one has succeeded and covers this interval. Concurrent backfill runs
+        thus take one catch-up per VM; the host alone would only keep their jobs from overlapping."""
+        self._raise_if_covered()
+        for other in catalog.backups_under_way(self.engine, self.run.host, self.run.vm_name, self.run.interval_end,
+                                               self.run.dag_id, self.run.run_id):
+            if self.run_alive(other["dag_id"], other["run_id"]):
+                return f"run {other['run_id']} is backing {self.run.vm_name} up (job of {other['job_started_at']:%H:%M:%S} UTC)"
+        return None
 
     # -- probe ----------------------------------------------------------------------
 
@@ -143,35 +163,32 @@ class BackupSteps:
         raise AssertionError("unreachable")
 
     def _our_job(self, status: dict[str, Any], since: str) -> bool:
+        """Whether the host's job is the one this run started, for a retry to re-attach to: it holds this
+        VM, started after this run's probe, and no other run's row claims it (a concurrent run's job
+        for the same VM is waited for, never adopted)."""
         job = status.get("job")
-        return bool(job and self.run.vm_name in job.get("vms", []) and job["start_time_utc"] >= since)
+        if not (job and self.run.vm_name in job.get("vms", []) and job["start_time_utc"] >= since):
+            return False
+        owner = catalog.job_owner(self.engine, self.run.host, self.run.vm_name, _parse_time(job["start_time_utc"]))
+        return owner in (None, (self.run.dag_id, self.run.run_id))
 
     def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600, last_start: datetime | None = None,
-                 window: str = "") -> dict[str, Any]:
+                 window: str = "", catch_up: bool = False) -> dict[str, Any]:
         """Start this VM's job (or re-attach to it) and follow it through the shadow copy.
 
         `last_start` is the window's end plus grace (UTC): no job starts after it, also not
         after waiting for another job; the VM is then recorded `deferred` and goes first next time.
+        `catch_up` (a backfilled interval) starts no job while another run's catch-up of the VM
+        is under way, and none once one has succeeded.
         """
         vm_id = probe["vm_id"]
         status = self.status(vm_id)
-        if not self._our_job(status, probe["clock_utc"]):  # else: a retry re-attaches to the job it started
-            deadline = time.monotonic() + busy_timeout
-            limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
-            while True:
-                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
-                if started["started"]:
-                    break
-                if started.get("window_closed"):  # the host's clock decided, right before it would have started
-                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
-                                f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
-                    raise NotThisTime("window closed")
-                if time.monotonic() > deadline:
-                    raise HostBusyError(self.run.host, "another Windows Server Backup job kept the host busy", "rerun later")
-                time.sleep(self.poll)
+        if self._our_job(status, probe["clock_utc"]):  # a retry re-attaches to the job it started
+            self.record(status="running", job_started_at=_parse_time(status["job"]["start_time_utc"]))
+        else:
+            self._start_job(vm_id, busy_timeout, last_start, window, catch_up)
             status = self.status(vm_id)
         job_started = status["job"]["start_time_utc"]
-        self.record(status="running", job_started_at=_parse_time(job_started))
         saved_since = resumed = None
         while status["job"]["job_state"] == "Running" and status["job"]["operation"] in SHADOW_COPY_TEXTS:
             if status["vm"]["state"] == "Saved" and saved_since is None:
@@ -190,6 +207,25 @@ class BackupSteps:
         self.record(snapshot_at=_parse_time(snapshot_at), uptime_reset=uptime_reset, offline_seconds=offline)
         return {"job_started_at": job_started, "snapshot_at": snapshot_at, "saw_saved_state": saved_since is not None,
                 "saw_recovery_checkpoint": saw_checkpoint, "uptime_reset": uptime_reset, "offline_seconds": offline}
+
+    def _start_job(self, vm_id: str, busy_timeout: float, last_start: datetime | None, window: str, catch_up: bool) -> None:
+        """Start-VMBackup until the host takes the job; its start time is in the catalog before anything else."""
+        deadline = time.monotonic() + busy_timeout
+        limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
+        while True:
+            elsewhere = self._catch_up_elsewhere() if catch_up else None
+            if elsewhere is None:
+                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
+                if started["started"]:
+                    self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
+                    return
+                if started.get("window_closed"):  # the host's clock decided, right before it would have started
+                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+                                f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
+                    raise NotThisTime("window closed")
+            if time.monotonic() > deadline:
+                raise HostBusyError(self.run.host, elsewhere or "another Windows Server Backup job kept the host busy", "rerun later")
+            time.sleep(self.poll)
 
     # -- verify merge ------------------------------------------------------------------
 

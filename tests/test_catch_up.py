@@ -1,0 +1,98 @@
+"""Concurrent backfill runs take one catch-up backup per VM.
+
+`airflow backfill create` runs several intervals at once unless told `--max-active-runs 1`.
+Two backfilled intervals of the same VM, stepped side by side through the real client against
+the simulator: one run takes the catch-up, the other waits for its result and is recorded
+`covered`, never starting (or adopting) a second job. A run that died leaves a `running` row
+that keeps nobody waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from hyperv_backup import catalog
+from hyperv_backup.errors import HostBusyError
+from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey
+from hyperv_backup.triggers import BackupJobTrigger
+
+from tests.conftest import use_connection, winrm_connection
+
+DAG_ID = "hyperv_backup_hv01"
+
+
+def _fleet(start_fleet, monkeypatch, tmp_path, disk_gb: int = 20):
+    running = start_fleet({"seed": 5, "speed": 60, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "DC01", "disk_gb": disk_gb}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    clock = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00"))
+    return running, engine, clock
+
+
+def _steps(engine, clock, night: int, run_alive=None) -> BackupSteps:
+    end = clock - timedelta(days=3 - night)  # nights 1 and 2 of an outage, both long over
+    run = RunKey(DAG_ID, f"backfill__night{night}", end - timedelta(days=1), end, "HV01", "DC01")
+    return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, run_alive=run_alive)
+
+
+def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: dict) -> None:
+    """probe -> snapshot -> verify merge -> copy -> verify, as the DAG's tasks call them."""
+    try:
+        steps.begin("backfill")
+        probe = steps.probe()
+        probed_both.wait(timeout=30)  # both runs have probed before either starts a job
+        snap = steps.snapshot(probe, busy_timeout=120, catch_up=True)
+        steps.verify_merge(probe, timeout=60)
+        trigger = BackupJobTrigger("hv", probe["vm_id"], "DC01", snap["job_started_at"], poll_interval=0.05)
+        event = asyncio.run(anext(trigger.run())).payload
+        outcome["result"] = steps.verify(probe, snap, steps.copy_finished(event["job"]))
+    except NotThisTime as reason:
+        outcome["result"] = str(reason)
+    except BaseException as error:  # noqa: BLE001 - handed to the test's thread, which re-raises it
+        outcome["error"] = error
+
+
+def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatch, tmp_path):
+    running, engine, clock = _fleet(start_fleet, monkeypatch, tmp_path)
+    barrier = threading.Barrier(2)
+    outcomes = [{}, {}]
+    threads = [threading.Thread(target=_whole_backup, args=(_steps(engine, clock, night), barrier, outcomes[night - 1]))
+               for night in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    for outcome in outcomes:
+        if "error" in outcome:
+            raise outcome["error"]
+
+    assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
+    rows = sorted(catalog.rows(engine), key=lambda r: r["status"])
+    assert [r["status"] for r in rows] == ["covered", "succeeded"]
+    covered, catch_up = rows
+    assert covered["backup_version"] == catch_up["backup_version"] and catch_up["run_id"] in covered["error"]
+    assert covered["job_started_at"] is None  # it started no job and adopted none
+    assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
+
+
+def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, tmp_path):
+    """A worker killed mid-backup leaves its row `running`; once Airflow says that run is over,
+    the next backfilled interval takes the catch-up itself instead of waiting for it."""
+    running, engine, clock = _fleet(start_fleet, monkeypatch, tmp_path, disk_gb=2)
+    dead = _steps(engine, clock, 1)
+    dead.record(status="running", job_started_at=clock)  # its job was never finished or verified
+
+    waiting = _steps(engine, clock, 2)  # believes every run alive: waits, then gives up as host busy
+    probe = waiting.probe()
+    with pytest.raises(HostBusyError, match="backfill__night1 is backing DC01 up"):
+        waiting.snapshot(probe, busy_timeout=0.3, catch_up=True)
+    assert not [e for e in running.journal() if e["event"] == "job_started"]
+
+    alive = _steps(engine, clock, 2, run_alive=lambda dag_id, run_id: run_id != "backfill__night1")
+    assert alive.snapshot(probe, busy_timeout=30, catch_up=True)["job_started_at"]
+    assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
