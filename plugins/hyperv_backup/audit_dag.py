@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from . import hygiene
 from .dag_factory import poll_seconds
