@@ -6,7 +6,15 @@ through the real client, where a user's Standard checkpoint must survive.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import json
+import os
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hyperv_backup import hygiene, windows
@@ -14,6 +22,8 @@ from hyperv_backup.errors import PermanentHostError
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.inventory import parse_inventory
 
+from include.mailsink import MailSink
+from simulator import harness
 from tests.conftest import use_connection, winrm_connection
 
 BERLIN = windows.Window("22:00", "06:00", "Europe/Berlin", grace_minutes=30)
@@ -93,6 +103,23 @@ def test_audit_finds_the_three_kinds_of_debris_and_only_recovery_checkpoints_are
 def test_merged_counts_one_avhdx_per_remaining_checkpoint():
     assert hygiene.merged(_vm("A", [("p", "Standard")], ["p.avhdx", "x.vhdx"]))
     assert not hygiene.merged(_vm("A", [("p", "Standard")], ["p.avhdx", "r.avhdx", "x.vhdx"]))  # the removed one still merging
+
+
+def test_the_audit_subject_says_what_an_administrator_must_know():
+    finding = {"vm_name": "WEB01", "kind": hygiene.UNEXPLAINED_AVHDX, "subject": "x.avhdx", "what_to_do": "..."}
+    clean = hygiene.AuditSummary("2026-11-24", [{"host": "HV01", "findings": [], "remediated": [], "error": None}])
+    assert clean.subject == "Hyper-V checkpoint audit 2026-11-24: clean" and not clean.worth_mailing
+    mixed = hygiene.AuditSummary("2026-11-24", [
+        {"host": "HV01", "findings": [finding], "remediated": [{"vm_name": "DB01", "removed": "r", "merged": True},
+                                                                {"vm_name": "SQL01", "removed": "s", "merged": False}]},
+        {"host": "HV02", "findings": [finding, finding], "remediated": []},
+        {"host": "HV03", "error": "the host could not be reached"}])
+    assert mixed.worth_mailing and mixed.subject == (
+        "Hyper-V checkpoint audit 2026-11-24: could not audit HV03; 3 findings need an administrator (HV01: 1, HV02: 2); "
+        "removed 2 Recovery checkpoints, 1 merge not finished")
+    removed_only = hygiene.AuditSummary("2026-11-24", [{"host": "HV01", "findings": [], "remediated": [
+        {"vm_name": "DB01", "removed": "r", "merged": True}]}])
+    assert removed_only.worth_mailing and removed_only.subject.endswith(": removed 1 Recovery checkpoint")
 
 
 # -- against the simulator ------------------------------------------------------------------
@@ -184,27 +211,37 @@ print("STATE", run.state)
 """
 
 
+def _closed_endpoint() -> harness.Endpoint:
+    """Where no host listens: a port that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return harness.Endpoint("HV02", "ssl", f"https://127.0.0.1:{port}/wsman")
+
+
 def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(start_fleet, tmp_path):
-    """The daily audit, run as a DAG (dag.test) with remediation on, over a fleet with debris."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    """The daily audit, run as a DAG (dag.test) with remediation on, over a fleet with debris and a
+    host that is down; the administrators get one mail that says all of it."""
 
     running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
         {"name": "DB01", "checkpoints": [{"name": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", "type": "Recovery"},
                                          {"name": "before-upgrade", "type": "Standard"}]},
         {"name": "WEB01", "stray_avhdx": 1}, {"name": "OK01"}]}]})
     inventory = tmp_path / "inventory.yaml"
-    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01}\n")
+    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01}\n  - {name: HV02, connection: winrm_hv02}\n"
+                         "mail: {to: [reports@example.test], admins: [admins@example.test]}\n")
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
-               AIRFLOW__CORE__DAGS_FOLDER=str(root / "dags"), AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
-               AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", PYTHONPATH=f"{root / 'plugins'}:{root}",
-               AIRFLOW_CONN_WINRM_HV01=winrm_connection(running.endpoints["HV01"], running.ca_path))
-    done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    with MailSink(tmp_path / "mail") as mail:
+        env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
+                   AIRFLOW__CORE__DAGS_FOLDER=str(root / "dags"), AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
+                   AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", AIRFLOW__HYPERV_BACKUP__RETRIES="0",
+                   PYTHONPATH=f"{root / 'plugins'}:{root}", AIRFLOW_CONN_WINRM_HV01=winrm_connection(running.endpoints["HV01"], running.ca_path),
+                   AIRFLOW_CONN_WINRM_HV02=winrm_connection(_closed_endpoint(), running.ca_path),  # a host that is down
+                   AIRFLOW_CONN_SMTP_DEFAULT=mail.connection(),
+                   AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "catalog.sqlite")}))
+        done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags")], env=env, capture_output=True,
+                              text=True, timeout=300)
+        messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in mail.messages()]
     assert "STATE failed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]  # debris an admin must handle is left
     (written,) = (tmp_path / "reports").glob("checkpoint-audit-HV01-*.json")
     result = json.loads(written.read_text())
@@ -213,3 +250,10 @@ def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(sta
     assert [(f["vm_name"], f["kind"]) for f in result["findings"]] == [("WEB01", hygiene.UNEXPLAINED_AVHDX)]
     db01 = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")
     assert [(c["name"], c["type"]) for c in db01["checkpoints"]] == [("before-upgrade", "Standard")]
+
+    (message,) = messages  # one mail for the run, to the administrators, saying what was done and what is left
+    assert message["To"] == "admins@example.test"
+    assert message["Subject"] == (f"Hyper-V checkpoint audit {written.stem[-10:]}: could not audit HV02; "
+                                  "1 finding needs an administrator (HV01: 1); removed 1 Recovery checkpoint")
+    body = message.get_body(("html",)).get_content()
+    assert "DB01 - Backup - (11/20/2026 - 10:02:11 PM)" in body and "WEB01" in body and "Not audited" in body

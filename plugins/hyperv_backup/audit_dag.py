@@ -5,7 +5,9 @@ stop this DAG from loading): Get-HostVMs, then `hygiene.audit_host`. With remedi
 `remediate`, or `clean_recovery_checkpoints: true` on the host), the Recovery checkpoints a backup
 left are removed and merged; nothing else is ever touched. The findings and what was done are
 written as JSON to the reports location and returned (the task's XCom), and a host with findings
-left makes its task fail, so the UI shows where debris waits for an administrator.
+left makes its task fail, so the UI shows where debris waits for an administrator. Then one mail
+to the inventory's administrators (`mail: {admins: [...]}`, else `to`) says what was found and
+done, when there is anything to say.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import json
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from . import hygiene
-from .dag_factory import poll_seconds
+from . import hygiene, mailer, render
+from .dag_factory import poll_seconds, retry_policy
+from .errors import PermanentHostError
 from .hooks import HyperVHook
 from .inventory import load_inventory
 from .report_dag import reports_location, storage
@@ -34,7 +37,7 @@ def build_audit_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "hygiene"],
         doc_md=__doc__,
-        default_args={"retries": 1, "retry_delay": timedelta(minutes=5), "execution_timeout": timedelta(hours=1)},
+        default_args=retry_policy() | {"execution_timeout": timedelta(hours=1)},
         params={"remediate": Param(False, type="boolean",
                                    description="remove the Recovery checkpoints backups left, on every host (never other types)")},
     ):
@@ -48,22 +51,65 @@ def build_audit_dag() -> DAG:
         def audit(host: dict, params=None) -> dict:
             context = get_current_context()
             context["host_name"] = host["name"]
-            hook = HyperVHook(host["connection"])
-            findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
-            done = []
-            if params.get("remediate") or host["clean"]:
-                done = hygiene.remediate(hook.run_script, findings, poll=poll_seconds())
+            result = {"host": host["name"], "run_id": context["dag_run"].run_id, "at": datetime.now().astimezone().isoformat(),
+                      "remediated": [], "findings": [], "error": None}
+            try:
+                hook = HyperVHook(host["connection"])
                 findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
-            result = {"host": host["name"], "at": datetime.now().astimezone().isoformat(), "remediated": done,
-                      "findings": [f.to_dict() for f in findings]}
-            folder = storage(reports_location())
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"checkpoint-audit-{host['name']}-{context['ds']}.json").write_text(json.dumps(result, indent=2))
-            for entry in done:
+                if params.get("remediate") or host["clean"]:
+                    result["remediated"] = hygiene.remediate(hook.run_script, findings, poll=poll_seconds())
+                    findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
+                result["findings"] = [f.to_dict() for f in findings]
+            except PermanentHostError as error:  # credentials, certificate: a retry cannot help
+                result["error"] = str(error)
+                raise AirflowFailException(str(error)) from None
+            except Exception as error:  # recorded for the mail, then raised: the host shows as not audited
+                result["error"] = str(error)
+                raise
+            finally:
+                _result_file(host["name"], context["ds"]).write_text(json.dumps(result, indent=2))
+            for entry in result["remediated"]:
                 print(f"removed {entry['removed']!r} of {entry['vm_name']}; merged: {entry['merged']}")
             if findings:
                 raise AirflowFailException(f"{host['name']}: {len(findings)} finding(s) need an administrator:\n" + "\n".join(
                     f"{f.vm_name}: {f.kind} {f.subject} -> {f.what_to_do}" for f in findings))
             return result
 
-        audit.expand(host=hosts())
+        @task(trigger_rule="all_done")
+        def mail_administrators(hosts: list[dict]) -> str:
+            """One mail per audit run, only when there is something to say: findings, a host not audited,
+            a checkpoint removed. Sent once (a retry finds it in the ledger)."""
+            context = get_current_context()
+            run_id = context["dag_run"].run_id
+            results = []
+            for host in hosts:
+                path = _result_file(host["name"], context["ds"])
+                result = json.loads(path.read_text()) if path.exists() else {}
+                if result.get("run_id") != run_id:  # the task never got to the host (or the file is an earlier run's)
+                    result = {"host": host["name"], "error": "the audit task did not finish; see its log"}
+                results.append(result)
+            summary = hygiene.AuditSummary(context["ds"], results)
+            print(summary.subject)
+            if not summary.worth_mailing:
+                raise AirflowSkipException("nothing for an administrator: no finding, every host audited, nothing removed")
+            recipients = load_inventory().admin_recipients
+            if not recipients:
+                raise AirflowSkipException("the inventory names no recipients (mail: {admins: [...]} or {to: [...]})")
+            return mailer.send_once(f"checkpoint-audit/{run_id}", summary.subject, render.render_audit(summary), recipients)
+
+        @task(trigger_rule="none_failed")
+        def every_host_clean() -> str:
+            """The run's verdict: it runs only when every host was audited and left clean, so a host with
+            debris or out of reach makes the run fail (upstream failed), after the mail has gone out."""
+            return "every host audited, no debris left"
+
+        listed = hosts()
+        audited, verdict = audit.expand(host=listed), every_host_clean()
+        audited >> mail_administrators(listed) >> verdict
+        audited >> verdict
+
+
+def _result_file(host: str, day: str):
+    folder = storage(reports_location())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"checkpoint-audit-{host}-{day}.json"

@@ -109,3 +109,54 @@ def remediate(run_script: Callable[..., dict[str, Any]], findings: list[Finding]
         if pending:
             time.sleep(poll)
     return done
+
+
+KIND_LABELS = {RECOVERY_LEFT: "Recovery checkpoint left by a backup", UNEXPLAINED_AVHDX: ".avhdx that no checkpoint explains",
+               CHECKPOINTS_DISABLED: "checkpoints disabled"}
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    """One audit run over the fleet, for the administrators' mail.
+
+    `results` holds one entry per host as the audit task writes it: `host`, `findings` and
+    `remediated` (lists of dicts), and `error` (why the host could not be audited, or None).
+    """
+
+    day: str
+    results: list[dict[str, Any]]
+
+    @property
+    def unaudited(self) -> list[str]:
+        return [r["host"] for r in self.results if r.get("error")]
+
+    @property
+    def findings(self) -> int:
+        return sum(len(r.get("findings") or []) for r in self.results)
+
+    @property
+    def removed(self) -> list[dict[str, Any]]:
+        return [entry for r in self.results for entry in r.get("remediated") or []]
+
+    @property
+    def worth_mailing(self) -> bool:
+        """Only what an administrator should read: a finding, a host not audited, a checkpoint removed."""
+        return bool(self.findings or self.unaudited or self.removed)
+
+    @property
+    def subject(self) -> str:
+        parts = []
+        if self.unaudited:
+            parts.append(f"could not audit {', '.join(self.unaudited)}")
+        if self.findings:
+            per_host = ", ".join(f"{r['host']}: {len(r['findings'])}" for r in self.results if r.get("findings"))
+            parts.append(f"{_count(self.findings, 'finding')} need{'s' if self.findings == 1 else ''} an administrator ({per_host})")
+        if self.removed:
+            unmerged = sum(not entry["merged"] for entry in self.removed)
+            parts.append(f"removed {_count(len(self.removed), 'Recovery checkpoint')}"
+                         + (f", {_count(unmerged, 'merge')} not finished" if unmerged else ""))
+        return f"Hyper-V checkpoint audit {self.day}: {'; '.join(parts) or 'clean'}"

@@ -61,7 +61,12 @@ class HostEntry:
 class Inventory:
     source: str
     hosts: list[HostEntry]
-    mail_to: list[str] = field(default_factory=list)
+    mail_to: list[str] = field(default_factory=list)  # stakeholders: the backup report
+    mail_admins: list[str] = field(default_factory=list)  # administrators: the checkpoint audit (default: mail_to)
+
+    @property
+    def admin_recipients(self) -> list[str]:
+        return self.mail_admins or self.mail_to
 
 
 def _time(ctx: Ctx, node: yaml.Node, key: str) -> str:
@@ -110,13 +115,14 @@ def parse_inventory(text: str, source: str) -> Inventory:
     ctx, root = compose(text, source, InventoryError)
     if root is None:
         raise InventoryError(f"{source}: the inventory is empty; it needs `hosts`")
-    mail = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string)})  # noqa: E731
+    mail = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string), "admins": sequence(string)})  # noqa: E731
     values = mapping(ctx, root, "the inventory", {"hosts": sequence(_host), "mail": mail}, required=("hosts",))
     hosts = values["hosts"]
     seen = [h.name.upper() for h in hosts]
     if len(seen) != len(set(seen)):
         raise InventoryError(f"{source}: a host is listed twice")
-    return Inventory(source, hosts, values.get("mail", {}).get("to", []))
+    mail = values.get("mail", {})
+    return Inventory(source, hosts, mail.get("to", []), mail.get("admins", []))
 
 
 def load_inventory(path: str | Path | None = None) -> Inventory:

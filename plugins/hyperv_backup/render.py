@@ -1,4 +1,5 @@
-"""The report as files: charts (PNG), the per-VM table (CSV) and the HTML page. No Airflow import.
+"""The report as files: charts (PNG), the per-VM table (CSV) and the HTML page; and the checkpoint
+audit's mail. No Airflow import.
 
 The same template renders twice: for the folder, images are referenced by file name; for the
 e-mail, by Content-ID (`cid:` + the file name, which is the Content-ID the SMTP provider gives
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from . import charts
+from . import charts, hygiene
 from .report import Report
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
@@ -83,3 +84,8 @@ def render(report: Report, folder: Path, prefix: str) -> Rendered:
     html.write_text(template.render(values, images={k: p.name for k, p in paths.items()}), encoding="utf-8")
     email_html = template.render(values, images={k: f"cid:{p.name}" for k, p in paths.items()})
     return Rendered(html, email_html, list(paths.values()), csv)
+
+
+def render_audit(summary: hygiene.AuditSummary) -> str:
+    """The checkpoint audit's mail: per host, what was removed and what an administrator must do."""
+    return environment().get_template("audit.html.j2").render(summary=summary, labels=hygiene.KIND_LABELS)

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from . import catalog, render, report
+from . import catalog, mailer, render, report
 from .dag_factory import CATALOG_ASSET
 from .inventory import load_inventory
 from .operators import catalog_engine
@@ -123,23 +123,12 @@ def _publish(paths: list[Path], location: str) -> str:
 
 
 def _send_once(built: dict, recipients: list[str]) -> str:
-    """Send through the SMTP provider (`smtp_default`), unless the ledger says this report already went out."""
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
-
-    engine = catalog_engine()
-    sent = catalog.mail_sent(engine, built["key"])
-    if sent:
-        return f"already sent at {sent['sent_at']} as {sent['message_id']}; not sending it twice"
-    message_id = f"<{built['key'].replace('/', '.').replace(':', '')}@hyperv-backup>"
+    """Mail the report from the reports location: the provider attaches local files, so they are fetched first."""
     folder = storage(built["folder"])
     with tempfile.TemporaryDirectory(prefix="hyperv-mail-") as local:
         files = []
-        for name in built["attachments"]:  # the SMTP provider attaches local files, each with Content-ID <file name>
+        for name in built["attachments"]:
             files.append(Path(local) / name)
             files[-1].write_bytes((folder / name).read_bytes())
         html = (folder / built["mail_html"]).read_text(encoding="utf-8")
-        with SmtpHook(smtp_conn_id="smtp_default") as smtp:
-            smtp.send_email_smtp(to=recipients, subject=built["subject"], html_content=html, files=[str(f) for f in files],
-                                 mime_subtype="related", custom_headers={"Message-ID": message_id})
-    catalog.record_mail(engine, built["key"], message_id, built["subject"], recipients, datetime.now(UTC))
-    return f"sent to {', '.join(recipients)}: {built['subject']}"
+        return mailer.send_once(built["key"], built["subject"], html, recipients, files)
