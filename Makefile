@@ -35,6 +35,7 @@ test: venv browser
 bench: venv
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.report
+	$(PY) -m bench.winrm_session
 
 lint: venv
 	$(PY) -m ruff check dags plugins include simulator tests bench

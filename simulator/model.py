@@ -214,6 +214,7 @@ class Host:
         self.target_free_bytes = int(spec.target_free_gb * 1024**3)
         self.max_concurrent_jobs = 0
         self.requests = 0
+        self.shells: dict[str, Any] = {}  # WinRM shells open on this host, by ShellId (server.py keeps them)
         self.down_until = 0.0  # monotonic time until which the host does not answer (reboot)
         self._schedule: list[tuple[datetime, int, Callable[[], None]]] = []
         self._seq = 0
@@ -517,6 +518,7 @@ class Host:
             "target_free_bytes": self.target_free_bytes,
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "requests": self.requests,
+            "open_shells": len(self.shells),
             "vms": [
                 {
                     "id": vm.id,

@@ -40,7 +40,6 @@ class WinRMHandler(BaseHTTPRequestHandler):
     server_version = "Microsoft-HTTPAPI/2.0"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     host: Host  # set on the subclass made for each listener
-    shells: dict[str, wsman.Shell]
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         pass
@@ -117,11 +116,11 @@ class WinRMHandler(BaseHTTPRequestHandler):
         if message.action == wsman.ACTION_CREATE:
             shell = wsman.Shell(wsman.new_id())
             with self.host.fleet.lock:
-                self.shells[shell.id] = shell
+                self.host.shells[shell.id] = shell
             scheme = "https" if self.host.spec.transport == "ssl" else "http"
             address = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/wsman"
             return 200, wsman.created_response(shell.id, address, relates)
-        shell = self.shells.get(message.shell_id or "")
+        shell = self.host.shells.get(message.shell_id or "")
         if shell is None:
             raise wsman.shell_not_found(message.shell_id or "")
         if message.action == wsman.ACTION_COMMAND:
@@ -134,7 +133,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
             return 200, wsman.signal_response(relates)
         if message.action == wsman.ACTION_DELETE:
             with self.host.fleet.lock:
-                self.shells.pop(shell.id, None)
+                self.host.shells.pop(shell.id, None)
             return 200, wsman.delete_response(relates)
         raise wsman.WSManFault("a:ActionNotSupported", 2150858801, f"The action {message.action} is not supported.", "s:Sender")
 
@@ -149,10 +148,12 @@ class WinRMHandler(BaseHTTPRequestHandler):
             fault = host.take_fault(step, ("auth_fail", "soap_fault", "host_reboot", "connection_drop", "slow"), vm) if step else None
             if fault == "host_reboot":
                 host.reboot()
+                self.host.shells.clear()  # a restarted WinRM service knows no shell of before
                 raise _DropConnection()
             if fault == "auth_fail":
                 return 401, b""
-            if fault == "soap_fault":
+            if fault == "soap_fault":  # the host lost the shell (WinRM restarted, idle timeout): it is gone for good
+                self.host.shells.pop(shell.id, None)
                 raise wsman.shell_not_found(shell.id)
             limit = invocation.MAX_COMMAND_LINE if message.options.get("WINRS_SKIP_CMD_SHELL", "").upper() == "TRUE" \
                 else invocation.CMD_EXE_COMMAND_LINE
@@ -196,7 +197,7 @@ def _command_word(line: str) -> str:
 
 
 def serve_host(host: Host, port: int, tls: ssl.SSLContext | None) -> ThreadingHTTPServer:
-    handler = type(f"WinRM_{host.name}", (WinRMHandler,), {"host": host, "shells": {}})
+    handler = type(f"WinRM_{host.name}", (WinRMHandler,), {"host": host})
     server = _Server(("127.0.0.1", port), handler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)

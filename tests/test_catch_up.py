@@ -40,6 +40,11 @@ def _steps(engine, clock, night: int, run_alive=None) -> BackupSteps:
     return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, run_alive=run_alive)
 
 
+async def _first_event(trigger: BackupJobTrigger) -> dict:
+    """As dag.test does it: the trigger's first event, the generator made (and closed) in the loop."""
+    return (await anext(trigger.run())).payload
+
+
 def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: dict) -> None:
     """probe -> snapshot -> verify merge -> copy -> verify, as the DAG's tasks call them."""
     try:
@@ -49,7 +54,7 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
         snap = steps.snapshot(probe, busy_timeout=120, catch_up=True)
         steps.verify_merge(probe, timeout=60)
         trigger = BackupJobTrigger("hv", probe["vm_id"], "DC01", snap["job_started_at"], poll_interval=0.05)
-        event = asyncio.run(anext(trigger.run())).payload
+        event = asyncio.run(_first_event(trigger))
         outcome["result"] = steps.verify(probe, snap, steps.copy_finished(event["job"]))
     except NotThisTime as reason:
         outcome["result"] = str(reason)
@@ -78,6 +83,7 @@ def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatc
     assert covered["backup_version"] == catch_up["backup_version"] and catch_up["run_id"] in covered["error"]
     assert covered["job_started_at"] is None  # it started no job and adopted none
     assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
+    assert running.state()["hosts"][0]["open_shells"] == 0
 
 
 def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, tmp_path):

@@ -40,6 +40,7 @@ def test_the_fleet_is_left_clean_and_never_ran_two_jobs_at_once(demo):
     state = json.loads((out / "sim-state.json").read_text())
     for host in state["hosts"]:
         assert host["max_concurrent_jobs"] == 1, host["name"]
+        assert host["open_shells"] == 0, host["name"]  # every step and trigger deleted the shell it kept
         for vm in host["vms"]:
             assert not [c for c in vm["checkpoints"] if c["type"] == "Recovery"], vm["name"]
     sql01 = next(vm for host in state["hosts"] for vm in host["vms"] if vm["name"] == "SQL01")

@@ -74,6 +74,7 @@ def test_never_two_jobs_at_once_and_the_report_tells_the_story(outage):
     out, rows, _, _ = outage
     state = json.loads((out / "sim-state.json").read_text())
     assert [h["max_concurrent_jobs"] for h in state["hosts"]] == [1]
+    assert [h["open_shells"] for h in state["hosts"]] == [0]  # no step or trigger left its WinRM shell open
     subjects = [email.message_from_bytes(p.read_bytes())["Subject"] for p in sorted((out / "mail").glob("*.eml"))]
     # the daily report of the day before (unpaused with the report DAG: nothing ran then), and the outage's
     covered = sum(r["status"] == "covered" for r in rows)

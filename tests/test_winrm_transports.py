@@ -75,3 +75,38 @@ def test_wbadmin_without_backups_writes_to_stderr(fleet, monkeypatch):
     code, stdout, stderr = HyperVHook("hv_ssl").run_text("wbadmin get versions")
     assert "Backup command-line tool" in stdout
     assert "No backups were found" in stderr
+
+
+def _host(fleet, name="HVSSL"):
+    return next(h for h in fleet.state()["hosts"] if h["name"] == name)
+
+
+def test_a_session_runs_its_commands_on_one_shell_and_deletes_it(fleet, monkeypatch):
+    """Without a session each command opens and deletes a shell: 5 requests (Create, Command,
+    Receive, Signal, Delete); in one, 3 a command plus one Create and one Delete."""
+    use_connection(monkeypatch, "hv_ssl", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path))
+    hook = HyperVHook("hv_ssl")
+    before = _host(fleet)["requests"]
+    for _ in range(4):
+        hook.run_script("Get-HostVMs")
+    alone = _host(fleet)["requests"] - before
+    with hook.session():
+        for _ in range(4):
+            hook.run_script("Get-HostVMs")
+        assert _host(fleet)["open_shells"] == 1
+    together = _host(fleet)["requests"] - before - alone
+    assert (alone, together) == (4 * 5, 4 * 3 + 2)
+    assert _host(fleet)["open_shells"] == 0
+
+
+def test_a_session_replaces_a_shell_the_host_lost(start_fleet, monkeypatch):
+    """The host forgets the kept shell (here: a fault answers 'shell not found' to the next Command,
+    as after an idle timeout): the command runs once, in a new shell, and the caller sees nothing."""
+    running = start_fleet({"seed": 1, "speed": 600, "hosts": [{"name": "HV01", "os": "2022", "transport": "ssl", "vms": [
+        {"name": "VM1", "disk_gb": 1, "faults": [{"kind": "soap_fault", "at": "snapshot"}]}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    with HyperVHook("hv").session() as hook:
+        vm_id = hook.run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")["vms"][0]["id"]
+        assert hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")["started"]
+    starts = [e for e in running.journal() if e["event"] == "command" and e.get("script") == "Start-VMBackup"]
+    assert len(starts) == 1 and _host(running, "HV01")["open_shells"] == 0

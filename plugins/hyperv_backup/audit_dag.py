@@ -53,8 +53,8 @@ def build_audit_dag() -> DAG:
             context["host_name"] = host["name"]
             result = {"host": host["name"], "run_id": context["dag_run"].run_id, "at": datetime.now().astimezone().isoformat(),
                       "remediated": [], "findings": [], "error": None}
+            hook = HyperVHook(host["connection"], keep_shell=True)  # one shell for the audit, deleted at its end
             try:
-                hook = HyperVHook(host["connection"])
                 findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
                 if params.get("remediate") or host["clean"]:
                     result["remediated"] = hygiene.remediate(hook.run_script, findings, poll=poll_seconds())
@@ -67,6 +67,7 @@ def build_audit_dag() -> DAG:
                 result["error"] = str(error)
                 raise
             finally:
+                hook.close()
                 _result_file(host["name"], context["ds"]).write_text(json.dumps(result, indent=2))
             for entry in result["remediated"]:
                 print(f"removed {entry['removed']!r} of {entry['vm_name']}; merged: {entry['merged']}")

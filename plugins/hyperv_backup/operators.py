@@ -54,7 +54,8 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
     transient -> retried by Airflow. Every host error is written to the VM's row first, so a try
     that ends here leaves the cause in the catalog, not a `running` row."""
     try:
-        yield
+        with steps.hook.session():  # one remote shell for all the step's commands
+            yield
     except NotThisTime as reason:
         raise AirflowSkipException(str(reason)) from None
     except PermanentHostError as error:

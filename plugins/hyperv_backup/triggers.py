@@ -30,30 +30,33 @@ class BackupJobTrigger(BaseTrigger):
         from .errors import PermanentHostError, TransientHostError
         from .hooks import HyperVHook
 
-        hook = HyperVHook(self.winrm_conn_id)
+        hook = HyperVHook(self.winrm_conn_id, keep_shell=True)  # one shell for the whole wait, deleted at its end
         last_percent = None
-        while True:
-            try:
-                status = await sync_to_async(hook.run_script)("Get-VMBackupStatus", VMId=self.vm_id)
-            except TransientHostError as error:
-                self.log.warning("%s; polling again", error)
+        try:
+            while True:
+                try:
+                    status = await sync_to_async(hook.run_script)("Get-VMBackupStatus", VMId=self.vm_id)
+                except TransientHostError as error:
+                    self.log.warning("%s; polling again", error)
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                except PermanentHostError as error:
+                    yield TriggerEvent({"status": "error", "message": str(error)})
+                    return
+                job = status.get("job")
+                ours = job and self.vm_name in job.get("vms", []) and job["start_time_utc"] >= self.since_utc
+                if not ours:
+                    yield TriggerEvent({"status": "error", "message": f"the backup job of {self.vm_name} is gone from the "
+                                        "host (the host may have restarted); the VM is backed up again on retry"})
+                    return
+                if job["job_state"] != "Running":
+                    yield TriggerEvent({"status": "done", "job": job})
+                    return
+                total = job.get("bytes_total") or 0
+                percent = int(100 * (job.get("bytes_transferred") or 0) / total) if total else 0
+                if percent != last_percent:
+                    self.log.info("%s: %d%% copied (%s)", self.vm_name, percent, job.get("operation"))
+                    last_percent = percent
                 await asyncio.sleep(self.poll_interval)
-                continue
-            except PermanentHostError as error:
-                yield TriggerEvent({"status": "error", "message": str(error)})
-                return
-            job = status.get("job")
-            ours = job and self.vm_name in job.get("vms", []) and job["start_time_utc"] >= self.since_utc
-            if not ours:
-                yield TriggerEvent({"status": "error", "message": f"the backup job of {self.vm_name} is gone from the host "
-                                    "(the host may have restarted); the VM is backed up again on retry"})
-                return
-            if job["job_state"] != "Running":
-                yield TriggerEvent({"status": "done", "job": job})
-                return
-            total = job.get("bytes_total") or 0
-            percent = int(100 * (job.get("bytes_transferred") or 0) / total) if total else 0
-            if percent != last_percent:
-                self.log.info("%s: %d%% copied (%s)", self.vm_name, percent, job.get("operation"))
-                last_percent = percent
-            await asyncio.sleep(self.poll_interval)
+        finally:
+            await sync_to_async(hook.close)()
