@@ -145,6 +145,28 @@ def test_host_reboot_makes_the_job_vanish_and_leaves_debris(start_fleet, monkeyp
     assert any(line["event"] == "job_vanished" for line in running.journal())
 
 
+def test_a_job_that_never_ends_is_given_up_at_the_deadline_and_left_running(start_fleet, monkeypatch):
+    """Airflow bounds a deferral only by defer()'s timeout: the copy trigger keeps its own deadline and
+    says what happened, so the step records it, instead of polling a hung job forever."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=2000, speed=1)  # hours of copying
+    vm_id, started = _start(hook)
+    trigger = BackupJobTrigger("hv", vm_id, "VM1", started["job"]["start_time_utc"], poll_interval=0.05,
+                               deadline_utc=datetime.now(UTC).isoformat())
+
+    async def first_event():
+        return (await anext(trigger.run())).payload
+
+    event = asyncio.run(first_event())
+    assert event["status"] == "error" and "past the time allowed" in event["message"] and "wbadmin stop job" in event["message"]
+    assert hook.run_script("Get-VMBackupStatus", VMId=vm_id)["job"]["job_state"] == "Running"  # never stopped for us
+    assert running.state()["hosts"][0]["open_shells"] == 0
+
+
 def test_vm_removed_after_the_probe_is_permanent(start_fleet, monkeypatch):
     running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "vm_removed", "at": "probe"}])
     vm_id = _probe(hook)["vms"][0]["id"]

@@ -43,6 +43,13 @@ def poll_seconds() -> float:
     return conf.getfloat("hyperv_backup", "poll_seconds", fallback=5.0)
 
 
+def job_timeout() -> timedelta:
+    """How long a VM's WSB job may run before the copy step gives up on it (`[hyperv_backup] job_timeout_hours`)."""
+    from airflow.configuration import conf
+
+    return timedelta(hours=conf.getfloat("hyperv_backup", "job_timeout_hours", fallback=12.0))
+
+
 def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
     conn, target, host = entry.connection, entry.backup_target, entry.name
     doc = (f"### Hyper-V backups of {host}\n\nEach VM: probe → snapshot/checkpoint → verify merge → copy → verify, "
@@ -134,7 +141,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             merged = verify_merge(vm_name, probed, snap)
             copied = WaitForBackupJobOperator(task_id="copy", host=host, winrm_conn_id=conn, backup_target=target,
                                               vm_name=vm_name, probe=probed, snap=snap, poll_interval=poll_seconds(),
-                                              map_index_template="{{ vm_name }}")
+                                              job_timeout=job_timeout(), map_index_template="{{ vm_name }}")
             merged >> copied
             verify(vm_name, probed, snap, copied.output)
 

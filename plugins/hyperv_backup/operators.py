@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -72,16 +73,18 @@ class WaitForBackupJobOperator(BaseOperator):
     template_fields: Sequence[str] = ("vm_name", "probe", "snap")
 
     def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, snap: Any,
-                 poll_interval: float = 5.0, **kwargs: Any) -> None:
+                 poll_interval: float = 5.0, job_timeout: timedelta = timedelta(hours=12), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
         self.vm_name, self.probe, self.snap, self.poll_interval = vm_name, probe, snap, poll_interval
+        self.job_timeout = job_timeout
 
     def execute(self, context):
         context["vm_name"] = self.vm_name
+        deadline = datetime.now(UTC) + self.job_timeout  # the trigger reports it; defer's timeout is the safety net
         self.defer(trigger=BackupJobTrigger(self.winrm_conn_id, self.probe["vm_id"], self.vm_name,
-                                            self.snap["job_started_at"], self.poll_interval),
-                   method_name="execute_complete")
+                                            self.snap["job_started_at"], self.poll_interval, deadline.isoformat()),
+                   method_name="execute_complete", timeout=self.job_timeout + timedelta(minutes=15))
 
     def execute_complete(self, context, event: dict[str, Any]):
         context["vm_name"] = self.vm_name
