@@ -10,8 +10,12 @@ that keeps nobody waiting.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hyperv_backup import catalog
@@ -102,3 +106,38 @@ def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, 
     alive = _steps(engine, clock, 2, run_alive=lambda dag_id, run_id: run_id != "backfill__night1")
     assert alive.snapshot(probe, busy_timeout=30, catch_up=True)["job_started_at"]
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
+
+
+_ALIVE_DAG = """
+from datetime import datetime
+from airflow.sdk import DAG, get_current_context, task
+
+with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
+    @task
+    def ask():
+        from hyperv_backup.operators import _run_alive
+        context = get_current_context()
+        alive = _run_alive(context["ti"])
+        print("ANSWERS", alive("alive", context["dag_run"].run_id), alive("alive", "backfill__deleted"))
+    ask()
+"""
+
+_RUN = """
+import subprocess, sys
+subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+from airflow.dag_processing.dagbag import DagBag
+print("STATE", DagBag(dag_folder=sys.argv[1]).get_dag("alive").test().state)
+"""
+
+
+def test_whether_a_run_still_runs_comes_from_the_task_sdk(tmp_path):
+    """The waiting above trusts `run_alive`; in a task it asks Airflow (get_dagrun_state): this run is
+    running, a run that does not exist (deleted) is not, and neither answer is an error."""
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "alive.py").write_text(_ALIVE_DAG)
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__CORE__DAGS_FOLDER=str(tmp_path / "dags"),
+               AIRFLOW__CORE__LOAD_EXAMPLES="False", PYTHONPATH=f"{root / 'plugins'}:{root}")
+    done = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path / "dags")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "ANSWERS True False" in done.stdout and "STATE success" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
