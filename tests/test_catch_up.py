@@ -119,7 +119,16 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
         context = get_current_context()
         alive = _run_alive(context["ti"])
         print("ANSWERS", alive("alive", context["dag_run"].run_id), alive("alive", "backfill__deleted"))
-    ask()
+
+    @task
+    def step(n):
+        from hyperv_backup.operators import _ahead
+        from hyperv_backup.steps import ahead_of
+        ti = get_current_context()["ti"]
+        states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])[ti.run_id]
+        print("AHEAD", ti.map_index, _ahead(ti)(), ahead_of(states, ti.task_id, 99))
+
+    ask() >> step.expand(n=[0, 1, 2])
 """
 
 _RUN = """
@@ -130,9 +139,10 @@ print("STATE", DagBag(dag_folder=sys.argv[1]).get_dag("alive").test().state)
 """
 
 
-def test_whether_a_run_still_runs_comes_from_the_task_sdk(tmp_path):
+def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     """The waiting above trusts `run_alive`; in a task it asks Airflow (get_dagrun_state): this run is
-    running, a run that does not exist (deleted) is not, and neither answer is an error."""
+    running, a run that does not exist (deleted) is not, and neither answer is an error. The host's
+    turns trust `ahead` (get_task_states of the mapped step)."""
     root = Path(__file__).resolve().parent.parent
     (tmp_path / "dags").mkdir()
     (tmp_path / "dags" / "alive.py").write_text(_ALIVE_DAG)
@@ -141,3 +151,7 @@ def test_whether_a_run_still_runs_comes_from_the_task_sdk(tmp_path):
     done = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path / "dags")], env=env, capture_output=True, text=True,
                           timeout=300)
     assert "ANSWERS True False" in done.stdout and "STATE success" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    # the first mapped task to run sees itself in the step and the two others still to come; what is
+    # before a task in the order is counted by the same reading of Airflow's answer
+    ahead = sorted(line.split("AHEAD ", 1)[1] for line in done.stdout.splitlines() if "AHEAD " in line)
+    assert ahead[0].startswith("0 (0, 0)") and any(line.endswith("(1, 2)") for line in ahead), ahead

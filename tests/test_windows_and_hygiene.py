@@ -196,6 +196,52 @@ def test_a_window_that_closes_mid_run_defers_the_rest(start_fleet, monkeypatch, 
     assert entry.selected(["FIRST", "SECOND"], {"FIRST": clock}) == ["SECOND", "FIRST"]  # deferred goes first next time
 
 
+def test_ahead_of_counts_earlier_vms_in_the_step_and_on_their_way():
+    from airflow.sdk.api.datamodels._generated import TaskInstanceState
+    from hyperv_backup.steps import ahead_of
+
+    states = {"backup_vm.snapshot_0": "success", "backup_vm.snapshot_1": TaskInstanceState.RUNNING,
+              "backup_vm.snapshot_2": None, "backup_vm.snapshot_3": "queued", "backup_vm.snapshot_4": "upstream_failed",
+              "backup_vm.snapshot_5": "running", "backup_vm.snapshot_9": "running", "backup_vm.probe_0": "running"}
+    assert ahead_of(states, "backup_vm.snapshot", 5) == (1, 2)  # 1 in the step; 2 and 3 to come; 5 is this VM
+    assert ahead_of(states, "backup_vm.snapshot", 0) == (0, 0)
+
+
+def test_the_host_goes_to_the_vms_in_the_runs_order_not_to_whoever_polls_first(start_fleet, monkeypatch, tmp_path):
+    """FIRST's job runs; THIRD already waits for the host, SECOND (earlier in the order) is still on its
+    way (its task queued) when FIRST's job ends. THIRD lets SECOND go first; without its turn it
+    would have taken the free host at once."""
+    import threading
+    import time
+
+    from hyperv_backup import catalog
+    from hyperv_backup.steps import BackupSteps, RunKey
+
+    running = start_fleet({"seed": 2, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "FIRST", "disk_gb": 2}, {"name": "SECOND", "disk_gb": 2}, {"name": "THIRD", "disk_gb": 2}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    second_is = {"state": "queued"}  # what Airflow would say of SECOND's snapshot task
+
+    def steps(vm, ahead=None):
+        run = RunKey("hyperv_backup_hv01", "scheduled__x", None, None, "HV01", vm)
+        return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, ahead=ahead)
+
+    first = steps("FIRST")
+    first.snapshot(first.probe())
+    third = steps("THIRD", ahead=lambda: (int(second_is["state"] == "running"), int(second_is["state"] == "queued")))
+    second = steps("SECOND")
+    probes = {"THIRD": third.probe(), "SECOND": second.probe()}
+    waiting = threading.Thread(target=third.snapshot, args=(probes["THIRD"],), kwargs={"busy_timeout": 60})
+    waiting.start()
+    time.sleep(1.0)  # FIRST's job (2 GB at 600x) is over by now: the host is free, and THIRD is polling
+    second_is["state"] = "running"
+    second.snapshot(probes["SECOND"])
+    second_is["state"] = "success"
+    waiting.join(timeout=60)
+    assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["FIRST"], ["SECOND"], ["THIRD"]]
+
+
 def test_run_kind_reads_the_task_sdks_enum_as_its_value():
     from airflow.sdk.api.datamodels._generated import DagRunType
 

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, Ai
 from . import catalog
 from .errors import HostError, PermanentHostError
 from .hooks import HyperVHook
-from .steps import BackupSteps, NotThisTime, RunKey
+from .steps import BackupSteps, NotThisTime, RunKey, ahead_of
 from .triggers import BackupJobTrigger
 
 
@@ -37,7 +37,18 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
-                       run_alive=_run_alive(context["ti"]))
+                       run_alive=_run_alive(context["ti"]), ahead=_ahead(context["ti"]))
+
+
+def _ahead(ti) -> Callable[[], tuple[int, int]]:
+    """The VMs before this one in the run's order, by the states of their tasks of this same step
+    (the map index is the VM's place in the order `select_vms` returned)."""
+    def ahead() -> tuple[int, int]:
+        if ti.map_index is None or ti.map_index < 0:
+            return 0, 0
+        states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])
+        return ahead_of(states.get(ti.run_id, {}), ti.task_id, ti.map_index)
+    return ahead
 
 
 def _run_alive(ti) -> Callable[[str, str], bool]:

@@ -22,6 +22,22 @@ from .hooks import HyperVHook
 from .parsers import parse_wbadmin_versions
 
 SHADOW_COPY_TEXTS = frozenset(WSB_SHADOW_COPY_OPERATION.values())
+TURN_GRACE_SECONDS = 30.0  # how long a VM lets an earlier one that is still on its way go first
+ACTIVE, COMING = "running", frozenset({None, "none", "scheduled", "queued", "up_for_retry", "up_for_reschedule", "restarting"})
+
+
+def ahead_of(states: dict[str, str | None], task_id: str, map_index: int) -> tuple[int, int]:
+    """From the states of a run's mapped step (`{"<task_id>_<map index>": state}`, as Airflow's
+    get_task_states answers): how many VMs earlier in the run's order are in that step now (active),
+    and how many have it still to come (their probe, a worker slot)."""
+    active = coming = 0
+    for key, state in states.items():
+        name, _, index = key.rpartition("_")
+        if name == task_id and index.isdigit() and int(index) < map_index:
+            state = getattr(state, "value", state)
+            active += state == ACTIVE
+            coming += state in COMING
+    return active, coming
 
 
 @dataclass
@@ -49,12 +65,16 @@ class BackupSteps:
     """One VM on one host in one DAG run."""
 
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
-                 clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None):
+                 clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None,
+                 ahead: Callable[[], tuple[int, int]] | None = None):
         """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
-        a run that died (a killed worker) must not keep this run waiting for its backup."""
+        a run that died (a killed worker) must not keep this run waiting for its backup. `ahead()` says
+        how many VMs earlier in this run's order are in their snapshot step now, and how many have it
+        still to come (`ahead_of`): the host goes to them first."""
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
         self.clean = clean_recovery_checkpoints
         self.run_alive = run_alive or (lambda dag_id, run_id: True)
+        self.ahead = ahead or (lambda: (0, 0))
 
     def record(self, **values: Any) -> None:
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
@@ -208,13 +228,24 @@ class BackupSteps:
         return {"job_started_at": job_started, "snapshot_at": snapshot_at, "saw_saved_state": saved_since is not None,
                 "saw_recovery_checkpoint": saw_checkpoint, "uptime_reset": uptime_reset, "offline_seconds": offline}
 
+    def _my_turn(self, waiting_since: float) -> bool:
+        """Whether this VM may ask for the host now. The run's VMs wait for the host side by side, so
+        whoever polled first after a job ended would take it; instead the order of the run (priority,
+        then the oldest good backup) holds: not while an earlier VM is in its snapshot step (waiting for
+        the host, or its job starting), nor, for TURN_GRACE_SECONDS, while one is still on its way
+        (bounded, so a VM that waits for a worker slot never holds the others up for long)."""
+        active, coming = self.ahead()
+        return not active and (not coming or time.monotonic() - waiting_since > TURN_GRACE_SECONDS)
+
     def _start_job(self, vm_id: str, busy_timeout: float, last_start: datetime | None, window: str, catch_up: bool) -> None:
-        """Start-VMBackup until the host takes the job; its start time is in the catalog before anything else."""
-        deadline = time.monotonic() + busy_timeout
+        """Start-VMBackup, in this VM's turn, until the host takes the job; its start time is in the
+        catalog before anything else."""
+        began = time.monotonic()
+        deadline = began + busy_timeout
         limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
         while True:
             elsewhere = self._catch_up_elsewhere() if catch_up else None
-            if elsewhere is None:
+            if elsewhere is None and self._my_turn(began):
                 started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
                 if started["started"]:
                     self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
