@@ -47,6 +47,9 @@ def test_each_vm_got_exactly_one_catch_up_job_and_later_intervals_are_covered(ou
     _, rows, journal, _ = outage
     jobs = Counter(vm for event in journal if event["event"] == "job_started" for vm in event["vms"])
     assert jobs["DC01"] == 1 and jobs["WEB01"] == 1
+    # the catch-up took the run's order (none backed up yet, no priority: by name), not the executor's
+    started = [event["vms"][0] for event in journal if event["event"] == "job_started"]
+    assert started[:3] == ["DB01", "DC01", "WEB01"], started
     first = min(r["interval_end"] for r in rows)
     for vm in ("DC01", "WEB01"):
         mine = [r for r in rows if r["vm_name"] == vm]
