@@ -3,9 +3,10 @@
 Built on the provider's WinRMHook (its connection handling and its pywinrm Protocol); it
 adds what a backup needs: parameters passed as data (`invocation`), the script started
 without cmd.exe so it may be longer than 8191 characters, one JSON document parsed back,
-failures turned into TransientHostError / HostBusyError / PermanentHostError, and the
-safety rules of this project: TLS validated unless the connection says otherwise, and
-no plaintext WinRM without an explicit opt-in in the connection's extra.
+failures turned into TransientHostError / HostBusyError / PermanentHostError, one remote
+shell for many commands (`session`), and the safety rules of this project: TLS validated
+unless the connection says otherwise, and no plaintext WinRM without an explicit opt-in in
+the connection's extra.
 """
 
 from __future__ import annotations
