@@ -252,7 +252,7 @@ _AUDIT = """
 import subprocess, sys
 subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 from airflow.dag_processing.dagbag import DagBag
-run = DagBag(dag_folder="{dags}").get_dag("hyperv_checkpoint_audit").test(run_conf={{"remediate": True}})
+run = DagBag(dag_folder="{dags}").get_dag("hyperv_checkpoint_audit").test(run_conf={{"remediate": {remediate}}})
 print("STATE", run.state)
 """
 
@@ -265,30 +265,38 @@ def _closed_endpoint() -> harness.Endpoint:
     return harness.Endpoint("HV02", "ssl", f"https://127.0.0.1:{port}/wsman")
 
 
-def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(start_fleet, tmp_path):
-    """The daily audit, run as a DAG (dag.test) with remediation on, over a fleet with debris and a
-    host that is down; the administrators get one mail that says all of it."""
-
-    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
-        {"name": "DB01", "checkpoints": [{"name": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", "type": "Recovery"},
-                                         {"name": "before-upgrade", "type": "Standard"}]},
-        {"name": "WEB01", "stray_avhdx": 1}, {"name": "OK01"}]}]})
+def _audit(tmp_path, connections: dict[str, str], remediate: bool = True) -> tuple[str, list]:
+    """The audit DAG run once (dag.test, in its own process) over `connections` (host name -> connection),
+    with a real SMTP server: (the run's final state line, the mails received)."""
+    hosts = "".join(f"  - {{name: {name}, connection: winrm_{name.lower()}}}\n" for name in connections)
     inventory = tmp_path / "inventory.yaml"
-    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01}\n  - {name: HV02, connection: winrm_hv02}\n"
-                         "mail: {to: [reports@example.test], admins: [admins@example.test]}\n")
+    inventory.write_text(f"hosts:\n{hosts}mail: {{to: [reports@example.test], admins: [admins@example.test]}}\n")
     root = Path(__file__).resolve().parent.parent
     with MailSink(tmp_path / "mail") as mail:
         env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
                    AIRFLOW__CORE__DAGS_FOLDER=str(root / "dags"), AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
                    AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", AIRFLOW__HYPERV_BACKUP__RETRIES="0",
-                   PYTHONPATH=f"{root / 'plugins'}:{root}", AIRFLOW_CONN_WINRM_HV01=winrm_connection(running.endpoints["HV01"], running.ca_path),
-                   AIRFLOW_CONN_WINRM_HV02=winrm_connection(_closed_endpoint(), running.ca_path),  # a host that is down
-                   AIRFLOW_CONN_SMTP_DEFAULT=mail.connection(),
-                   AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "catalog.sqlite")}))
-        done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags")], env=env, capture_output=True,
-                              text=True, timeout=300)
+                   PYTHONPATH=f"{root / 'plugins'}:{root}", AIRFLOW_CONN_SMTP_DEFAULT=mail.connection(),
+                   AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "catalog.sqlite")}),
+                   **{f"AIRFLOW_CONN_WINRM_{name.upper()}": value for name, value in connections.items()})
+        done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags", remediate=remediate)], env=env,
+                              capture_output=True, text=True, timeout=300)
         messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in mail.messages()]
-    assert "STATE failed" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]  # debris an admin must handle is left
+    state = next((line for line in done.stdout.splitlines() if line.startswith("STATE ")), "")
+    assert state, done.stdout[-2000:] + done.stderr[-2000:]
+    return state, messages
+
+
+def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(start_fleet, tmp_path):
+    """The daily audit, run as a DAG (dag.test) with remediation on, over a fleet with debris and a
+    host that is down; the administrators get one mail that says all of it."""
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "DB01", "checkpoints": [{"name": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)", "type": "Recovery"},
+                                         {"name": "before-upgrade", "type": "Standard"}]},
+        {"name": "WEB01", "stray_avhdx": 1}, {"name": "OK01"}]}]})
+    state, messages = _audit(tmp_path, {"HV01": winrm_connection(running.endpoints["HV01"], running.ca_path),
+                                        "HV02": winrm_connection(_closed_endpoint(), running.ca_path)})  # HV02 is down
+    assert state == "STATE failed"  # debris an admin must handle is left, and a host was not audited
     (written,) = (tmp_path / "reports").glob("checkpoint-audit-HV01-*.json")
     result = json.loads(written.read_text())
     assert [(d["vm_name"], d["removed"], d["merged"]) for d in result["remediated"]] == [
@@ -303,3 +311,12 @@ def test_the_audit_dag_cleans_the_fleet_and_leaves_what_is_not_backup_debris(sta
                                   "1 finding needs an administrator (HV01: 1); removed 1 Recovery checkpoint")
     body = message.get_body(("html",)).get_content()
     assert "DB01 - Backup - (11/20/2026 - 10:02:11 PM)" in body and "WEB01" in body and "Not audited" in body
+
+
+def test_a_clean_fleet_audits_green_and_mails_nobody(start_fleet, tmp_path):
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "OK01", "checkpoints": [{"name": "monthly", "type": "Standard"}]}, {"name": "OK02"}]}]})
+    state, messages = _audit(tmp_path, {"HV01": winrm_connection(running.endpoints["HV01"], running.ca_path)}, remediate=False)
+    assert state == "STATE success" and messages == []
+    (written,) = (tmp_path / "reports").glob("checkpoint-audit-HV01-*.json")
+    assert json.loads(written.read_text())["findings"] == []
