@@ -96,7 +96,7 @@ class HyperVHook(WinRMHook):
     def session(self) -> Iterator[HyperVHook]:
         """Run the commands inside on one remote shell and one kept-alive HTTPS connection, as
         Ansible's WinRM connection does: 3 HTTP requests a command instead of 5, and no TLS
-        handshake each time (bench/pipeline.py). The shell is deleted on the way out, so none
+        handshake each time (bench/winrm_session.py). The shell is deleted on the way out, so none
         is left to count against the host's MaxShellsPerUser; one the host lost meanwhile (a
         reboot, its idle timeout) is replaced once, before the command runs."""
         kept, self.keep_shell = self.keep_shell, True

@@ -115,8 +115,8 @@ def parse_inventory(text: str, source: str) -> Inventory:
     ctx, root = compose(text, source, InventoryError)
     if root is None:
         raise InventoryError(f"{source}: the inventory is empty; it needs `hosts`")
-    mail = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string), "admins": sequence(string)})  # noqa: E731
-    values = mapping(ctx, root, "the inventory", {"hosts": sequence(_host), "mail": mail}, required=("hosts",))
+    mail_fields = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string), "admins": sequence(string)})  # noqa: E731
+    values = mapping(ctx, root, "the inventory", {"hosts": sequence(_host), "mail": mail_fields}, required=("hosts",))
     hosts = values["hosts"]
     seen = [h.name.upper() for h in hosts]
     if len(seen) != len(set(seen)):
