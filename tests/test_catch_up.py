@@ -4,7 +4,8 @@
 Two backfilled intervals of the same VM, stepped side by side through the real client against
 the simulator: one run takes the catch-up, the other waits for its result and is recorded
 `covered`, never starting (or adopting) a second job. A run that died leaves a `running` row
-that keeps nobody waiting.
+that keeps nobody waiting. Last, what the steps ask of Airflow (is a run alive, which VMs are
+ahead in the host's queue) is asked of the real Task SDK, through dag.test.
 """
 
 from __future__ import annotations
