@@ -480,8 +480,10 @@ class Host:
     # -- faults that change the host itself -----------------------------------------------
 
     def reboot(self) -> None:
-        """The host restarts: the running job vanishes and its debris stays, VMs restart."""
+        """The host restarts: the running job vanishes and its debris stays, VMs restart, and the
+        restarted WinRM service knows no shell of before."""
         now = self.now()
+        self.shells.clear()
         for job in self.jobs:
             if job.state == "Running":
                 job.state = "Failed"

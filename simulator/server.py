@@ -148,7 +148,6 @@ class WinRMHandler(BaseHTTPRequestHandler):
             fault = host.take_fault(step, ("auth_fail", "soap_fault", "host_reboot", "connection_drop", "slow"), vm) if step else None
             if fault == "host_reboot":
                 host.reboot()
-                self.host.shells.clear()  # a restarted WinRM service knows no shell of before
                 raise _DropConnection()
             if fault == "auth_fail":
                 return 401, b""
