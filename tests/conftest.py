@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -68,3 +70,27 @@ def demo(tmp_path_factory):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
+
+
+_DAG_TEST = """
+import json, subprocess, sys
+subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+from airflow.dag_processing.dagbag import DagBag
+run = DagBag(dag_folder=sys.argv[1]).get_dag(sys.argv[2]).test(run_conf=json.loads(sys.argv[3]) or None)
+print("STATE", run.state)
+"""
+
+
+def dag_test(dags: Path, dag_id: str, env: dict[str, str], run_conf: dict | None = None) -> subprocess.CompletedProcess:
+    """One run of a DAG with dag.test(), in a process of its own: its Airflow home (and so its metadata
+    database) and connections come from `env`. Prints `STATE <the run's state>` last."""
+    env = dict(env, AIRFLOW__CORE__DAGS_FOLDER=str(dags), PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
+    return subprocess.run([sys.executable, "-c", _DAG_TEST, str(dags), dag_id, json.dumps(run_conf or {})], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def first_trigger_event(trigger) -> dict:
+    """A trigger's first event, taken as dag.test takes it: the generator made (and closed) in the loop."""
+    async def first() -> dict:
+        return (await anext(trigger.run())).payload
+    return asyncio.run(first())

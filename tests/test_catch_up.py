@@ -10,13 +10,9 @@ ahead in the host's queue) is asked of the real Task SDK, through dag.test.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
 import threading
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hyperv_backup import catalog
@@ -25,7 +21,7 @@ from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey
 from hyperv_backup.triggers import BackupJobTrigger
 
-from tests.conftest import use_connection, winrm_connection
+from tests.conftest import dag_test, first_trigger_event, use_connection, winrm_connection
 
 DAG_ID = "hyperv_backup_hv01"
 
@@ -45,11 +41,6 @@ def _steps(engine, clock, night: int, run_alive=None) -> BackupSteps:
     return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, run_alive=run_alive)
 
 
-async def _first_event(trigger: BackupJobTrigger) -> dict:
-    """As dag.test does it: the trigger's first event, the generator made (and closed) in the loop."""
-    return (await anext(trigger.run())).payload
-
-
 def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: dict) -> None:
     """probe -> snapshot -> verify merge -> copy -> verify, as the DAG's tasks call them."""
     try:
@@ -59,7 +50,7 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
         snap = steps.snapshot(probe, busy_timeout=120, catch_up=True)
         steps.verify_merge(probe, timeout=60)
         trigger = BackupJobTrigger("hv", probe["vm_id"], "DC01", snap["job_started_at"], poll_interval=0.05)
-        event = asyncio.run(_first_event(trigger))
+        event = first_trigger_event(trigger)
         outcome["result"] = steps.verify(probe, snap, steps.copy_finished(event["job"]))
     except NotThisTime as reason:
         outcome["result"] = str(reason)
@@ -132,25 +123,13 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
     ask() >> step.expand(n=[0, 1, 2])
 """
 
-_RUN = """
-import subprocess, sys
-subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-from airflow.dag_processing.dagbag import DagBag
-print("STATE", DagBag(dag_folder=sys.argv[1]).get_dag("alive").test().state)
-"""
-
-
 def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     """The waiting above trusts `run_alive`; in a task it asks Airflow (get_dagrun_state): this run is
     running, a run that does not exist (deleted) is not, and neither answer is an error. The host's
     turns trust `ahead` (get_task_states of the mapped step)."""
-    root = Path(__file__).resolve().parent.parent
     (tmp_path / "dags").mkdir()
     (tmp_path / "dags" / "alive.py").write_text(_ALIVE_DAG)
-    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), AIRFLOW__CORE__DAGS_FOLDER=str(tmp_path / "dags"),
-               AIRFLOW__CORE__LOAD_EXAMPLES="False", PYTHONPATH=f"{root / 'plugins'}:{root}")
-    done = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path / "dags")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = dag_test(tmp_path / "dags", "alive", dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home")))
     assert "ANSWERS True False" in done.stdout and "STATE success" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     # the first mapped task to run sees itself in the step and the two others still to come; what is
     # before a task in the order is counted by the same reading of Airflow's answer

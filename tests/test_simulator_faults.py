@@ -8,7 +8,7 @@ import pytest
 from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError
 from hyperv_backup.hooks import HyperVHook
 
-from tests.conftest import use_connection, winrm_connection
+from tests.conftest import first_trigger_event, use_connection, winrm_connection
 
 
 def _fleet(start_fleet, monkeypatch, faults, vm_faults=(), os_version="2022", speed=1200, **vm):
@@ -148,7 +148,6 @@ def test_host_reboot_makes_the_job_vanish_and_leaves_debris(start_fleet, monkeyp
 def test_a_job_that_never_ends_is_given_up_at_the_deadline_and_left_running(start_fleet, monkeypatch):
     """Airflow bounds a deferral only by defer()'s timeout: the copy trigger keeps its own deadline and
     says what happened, so the step records it, instead of polling a hung job forever."""
-    import asyncio
     from datetime import UTC, datetime
 
     from hyperv_backup.triggers import BackupJobTrigger
@@ -157,11 +156,7 @@ def test_a_job_that_never_ends_is_given_up_at_the_deadline_and_left_running(star
     vm_id, started = _start(hook)
     trigger = BackupJobTrigger("hv", vm_id, "VM1", started["job"]["start_time_utc"], poll_interval=0.05,
                                deadline_utc=datetime.now(UTC).isoformat())
-
-    async def first_event():
-        return (await anext(trigger.run())).payload
-
-    event = asyncio.run(first_event())
+    event = first_trigger_event(trigger)
     assert event["status"] == "error" and "past the time allowed" in event["message"] and "wbadmin stop job" in event["message"]
     assert hook.run_script("Get-VMBackupStatus", VMId=vm_id)["job"]["job_state"] == "Running"  # never stopped for us
     assert running.state()["hosts"][0]["open_shells"] == 0

@@ -11,8 +11,6 @@ import email.policy
 import json
 import os
 import socket
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from hyperv_backup.inventory import parse_inventory
 
 from include.mailsink import MailSink
 from simulator import harness
-from tests.conftest import use_connection, winrm_connection
+from tests.conftest import dag_test, use_connection, winrm_connection
 
 BERLIN = windows.Window("22:00", "06:00", "Europe/Berlin", grace_minutes=30)
 
@@ -248,15 +246,6 @@ def test_run_kind_reads_the_task_sdks_enum_as_its_value():
     assert windows.run_kind(DagRunType.BACKFILL) == "backfill" and windows.run_kind("scheduled") == "scheduled"
 
 
-_AUDIT = """
-import subprocess, sys
-subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-from airflow.dag_processing.dagbag import DagBag
-run = DagBag(dag_folder="{dags}").get_dag("hyperv_checkpoint_audit").test(run_conf={{"remediate": {remediate}}})
-print("STATE", run.state)
-"""
-
-
 def _closed_endpoint() -> harness.Endpoint:
     """Where no host listens: a port that was free a moment ago."""
     with socket.socket() as probe:
@@ -274,13 +263,12 @@ def _audit(tmp_path, connections: dict[str, str], remediate: bool = True) -> tup
     root = Path(__file__).resolve().parent.parent
     with MailSink(tmp_path / "mail") as mail:
         env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
-                   AIRFLOW__CORE__DAGS_FOLDER=str(root / "dags"), AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
+                   AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
                    AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", AIRFLOW__HYPERV_BACKUP__RETRIES="0",
-                   PYTHONPATH=f"{root / 'plugins'}:{root}", AIRFLOW_CONN_SMTP_DEFAULT=mail.connection(),
+                   AIRFLOW_CONN_SMTP_DEFAULT=mail.connection(),
                    AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "catalog.sqlite")}),
                    **{f"AIRFLOW_CONN_WINRM_{name.upper()}": value for name, value in connections.items()})
-        done = subprocess.run([sys.executable, "-c", _AUDIT.format(dags=root / "dags", remediate=remediate)], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = dag_test(root / "dags", "hyperv_checkpoint_audit", env, {"remediate": remediate})
         messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in mail.messages()]
     state = next((line for line in done.stdout.splitlines() if line.startswith("STATE ")), "")
     assert state, done.stdout[-2000:] + done.stderr[-2000:]
