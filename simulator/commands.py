@@ -20,12 +20,14 @@ from hyperv_backup import invocation
 from hyperv_backup.facts import (
     HEARTBEAT_SERVICE_ID,
     SCRIPT_STEPS,
+    VMMS_LOG,
     VSS_SERVICE_ID,
     WBADMIN_BANNER,
     WBADMIN_CAN_RECOVER_APPLICATIONS,
     WBADMIN_LOCATION,
     WBADMIN_NO_BACKUPS,
     WBADMIN_VERSION_LABELS,
+    WORKER_LOG,
     WSB_COPY_OPERATION,
     WSB_NO_OPERATION,
     WSB_SHADOW_COPY_OPERATION,
@@ -238,24 +240,42 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
     return {"started": True, "clock_utc": iso(now), "vm": before, "job": _job_brief(host, job)}
 
 
+JOB_KEYS = ("job_state", "hresult", "error_description", "version_id", "start_time_utc", "end_time_utc", "bytes_transferred",
+            "bytes_total", "vms")
+HISTORY = 20  # Get-WBJob -Previous 20
+
+
+def _job_json(host: Host, job: Job) -> dict[str, Any]:
+    full = job.to_json(host.now())
+    return {k: full[k] for k in JOB_KEYS} | {"operation": _operation_text(host, job)}
+
+
 def _status(host: Host, request: Request) -> dict[str, Any]:
     vm = _vm_by_id(host, request)
+    since = (request.params or {}).get("SinceUtc")
     now = host.now()
     host.tick()
-    job = next((j for j in reversed(host.jobs) if j.vm_id == vm.id), None)
-    job_json = None
-    if job is not None:
-        full = job.to_json(now)
-        job_json = {k: full[k] for k in ("job_state", "hresult", "error_description", "version_id", "start_time_utc",
-                                         "end_time_utc", "bytes_transferred", "bytes_total", "vms")}
-        job_json["operation"] = _operation_text(host, job)
+    running = next((j for j in host.jobs if j.state == "Running"), None)
+    history = [j for j in host.jobs if j.state != "Running"][-HISTORY:]
+    mine = [_job_json(host, j) for j in host.jobs if j.vm_id == vm.id and (j.state == "Running" or j in history)]
+    after = _parse_since(since) if since else None
     return {
         "clock_utc": iso(now),
-        "job": job_json,
+        "boot_time_utc": iso(host.booted),
+        "host_job": _job_json(host, running) if running else None,
+        "job": mine[-1] if mine else None,
+        "jobs": mine,
         "vm": {"id": vm.id, "name": vm.name, "state": vm.state, "uptime_seconds": vm.uptime_seconds(now),
-               "checkpoints": [{"id": cp.id, "name": cp.name, "type": cp.type} for cp in vm.checkpoints],
+               "checkpoints": [{"id": cp.id, "name": cp.name, "type": cp.type, "created_utc": iso(cp.created)} for cp in vm.checkpoints],
                "disks": [{"path": d["path"]} for d in vm.disks()]},
+        "events": [_event_json(e) for e in host.events
+                   if e.log in (WORKER_LOG, VMMS_LOG) and (after is None or e.time >= after) and (vm.id in e.message or f"'{vm.name}'" in e.message)],
     }
+
+
+def _event_json(event) -> dict[str, Any]:
+    """An event as Get-WinEvent gives it: log, id, time, message (the VM is named in the message only)."""
+    return {"log": event.log, "id": event.id, "time_utc": iso(event.time), "message": event.message}
 
 
 def _parse_since(value: str) -> datetime:
@@ -277,7 +297,7 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
                     "last_successful_backup_time_utc": iso(last_ok) if last_ok else None},
         "versions": [v.to_json() for v in host.versions if v.backup_time >= since],
         "events": [
-            e.to_json() for e in host.events
+            _event_json(e) for e in host.events
             if e.time >= since and (e.id != 10150 or vm_id in e.message or vm_name in e.message)
         ],
     }

@@ -24,6 +24,7 @@ from hyperv_backup.facts import (
     VMMS_LOG,
     BackupEvent,
     CheckpointType,
+    HostEvent,
     HResult,
     Mode,
     at_least,
@@ -208,6 +209,7 @@ class Host:
                         for _ in range(vm_spec.stray_avhdx)]
             self.vms.append(vm)
         self.faults = [Fault(f.kind, f.at, f.times) for f in spec.faults]
+        self.booted = now - timedelta(days=120)  # Win32_OperatingSystem.LastBootUpTime: before every VM started
         self.jobs: list[Job] = []
         self.versions: list[BackupVersion] = []
         self.events: list[Event] = []
@@ -234,6 +236,11 @@ class Host:
 
     def log_event(self, log: str, event_id: int, message: str, vm: str | None = None, when: datetime | None = None) -> None:
         self.events.append(Event(log, event_id, when or self.now(), message, vm))
+
+    def log_vm_event(self, event: tuple[str, int], vm: VM, what: str) -> None:
+        """One of the host's own records of a VM (HostEvent): the message names the VM and its id, as Windows' do."""
+        log, event_id = event
+        self.log_event(log, event_id, f"'{vm.name}' {what}. (Virtual machine ID {vm.id})", vm.name)
 
     def _new_checkpoint(self, name: str, type_: str, created: datetime) -> Checkpoint:
         return Checkpoint(id=str(uuid.UUID(int=self.fleet.rng.getrandbits(128), version=4)).upper(), name=name, type=type_, created=created)
@@ -377,11 +384,12 @@ class Host:
         self.at(t_snapshot, lambda: self._set_operation(job, "merge" if job.mode == Mode.CHECKPOINT else "copy", t_snapshot))
         t_copy = t_snapshot
         if job.mode == Mode.CHECKPOINT:
+            # The shadow copy is done: WSB removes the Recovery checkpoint and Hyper-V merges it, then the copy starts.
             t_copy = t_snapshot + timedelta(seconds=MERGE_SECONDS)
             if not self.take_fault("merge", ("merge_stuck",), vm):
-                self.at(t_copy, lambda: self._remove_recovery_checkpoints(vm))
+                self.at(t_snapshot, lambda: self._remove_recovery_checkpoints(vm))
             else:
-                self.at(t_copy, lambda: self.journal("merge_stuck", vm=vm.name))
+                self.at(t_snapshot, lambda: self.journal("merge_stuck", vm=vm.name))
             self.at(t_copy, lambda: self._set_operation(job, "copy", t_copy))
 
         copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * rng.uniform(0.95, 1.05)
@@ -408,6 +416,10 @@ class Host:
 
     def _set_state(self, vm: VM, state: str) -> None:
         self.journal("vm_state", vm=vm.name, **{"from": vm.state, "to": state})
+        if state == "Saved":
+            self.log_vm_event(HostEvent.VM_SAVED, vm, "was saved successfully")
+        elif vm.state == "Saved" and state == "Running":
+            self.log_vm_event(HostEvent.VM_RESTORED, vm, "was restored successfully")
         vm.state = state
 
     def _resume(self, vm: VM) -> None:
@@ -421,12 +433,13 @@ class Host:
         checkpoint = self._new_checkpoint(f"{vm.name} - Backup - ({self.now():%m/%d/%Y - %I:%M:%S %p})", CheckpointType.RECOVERY, self.now())
         vm.checkpoints.append(checkpoint)
         vm.started = self.now()  # the uptime counter restarts at the recovery checkpoint
+        self.log_vm_event(HostEvent.CHECKPOINT_CREATED, vm, f"created the {checkpoint.type} checkpoint '{checkpoint.name}'")
         self.journal("checkpoint_created", vm=vm.name, name=checkpoint.name, type=checkpoint.type)
         self.journal("uptime_reset", vm=vm.name)
 
     def _remove_recovery_checkpoints(self, vm: VM) -> None:
         for checkpoint in [cp for cp in vm.checkpoints if cp.type == CheckpointType.RECOVERY]:
-            self.remove_checkpoint(vm, checkpoint)
+            self.remove_checkpoint_and_merge(vm, checkpoint)
 
     def remove_checkpoint(self, vm: VM, checkpoint: Checkpoint) -> None:
         vm.checkpoints.remove(checkpoint)
@@ -437,11 +450,15 @@ class Host:
         avhdx = vm.avhdx_of(checkpoint)
         self.remove_checkpoint(vm, checkpoint)
         vm.merging.append(avhdx)
+        self.log_vm_event(HostEvent.MERGE_STARTED, vm, f"removed the checkpoint '{checkpoint.name}'; merging {avhdx}")
 
-        def merged() -> None:
+        self.at(self.now() + timedelta(seconds=MERGE_SECONDS), lambda: self._merge_done(vm, avhdx))
+
+    def _merge_done(self, vm: VM, avhdx: str) -> None:
+        if avhdx in vm.merging:
             vm.merging.remove(avhdx)
+            self.log_vm_event(HostEvent.MERGE_DONE, vm, f"merged {avhdx} into its parent")
             self.journal("merge_finished", vm=vm.name, path=avhdx)
-        self.at(self.now() + timedelta(seconds=MERGE_SECONDS), merged)
 
     def _target_full(self, job: Job, vm: VM) -> None:
         self.log_event(BACKUP_LOG, BackupEvent.TARGET_FULL, f"The backup operation to '{job.target}' failed: there is not enough disk space on the target.", vm.name)
@@ -493,10 +510,13 @@ class Host:
                 job.finished = now
                 self.journal("job_vanished", job=job.id, vms=[job.vm_name])
         self._schedule.clear()
+        self.booted = now
         for vm in self.vms:
             if vm.state in ("Running", "Saved") and vm.spec.state == "Running":
                 vm.state = "Running"
                 vm.started = now
+            for avhdx in vm.merging:  # Hyper-V resumes an interrupted merge after the boot
+                self.at(now + timedelta(seconds=MERGE_SECONDS), lambda vm=vm, avhdx=avhdx: self._merge_done(vm, avhdx))
         self.down_until = time.monotonic() + REBOOT_REAL_SECONDS
         self.journal("host_reboot", seconds=REBOOT_REAL_SECONDS)
 
@@ -516,6 +536,7 @@ class Host:
             "transport": self.spec.transport,
             "port": self.fleet.ports.get(self.name),
             "clock_utc": iso(now),
+            "boot_time_utc": iso(self.booted),
             "backup_target": self.spec.backup_target,
             "target_free_bytes": self.target_free_bytes,
             "max_concurrent_jobs": self.max_concurrent_jobs,

@@ -94,3 +94,42 @@ def first_trigger_event(trigger) -> dict:
     async def first() -> dict:
         return (await anext(trigger.run())).payload
     return asyncio.run(first())
+
+
+def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
+                        probe: dict | None = None, **snapshot_options) -> dict:
+    """One VM's backup through BackupSteps as the DAG's tasks run it: probe -> snapshot -> verify merge ->
+    copy (the state machine, its waits in BackupJobTrigger) -> verify, each step retried on a transient
+    error as Airflow retries a task (`probe`: one already taken). Returns verify's answer; a permanent
+    error is raised."""
+    import time
+    from datetime import timedelta
+
+    from hyperv_backup.errors import TransientHostError
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    def task(step):
+        for attempt in range(retries + 1):
+            try:
+                return step()
+            except TransientHostError as error:
+                steps.record(status="failed", error=str(error))
+                if attempt == retries:
+                    raise
+                time.sleep(retry_delay)
+
+    def copy():
+        while True:
+            step = steps.advance(probe)
+            if "job" in step:
+                return step["job"]
+            trigger = BackupJobTrigger(conn_id, probe["vm_id"], steps.run.vm_name, probe["clock_utc"], poll, wait_for=step["wait"])
+            event = first_trigger_event(trigger)
+            if event["status"] == "error":
+                raise steps.fail(event["message"])
+
+    probe = probe or task(steps.probe)
+    snap = task(lambda: steps.snapshot(probe, **snapshot_options))
+    task(lambda: steps.verify_merge(probe, timedelta(minutes=60)))
+    job = task(copy)
+    return task(lambda: steps.verify(probe, snap, job))

@@ -19,9 +19,8 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostBusyError
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey
-from hyperv_backup.triggers import BackupJobTrigger
 
-from tests.conftest import dag_test, first_trigger_event, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, dag_test, use_connection, winrm_connection
 
 DAG_ID = "hyperv_backup_hv01"
 
@@ -47,11 +46,7 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
         steps.begin("backfill")
         probe = steps.probe()
         probed_both.wait(timeout=30)  # both runs have probed before either starts a job
-        snap = steps.snapshot(probe, busy_timeout=120, catch_up=True)
-        steps.verify_merge(probe, timeout=60)
-        trigger = BackupJobTrigger("hv", probe["vm_id"], "DC01", snap["job_started_at"], poll_interval=0.05)
-        event = first_trigger_event(trigger)
-        outcome["result"] = steps.verify(probe, snap, steps.copy_finished(event["job"]))
+        outcome["result"] = backup_like_the_dag(steps, probe=probe, busy_timeout=120, catch_up=True)
     except NotThisTime as reason:
         outcome["result"] = str(reason)
     except BaseException as error:  # noqa: BLE001 - handed to the test's thread, which re-raises it

@@ -58,6 +58,8 @@ vm_backups = Table(
     Column("uptime_reset", Boolean),
     Column("backup_version", String(32)),
     Column("missed", Text),  # extension: why this interval was not backed up on time (set by backfills)
+    Column("attempts", Integer),  # Windows Server Backup jobs started for this row (a new one after a transient failure or a restart)
+    Column("host_restarted", Boolean),  # the host restarted during the backup (its uptime reset is no checkpoint)
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint("dag_id", "run_id", "host", "vm_name", name="uq_vm_backups_run_vm"),
 )
@@ -89,10 +91,57 @@ def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password
     raise ValueError(f"catalog connection type {conn_type!r} is not supported; use sqlite or postgres")
 
 
+# The catalog's schema versions, oldest first: each names the columns it added to vm_backups.
+# A catalog written by an earlier version is migrated (Alembic's operations, on SQLite and
+# PostgreSQL alike), never patched around by its readers.
+SCHEMA_VERSION_TABLE = "hyperv_backup_schema"
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, ()),  # the first catalog (CONTRACTS section 3, `missed`)
+    (2, ("attempts", "host_restarted")),
+)
+schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
+
+
 def engine_for(url: str) -> Engine:
     engine = create_engine(url, future=True)
-    metadata.create_all(engine)
+    migrate(engine)
     return engine
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the catalog to the newest schema; returns the version it was at before.
+
+    A new catalog is created at the newest version. One without a version table is of version 1
+    (the project's first catalog). Each later version's columns are added with Alembic's
+    `add_column`, in one transaction per version.
+    """
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import inspect
+
+    newest = MIGRATIONS[-1][0]
+    with engine.begin() as db:
+        existing = set(inspect(db).get_table_names())
+        if vm_backups.name not in existing:
+            metadata.create_all(db)
+            db.execute(schema_version.insert().values(version=newest))
+            return newest
+        if SCHEMA_VERSION_TABLE not in existing:
+            schema_version.create(db)
+            db.execute(schema_version.insert().values(version=1))
+        metadata.create_all(db)  # tables added since (report_mails) that no column migration covers
+        before = db.execute(select(func.max(schema_version.c.version))).scalar() or 1
+    for version, columns in MIGRATIONS:
+        if version <= before:
+            continue
+        with engine.begin() as db:
+            operations = Operations(MigrationContext.configure(db))
+            present = {c["name"] for c in inspect(db).get_columns(vm_backups.name)}
+            for name in columns:
+                if name not in present:
+                    operations.add_column(vm_backups.name, Column(name, vm_backups.c[name].type))
+            db.execute(schema_version.update().values(version=version))
+    return before
 
 
 def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: datetime) -> None:

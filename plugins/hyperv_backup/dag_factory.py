@@ -15,12 +15,12 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from . import catalog, windows
 from .errors import HostError
+from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
 from .operators import WaitForBackupJobOperator, catalog_engine, outcome, steps_for
 
 CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
-MERGE_TIMEOUT_SECONDS = 600
 
 
 def retry_policy() -> dict:
@@ -48,6 +48,20 @@ def job_timeout() -> timedelta:
     from airflow.configuration import conf
 
     return timedelta(hours=conf.getfloat("hyperv_backup", "job_timeout_hours", fallback=12.0))
+
+
+def merge_timeout() -> timedelta:
+    """How long, in host time, a Recovery checkpoint's merge may take (`[hyperv_backup] merge_timeout_minutes`)."""
+    from airflow.configuration import conf
+
+    return timedelta(minutes=conf.getfloat("hyperv_backup", "merge_timeout_minutes", fallback=60.0))
+
+
+def job_attempts() -> int:
+    """How many WSB jobs one VM backup may take after transient failures or restarts (`[hyperv_backup] job_attempts`)."""
+    from airflow.configuration import conf
+
+    return conf.getint("hyperv_backup", "job_attempts", fallback=DEFAULT_JOB_ATTEMPTS)
 
 
 def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
@@ -126,7 +140,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def verify_merge(vm_name: str, probed: dict, snap: dict) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
-                return steps.verify_merge(probed, MERGE_TIMEOUT_SECONDS)
+                return steps.verify_merge(probed, merge_timeout())
 
         @task(map_index_template="{{ vm_name }}")
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
@@ -141,7 +155,8 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             merged = verify_merge(vm_name, probed, snap)
             copied = WaitForBackupJobOperator(task_id="copy", host=host, winrm_conn_id=conn, backup_target=target,
                                               vm_name=vm_name, probe=probed, snap=snap, poll_interval=poll_seconds(),
-                                              job_timeout=job_timeout(), map_index_template="{{ vm_name }}")
+                                              job_timeout=job_timeout(), window=entry.window, max_attempts=job_attempts(),
+                                              map_index_template="{{ vm_name }}")
             merged >> copied
             verify(vm_name, probed, snap, copied.output)
 

@@ -125,7 +125,29 @@ class BackupEvent:
     TARGET_FULL = 50
 
 
-VMMS_GUEST_COULD_NOT_PARTICIPATE = 10150
+VMMS_GUEST_COULD_NOT_PARTICIPATE = 10150  # unverified against Microsoft's docs (DESIGN.md)
+
+# Where the host records what a backup did to a VM, by log and event id. The ids below are
+# from field reports and this project's reading, NOT verified against Microsoft's docs: each is
+# stated once, here, so a correction is one line. Messages name the VM and its id, which is how
+# the scripts pick a VM's events (Get-WinEvent has no per-VM filter).
+WORKER_LOG = "Microsoft-Windows-Hyper-V-Worker-Admin"
+
+
+class HostEvent:
+    """(log, id) of the host's own record of a VM's state and its checkpoints."""
+
+    VM_SAVED = (WORKER_LOG, 18510)  # the VM was saved (Saved state) - unverified id
+    VM_RESTORED = (WORKER_LOG, 18516)  # the VM was restored from Saved state (running again) - unverified id
+    CHECKPOINT_CREATED = (VMMS_LOG, 18304)  # a (Recovery) checkpoint was created - unverified id
+    MERGE_STARTED = (VMMS_LOG, 19070)  # the checkpoint was removed; its .avhdx merges in the background - unverified id
+    MERGE_DONE = (VMMS_LOG, 19080)  # the background merge ended (DESIGN.md: "per field reports") - unverified id
+    MERGE_FAILED = (VMMS_LOG, 19100)  # the background merge failed (DESIGN.md) - unverified id
+
+
+# How many Windows Server Backup jobs one VM backup may take when a job fails for a reason a new
+# job cures (a transient VSS error, a host restart): `[hyperv_backup] job_attempts` overrides it.
+DEFAULT_JOB_ATTEMPTS = 3
 
 # The project's PowerShell scripts and the backup step each serves. The simulator uses the
 # same map to decide where a scenario fault strikes.

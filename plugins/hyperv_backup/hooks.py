@@ -177,7 +177,18 @@ class HyperVHook(WinRMHook):
             return PermanentHostError(host, "the host refused the credentials",
                                       f"check the login and password of connection {self.winrm_conn_id!r}", label)
         if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-            return TransientHostError(host, f"connection lost: {type(error).__name__}", "retried with backoff", label)
+            return TransientHostError(host, "connection lost (refused, cut or timed out)",
+                                      f"check that the host is up, that its WinRM service runs (Test-WSMan from another machine) "
+                                      f"and that {self._endpoint_words()} is open in its firewall", label)
         if isinstance(error, (WinRMTransportError, WinRMError)):
-            return TransientHostError(host, f"WinRM error: {error}", "retried with backoff", label)
-        return PermanentHostError(host, f"{type(error).__name__}: {error}", "", label)
+            return TransientHostError(host, f"WinRM answered with an error: {error}",
+                                      "see the host's Microsoft-Windows-WinRM/Operational event log", label)
+        return PermanentHostError(host, f"unexpected failure talking to the host: {error}",
+                                  "see the task log; this is a defect worth reporting if it repeats", label)
+
+    def _endpoint_words(self) -> str:
+        """`port 5986` (from the connection's endpoint or port), for advice an administrator can act on."""
+        connection = self.get_connection(self.winrm_conn_id)
+        endpoint = str(connection.extra_dejson.get("endpoint") or "")
+        port = endpoint.rsplit(":", 1)[-1].split("/")[0] if endpoint.count(":") >= 2 else connection.port
+        return f"port {port}" if port else "the WinRM port (5985 HTTP, 5986 HTTPS)"

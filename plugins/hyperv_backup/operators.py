@@ -13,8 +13,9 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, AirflowSkipException
 
-from . import catalog
+from . import catalog, windows
 from .errors import HostError, PermanentHostError
+from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .steps import BackupSteps, NotThisTime, RunKey, ahead_of
 from .triggers import BackupJobTrigger
@@ -33,11 +34,11 @@ def catalog_engine():
 
 
 def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
-              clean_recovery_checkpoints: bool = False) -> BackupSteps:
+              clean_recovery_checkpoints: bool = False, max_attempts: int = DEFAULT_JOB_ATTEMPTS) -> BackupSteps:
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
-                       run_alive=_run_alive(context["ti"]), ahead=_ahead(context["ti"]))
+                       run_alive=_run_alive(context["ti"]), ahead=_ahead(context["ti"]), max_attempts=max_attempts)
 
 
 def _ahead(ti) -> Callable[[], tuple[int, int]]:
@@ -81,29 +82,54 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
 
 
 class WaitForBackupJobOperator(BaseOperator):
-    """The copy step: defers until the VM's WSB job ends, then records the copy in the catalog."""
+    """The copy step: the VM backup's state machine (BackupSteps.advance) between deferrals.
+
+    Each turn reads the host's record and decides: follow our job (defer until it ends), wait for
+    the host (defer until no job holds it), start a new job after a transient failure or a host
+    restart, or finish. The worker slot is held only while deciding.
+    """
 
     template_fields: Sequence[str] = ("vm_name", "probe", "snap")
 
     def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, snap: Any,
-                 poll_interval: float = 5.0, job_timeout: timedelta = timedelta(hours=12), **kwargs: Any) -> None:
+                 poll_interval: float = 5.0, job_timeout: timedelta = timedelta(hours=12), window=None,
+                 max_attempts: int = DEFAULT_JOB_ATTEMPTS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
         self.vm_name, self.probe, self.snap, self.poll_interval = vm_name, probe, snap, poll_interval
-        self.job_timeout = job_timeout
+        self.job_timeout, self.window, self.max_attempts = job_timeout, window, max_attempts
 
     def execute(self, context):
-        context["vm_name"] = self.vm_name
-        deadline = datetime.now(UTC) + self.job_timeout  # the trigger reports it; defer's timeout is the safety net
-        self.defer(trigger=BackupJobTrigger(self.winrm_conn_id, self.probe["vm_id"], self.vm_name,
-                                            self.snap["job_started_at"], self.poll_interval, deadline.isoformat()),
-                   method_name="execute_complete", timeout=self.job_timeout + timedelta(minutes=15))
+        return self._advance(context)
 
     def execute_complete(self, context, event: dict[str, Any]):
-        context["vm_name"] = self.vm_name
-        steps = steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval)
-        with outcome(steps):
-            if event.get("status") != "done":
+        if event.get("status") == "error":
+            steps = self._steps(context)
+            with outcome(steps):
                 raise steps.fail(event.get("message", "the backup job could not be followed"))
-            return steps.copy_finished(event["job"])
+        return self._advance(context)
 
+    def _steps(self, context) -> BackupSteps:
+        context["vm_name"] = self.vm_name
+        return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
+                         max_attempts=self.max_attempts)
+
+    def _advance(self, context):
+        steps = self._steps(context)
+        last_start, window = self._window(context)
+        with outcome(steps):
+            step = steps.advance(self.probe, last_start, window)
+        if "job" in step:
+            return step["job"]
+        deadline = datetime.now(UTC) + self.job_timeout  # the trigger reports it; defer's timeout is the safety net
+        self.defer(trigger=BackupJobTrigger(self.winrm_conn_id, self.probe["vm_id"], self.vm_name, self.probe["clock_utc"],
+                                            self.poll_interval, deadline.isoformat(), wait_for=step["wait"]),
+                   method_name="execute_complete", timeout=self.job_timeout + timedelta(minutes=15))
+
+    def _window(self, context) -> tuple[datetime | None, str]:
+        """The last moment a new job may start (the window's end plus grace, scheduled runs only)."""
+        if self.window is None:
+            return None, ""
+        due = context.get("data_interval_end") or context.get("logical_date")
+        kind = windows.run_kind(context["dag_run"].run_type)
+        return windows.job_deadline(self.window, kind, due, bool(context["params"].get("force"))), self.window.describe()

@@ -9,15 +9,16 @@ The copy step's wait lives in `triggers.BackupJobTrigger`, so it holds no worker
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import catalog, hygiene, rules, windows
+from . import catalog, hygiene, record, rules, windows
 from .errors import HostBusyError, PermanentHostError, TransientHostError
-from .facts import WSB_SHADOW_COPY_OPERATION, Mode
+from .facts import DEFAULT_JOB_ATTEMPTS, WSB_SHADOW_COPY_OPERATION, Mode
 from .hooks import HyperVHook
 from .parsers import parse_wbadmin_versions
 
@@ -53,8 +54,7 @@ class RunKey:
         return {"dag_id": self.dag_id, "run_id": self.run_id, "host": self.host, "vm_name": self.vm_name}
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+_parse_time = record.parse_time
 
 
 class NotThisTime(Exception):
@@ -66,7 +66,7 @@ class BackupSteps:
 
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
                  clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None,
-                 ahead: Callable[[], tuple[int, int]] | None = None):
+                 ahead: Callable[[], tuple[int, int]] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS):
         """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
         a run that died (a killed worker) must not keep this run waiting for its backup. `ahead()` says
         how many VMs earlier in this run's order are in their snapshot step now, and how many have it
@@ -75,6 +75,8 @@ class BackupSteps:
         self.clean = clean_recovery_checkpoints
         self.run_alive = run_alive or (lambda dag_id, run_id: True)
         self.ahead = ahead or (lambda: (0, 0))
+        self.max_attempts = max_attempts
+        self.log = logging.getLogger(__name__)
 
     def record(self, **values: Any) -> None:
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
@@ -169,64 +171,68 @@ class BackupSteps:
                 "reasons": prediction.reasons, "uptime_seconds": vm["uptime_seconds"], "state": vm["state"],
                 "clock_utc": result["host"]["clock_utc"], "size_bytes": size}
 
-    # -- snapshot / checkpoint ---------------------------------------------------------
+    # -- the host's record, and what it says to do -----------------------------------------
 
-    def status(self, vm_id: str) -> dict[str, Any]:
-        """Get-VMBackupStatus, retried through transient failures (a dropped connection is not an answer)."""
+    def status(self, vm_id: str, since: str | None = None) -> record.BackupStatus:
+        """Get-VMBackupStatus, retried through transient failures (a dropped connection is not an answer;
+        a rebooting host answers again after its restart)."""
+        params = {"VMId": vm_id} | ({"SinceUtc": since} if since else {})
         for attempt in range(6):
             try:
-                return self.hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+                return record.BackupStatus.from_json(self.hook.run_script("Get-VMBackupStatus", **params))
             except TransientHostError:
                 if attempt == 5:
                     raise
                 time.sleep(min(30.0, self.poll * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _our_job(self, status: dict[str, Any], since: str) -> bool:
-        """Whether the host's job is the one this run started, for a retry to re-attach to: it holds this
-        VM, started after this run's probe, and no other run's row claims it (a concurrent run's job
-        for the same VM is waited for, never adopted)."""
-        job = status.get("job")
-        if not (job and self.run.vm_name in job.get("vms", []) and job["start_time_utc"] >= since):
-            return False
-        owner = catalog.job_owner(self.engine, self.run.host, self.run.vm_name, _parse_time(job["start_time_utc"]))
-        return owner in (None, (self.run.dag_id, self.run.run_id))
+    def ours(self, status: record.BackupStatus, probe: dict[str, Any]) -> list[record.JobRecord]:
+        """This VM's jobs that this backup started: they hold the VM, started after this run's probe (host
+        clock), and no other run's row claims them (a concurrent run's job is waited for, never adopted)."""
+        since = _parse_time(probe["clock_utc"])
+        return [job for job in status.jobs if self.run.vm_name in job.vms and job.start >= since
+                and catalog.job_owner(self.engine, self.run.host, self.run.vm_name, job.start) in (None, (self.run.dag_id, self.run.run_id))]
+
+    def decide(self, status: record.BackupStatus, probe: dict[str, Any]) -> record.Decision:
+        return record.decide(self.ours(status, probe), status.boot_time, status.host_job, self.max_attempts,
+                             self.run.host, self.run.vm_name)
+
+    def _record_job(self, job: record.JobRecord, attempts: int, restarted: bool) -> None:
+        self.record(status="running", job_started_at=job.start, attempts=attempts, host_restarted=restarted or None)
+
+    # -- snapshot / checkpoint ---------------------------------------------------------
 
     def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600, last_start: datetime | None = None,
                  window: str = "", catch_up: bool = False) -> dict[str, Any]:
-        """Start this VM's job (or re-attach to it) and follow it through the shadow copy.
+        """Start this VM's job (or find the one this backup started) and follow it through the shadow copy.
 
         `last_start` is the window's end plus grace (UTC): no job starts after it, also not
         after waiting for another job; the VM is then recorded `deferred` and goes first next time.
         `catch_up` (a backfilled interval) starts no job while another run's catch-up of the VM
-        is under way, and none once one has succeeded.
+        is under way, and none once one has succeeded. A job of ours that already ended (a retry
+        after it failed, or after the host restarted) is left to the copy step's decision.
         """
         vm_id = probe["vm_id"]
         status = self.status(vm_id)
-        if self._our_job(status, probe["clock_utc"]):  # a retry re-attaches to the job it started
-            self.record(status="running", job_started_at=_parse_time(status["job"]["start_time_utc"]))
-        else:
+        if self.decide(status, probe).action in (record.Action.START, record.Action.WAIT_HOST):
             self._start_job(vm_id, busy_timeout, last_start, window, catch_up)
             status = self.status(vm_id)
-        job_started = status["job"]["start_time_utc"]
-        saved_since = resumed = None
-        while status["job"]["job_state"] == "Running" and status["job"]["operation"] in SHADOW_COPY_TEXTS:
-            if status["vm"]["state"] == "Saved" and saved_since is None:
-                saved_since = status["clock_utc"]
+        ours = self.ours(status, probe)
+        if not ours:
+            raise TransientHostError(self.run.host, f"the job started for {self.run.vm_name} is not in the host's job list "
+                                     "(Get-WBJob)", "the step looks again on its next try")
+        self._record_job(ours[-1], len(ours), self.decide(status, probe).restarted)
+        seen_past = None
+        while True:
+            job = self.ours(status, probe)[-1]
+            if not job.running or status.boot_time > job.start:
+                break
+            if job.operation not in SHADOW_COPY_TEXTS:
+                seen_past = status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
+                break
             time.sleep(self.poll)
             status = self.status(vm_id)
-        if saved_since is not None and status["vm"]["state"] == "Running":
-            resumed = status["clock_utc"]
-        snapshot_at = status["clock_utc"]
-        elapsed = (_parse_time(snapshot_at) - _parse_time(probe["clock_utc"])).total_seconds()
-        uptime_reset = probe["state"] == "Running" and status["vm"]["uptime_seconds"] < probe["uptime_seconds"] + elapsed - 5
-        offline = (_parse_time(resumed) - _parse_time(saved_since)).total_seconds() if saved_since and resumed else 0.0
-        if saved_since and not resumed:
-            offline = (_parse_time(snapshot_at) - _parse_time(saved_since)).total_seconds()
-        saw_checkpoint = bool(rules.recovery_checkpoints(status["vm"]["checkpoints"])) or uptime_reset
-        self.record(snapshot_at=_parse_time(snapshot_at), uptime_reset=uptime_reset, offline_seconds=offline)
-        return {"job_started_at": job_started, "snapshot_at": snapshot_at, "saw_saved_state": saved_since is not None,
-                "saw_recovery_checkpoint": saw_checkpoint, "uptime_reset": uptime_reset, "offline_seconds": offline}
+        return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_past.isoformat() if seen_past else None}
 
     def _my_turn(self, waiting_since: float) -> bool:
         """Whether this VM may ask for the host now. The run's VMs wait for the host side by side, so
@@ -242,60 +248,115 @@ class BackupSteps:
         catalog before anything else."""
         began = time.monotonic()
         deadline = began + busy_timeout
-        limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
         while True:
             elsewhere = self._catch_up_elsewhere() if catch_up else None
-            if elsewhere is None and self._my_turn(began):
-                started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
-                if started["started"]:
-                    self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
-                    return
-                if started.get("window_closed"):  # the host's clock decided, right before it would have started
-                    self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
-                                f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
-                    raise NotThisTime("window closed")
+            if elsewhere is None and self._my_turn(began) and self._try_start(vm_id, last_start, window):
+                return
             if time.monotonic() > deadline:
                 raise HostBusyError(self.run.host, elsewhere or "another Windows Server Backup job kept the host busy", "rerun later")
             time.sleep(self.poll)
 
+    def _try_start(self, vm_id: str, last_start: datetime | None, window: str) -> bool:
+        """One Start-VMBackup: True when the host took the job, False while another job holds it;
+        NotThisTime (recorded `deferred`) when the host's clock says the window has closed."""
+        limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
+        started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
+        if started["started"]:
+            self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
+            return True
+        if started.get("window_closed"):  # the host's clock decided, right before it would have started
+            self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+                        f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
+            raise NotThisTime("window closed")
+        return False
+
     # -- verify merge ------------------------------------------------------------------
 
-    def verify_merge(self, probe: dict[str, Any], timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    def verify_merge(self, probe: dict[str, Any], limit: timedelta) -> dict[str, Any]:
+        """Wait until no Recovery checkpoint of ours is left and the VM runs on its own disks again.
+
+        The limit is host time (`[hyperv_backup] merge_timeout_minutes`), counted on the host's clock
+        from the first look. A job of ours that ended meanwhile (failed, or cut by a host restart)
+        ends this wait at once: the copy step decides what comes next from the host's record.
+        """
+        first_look = None
         while True:
             status = self.status(probe["vm_id"])
-            recovery = rules.recovery_checkpoints(status["vm"]["checkpoints"])
-            others = [c for c in status["vm"]["checkpoints"] if c not in recovery]
-            avhdx = rules.on_avhdx(status["vm"]["disks"])
+            ours = self.ours(status, probe)
+            if not ours or not ours[-1].running or status.boot_time > ours[-1].start:
+                return {"merged": False, "job_state": ours[-1].state if ours else None}
+            checkpoints = status.vm["checkpoints"]
+            recovery = rules.recovery_checkpoints(checkpoints)
+            others = [c for c in checkpoints if c not in recovery]
+            avhdx = rules.on_avhdx(status.vm["disks"])
             if not recovery and (not avhdx or others):
-                self.record(merged_at=_parse_time(status["clock_utc"]))
-                return {"merged_at": status["clock_utc"]}
-            if time.monotonic() > deadline:
+                return {"merged": True}
+            first_look = first_look or status.clock
+            if status.clock - first_look > limit:
                 names = ", ".join(repr(c["name"]) for c in recovery) or "(none listed)"
                 raise self.fail(
-                    f"the Recovery checkpoint {names} was not merged within {timeout:.0f} s and the VM still runs on "
-                    f"{', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName '{self.run.vm_name}' "
-                    "-Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
+                    f"the Recovery checkpoint {names} was not merged within {limit.total_seconds() / 60:.0f} minutes of host time "
+                    f"and the VM still runs on {', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName "
+                    f"'{self.run.vm_name}' -Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
             time.sleep(self.poll)
 
-    # -- copy (its wait is the trigger's) ------------------------------------------------
+    # -- copy: the state machine (its waits are the trigger's) ----------------------------
 
-    def copy_finished(self, job: dict[str, Any]) -> dict[str, Any]:
-        self.record(job_finished_at=_parse_time(job.get("end_time_utc")), bytes_copied=int(job.get("bytes_transferred") or 0))
-        if job["job_state"] != "Completed" or job.get("hresult"):
-            hresult = int(job.get("hresult") or 0)
-            error = rules.describe_hresult(hresult)
-            if rules.is_transient(hresult):
-                self.record(status="failed", error=error)
-                raise TransientHostError(self.run.host, error, "the VM is backed up again on retry")
-            raise self.fail(error)
-        return job
+    def advance(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "") -> dict[str, Any]:
+        """Read the host's record, decide (record.decide), act, record. Returns what to wait for:
+        `{"wait": "job"}` (ours runs), `{"wait": "host"}` (another job holds the host before ours can
+        start again), or `{"job": ...}` once ours succeeded. A job that failed for a reason a new job
+        cures (0x800423F3, a host restart) gets a new one, up to `max_attempts` jobs in all; the
+        Recovery checkpoint our cut job left behind is removed first (Remove-RecoveryCheckpoint
+        refuses any other kind)."""
+        status = self.status(probe["vm_id"])
+        decision = self.decide(status, probe)
+        ours = self.ours(status, probe)
+        if decision.action == record.Action.FOLLOW:
+            self._record_job(decision.job, len(ours), decision.restarted)
+            return {"wait": "job"}
+        if decision.action == record.Action.SUCCEEDED:
+            job = decision.job
+            self.record(job_started_at=job.start, job_finished_at=job.end, bytes_copied=job.bytes_transferred,
+                        attempts=len(ours), host_restarted=decision.restarted)
+            return {"job": job.to_json()}
+        if decision.action == record.Action.FAILED:
+            raise self.fail(decision.reason, attempts=len(ours) or None, host_restarted=decision.restarted or None,
+                            job_finished_at=decision.job.end if decision.job else None)
+        if decision.action == record.Action.WAIT_HOST:
+            return {"wait": "host"}
+        if ours:
+            self._remove_our_recovery_checkpoints(status, ours[0].start)
+        try:
+            started = self._try_start(probe["vm_id"], last_start, window)
+        except NotThisTime:
+            raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
+                            "(the VM goes first next time)") from None
+        if started:
+            self.log.info("%s: new Windows Server Backup job (attempt %d): %s", self.run.vm_name, len(ours) + 1, decision.reason)
+        return {"wait": "job" if started else "host"}
+
+    def _remove_our_recovery_checkpoints(self, status: record.BackupStatus, since: datetime) -> None:
+        """A Recovery checkpoint made during our jobs is our debris (a restart cut the job before WSB removed it)."""
+        for checkpoint in rules.recovery_checkpoints(status.vm["checkpoints"]):
+            created = _parse_time(checkpoint.get("created_utc"))
+            if created is not None and created >= since:
+                self.hook.run_script("Remove-RecoveryCheckpoint", VMId=status.vm["id"], CheckpointId=checkpoint["id"])
 
     # -- verify --------------------------------------------------------------------------
 
     def verify(self, probe: dict[str, Any], snap: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        """Check that the backup landed and record what it did, from the host's record: the version that
+        holds the VM (Get-WBBackupSet, cross-checked with wbadmin), the job's times, the VM's Saved-state
+        spans and Recovery checkpoint (Hyper-V's events), the host's boot time, event 10150."""
+        status = self.status(probe["vm_id"], since=snap["job_started_at"])
+        ours = self.ours(status, probe)
+        final = record.JobRecord.from_json(job)
+        ours = [j for j in ours if j.start <= final.start] or [final]
+        times = record.timings(ours, status.events, status.boot_time, probe["state"] == "Running",
+                               _parse_time(snap.get("snapshot_seen_at")))
         result = self.hook.run_script("Get-VMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
-                                      SinceUtc=snap["job_started_at"])
+                                      SinceUtc=final.start.isoformat())
         versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]
         if not versions:
             raise self.fail("the job reported success but no backup version contains this VM")
@@ -305,7 +366,12 @@ class BackupSteps:
         if version_id not in listed:
             raise self.fail(f"backup version {version_id} is not listed by wbadmin get versions (exit code {code})")
         prediction = rules.Prediction(Mode(probe["predicted_mode"]), probe["reasons"])
-        mode, reasons = rules.actual_mode(prediction, probe["os_version"], result["events"], snap["saw_saved_state"],
-                                          snap["saw_recovery_checkpoint"])
-        self.record(status="succeeded", error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id)
+        mode, reasons = rules.actual_mode(prediction, probe["os_version"], result["events"], times.saw_saved_state,
+                                          times.saw_recovery_checkpoint)
+        if times.host_restarted:
+            reasons = [*reasons, f"the host restarted during the backup; it was backed up again ({len(ours)} jobs in all)"]
+        self.record(status="succeeded", error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
+                    job_started_at=times.job_started_at, job_finished_at=times.job_finished_at, snapshot_at=times.snapshot_at,
+                    merged_at=times.merged_at, offline_seconds=times.offline_seconds, uptime_reset=times.uptime_reset,
+                    host_restarted=times.host_restarted, attempts=len(ours))
         return {"mode": mode.value, "backup_version": version_id}

@@ -1,0 +1,221 @@
+"""The host's record is the truth: the state machine and the catalog's times, decided from it.
+
+First the pure decisions on constructed records, then every fault that a new job cures (a
+transient VSS error, a host restart) at every step where it strikes, on a 2012 and a 2019 host,
+once and persistent, through the real client against the simulator: the outcome, the number of
+jobs, the catalog's times against the simulator's journal, the user's checkpoint, the shells.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hyperv_backup import catalog
+from hyperv_backup.errors import HostError
+from hyperv_backup.facts import HostEvent, HResult
+from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, timings
+from hyperv_backup.steps import BackupSteps, RunKey
+
+from tests.conftest import backup_like_the_dag, use_connection, winrm_connection
+
+T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
+LONG_AGO = T0 - timedelta(days=40)
+
+
+def _job(state="Completed", start=T0, minutes=10, hresult=0, error=""):
+    end = None if state == "Running" else start + timedelta(minutes=minutes)
+    return JobRecord(state, start, end, hresult, error, ("VM1",))
+
+
+def _decide(jobs, boot=LONG_AGO, host_job=None, attempts=3):
+    return decide(jobs, boot, host_job, attempts, "HV01", "VM1")
+
+
+# -- the state machine --------------------------------------------------------------------
+
+
+def test_no_job_of_ours_starts_one_unless_another_holds_the_host():
+    assert _decide([]).action == Action.START
+    assert _decide([], host_job=_job("Running")).action == Action.WAIT_HOST
+
+
+def test_ours_running_is_followed_and_ours_succeeded_counts_even_if_nobody_saw_it_end():
+    assert _decide([_job("Running")]).action == Action.FOLLOW
+    assert _decide([_job()]).action == Action.SUCCEEDED
+
+
+def test_a_transient_vss_error_gets_a_new_job_until_the_attempts_are_used_up():
+    failed = _job("Failed", hresult=HResult.VSS_WRITER_TRANSIENT)
+    assert _decide([failed]).action == Action.NEW_JOB
+    assert _decide([failed], host_job=_job("Running", start=T0 + timedelta(minutes=11))).action == Action.WAIT_HOST
+    last = _decide([failed] * 3)
+    assert last.action == Action.FAILED
+    assert "3 Windows Server Backup jobs" in last.reason and "vssadmin list writers" in last.reason and "0x800423F3" in last.reason
+
+
+def test_a_full_target_is_final_at_once():
+    outcome = _decide([_job("Failed", hresult=HResult.DISK_FULL)])
+    assert outcome.action == Action.FAILED and "0x80070070" in outcome.reason
+
+
+def test_a_job_cut_by_a_restart_gets_a_new_one_and_names_the_restart():
+    cut = _job("Failed", hresult=HResult.BACKUP_FAILED, minutes=3)
+    decision = _decide([cut], boot=T0 + timedelta(minutes=4))
+    assert decision.action == Action.NEW_JOB and decision.restarted and "restarted" in decision.reason
+    vanished = _job("Running")  # a host that lists the cut job as still running, or has no end for it
+    assert _decide([vanished], boot=T0 + timedelta(minutes=4)).action == Action.NEW_JOB
+    after = _decide([cut, _job(start=T0 + timedelta(minutes=10))], boot=T0 + timedelta(minutes=4))
+    assert after.action == Action.SUCCEEDED and after.restarted
+
+
+def test_a_job_that_failed_long_before_a_restart_was_not_cut_by_it():
+    failed = _job("Failed", hresult=HResult.BACKUP_FAILED, minutes=3)
+    decision = _decide([failed], boot=T0 + timedelta(hours=2))
+    assert decision.action == Action.FAILED and not decision.restarted
+
+
+# -- the catalog's times, from the host's events ------------------------------------------
+
+
+def _event(kind, seconds):
+    return EventRecord(kind[0], kind[1], T0 + timedelta(seconds=seconds), "'VM1'")
+
+
+def test_checkpoint_times_come_from_hyperv_events_not_polls():
+    events = [_event(HostEvent.CHECKPOINT_CREATED, 1), _event(HostEvent.MERGE_STARTED, 25), _event(HostEvent.MERGE_DONE, 40)]
+    times = timings([_job()], events, LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(minutes=7))
+    assert times.snapshot_at == T0 + timedelta(seconds=25) and times.merged_at == T0 + timedelta(seconds=40)
+    assert times.saw_recovery_checkpoint and times.uptime_reset and not times.host_restarted and times.offline_seconds == 0
+
+
+def test_saved_state_is_timed_from_the_workers_events():
+    events = [_event(HostEvent.VM_SAVED, 1), _event(HostEvent.VM_RESTORED, 36)]
+    times = timings([_job()], events, LONG_AGO, was_running=True)
+    assert times.offline_seconds == 35 and times.snapshot_at == T0 + timedelta(seconds=36) and times.saw_saved_state
+
+
+def test_a_restart_resets_uptime_but_is_no_checkpoint():
+    cut = _job("Failed", hresult=HResult.BACKUP_FAILED, minutes=3)
+    good = _job(start=T0 + timedelta(minutes=10))
+    times = timings([cut, good], [], T0 + timedelta(minutes=4), was_running=True, observed_snapshot_at=T0 + timedelta(hours=5))
+    assert times.host_restarted and times.uptime_reset and not times.saw_recovery_checkpoint
+    assert times.job_started_at == good.start and times.snapshot_at == good.end  # a late poll is kept within the job
+
+
+def test_an_online_backup_without_events_resets_nothing():
+    times = timings([_job()], [], LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(seconds=30))
+    assert not times.uptime_reset and times.merged_at == times.snapshot_at == T0 + timedelta(seconds=30)
+
+
+# -- against the simulator: the faults a new job cures --------------------------------------
+
+USER_CHECKPOINT = {"name": "before-patch", "type": "Standard"}
+
+
+def _fleet(start_fleet, monkeypatch, os_version, faults, guest_vss="ok", speed=60):
+    vm = {"name": "VM1", "disk_gb": 10, "guest_vss": guest_vss, "checkpoints": [USER_CHECKPOINT], "faults": faults}
+    neighbour = {"name": "VM2", "disk_gb": 5}
+    gen = {} if os_version >= "2012 R2" else {"generation": 1, "volumes": [{"fs": "NTFS"}]}
+    running = start_fleet({"seed": 3, "speed": speed, "hosts": [{"name": "HV01", "os": os_version, "transport": "ssl",
+                                                                 "vms": [vm | gen, neighbour | gen]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    return running
+
+
+def _backup(engine, vm_name):
+    run = RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", vm_name)
+    steps = BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05)
+    try:
+        return backup_like_the_dag(steps)
+    except HostError as error:
+        return error
+
+
+CURED = [  # (os, the VM's guest VSS, fault kind, at)
+    ("2019", "ok", "vss_transient", "snapshot"),
+    ("2019", "ok", "vss_transient", "copy"),
+    ("2019", "missing", "host_reboot", "merge"),
+    ("2019", "ok", "host_reboot", "copy"),
+    ("2012", "ok", "vss_transient", "copy"),
+    ("2012", "missing", "host_reboot", "snapshot"),
+    ("2012", "ok", "host_reboot", "copy"),
+]
+
+
+@pytest.mark.parametrize("times", [1, 5])
+@pytest.mark.parametrize(("os_version", "guest_vss", "kind", "at"), CURED)
+def test_a_fault_a_new_job_cures(start_fleet, monkeypatch, tmp_path, os_version, guest_vss, kind, at, times):
+    running = _fleet(start_fleet, monkeypatch, os_version, [{"kind": kind, "at": at, "times": times}], guest_vss)
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    outcome = _backup(engine, "VM1")
+    neighbour = _backup(engine, "VM2")
+
+    journal = running.journal()
+    struck = sum(1 for line in journal if line["event"] == "fault" and line["kind"] == kind)
+    jobs = [line for line in journal if line["event"] == "job_started" and line["vms"] == ["VM1"]]
+    row = {r["vm_name"]: r for r in catalog.rows(engine)}
+    vm1 = row["VM1"]
+    assert len(catalog.rows(engine)) == 2 and row["VM2"]["status"] == "succeeded", (outcome, neighbour)
+    state = running.state()["hosts"][0]
+    assert state["max_concurrent_jobs"] == 1 and state["open_shells"] == 0
+    assert USER_CHECKPOINT["name"] in [c["name"] for vm in state["vms"] if vm["name"] == "VM1" for c in vm["checkpoints"]]
+    assert not [c for vm in state["vms"] for c in vm["checkpoints"] if c["type"] == "Recovery"]  # no debris, even after a restart
+    if times == 1:
+        assert vm1["status"] == "succeeded", (outcome, vm1["error"])
+        assert vm1["attempts"] == len(jobs)
+        restarted_mid_job = kind == "host_reboot" and at != "snapshot"
+        assert bool(vm1["host_restarted"]) == restarted_mid_job
+        if kind == "host_reboot":
+            assert vm1["uptime_reset"] is True  # the restart restarted it ...
+        expected = {"ok": "online", "missing": "checkpoint" if os_version >= "2012 R2" else "saved"}[guest_vss]
+        assert vm1["mode"] == expected  # ... and is never taken for a checkpoint
+        assert not (restarted_mid_job and expected == "online") or "restarted" in vm1["mode_reasons"]
+    else:
+        assert vm1["status"] == "failed" and struck >= 1
+        assert "Traceback" not in vm1["error"] and "retried with backoff" not in vm1["error"]
+        if kind == "vss_transient":
+            assert len(jobs) == 3 and "vssadmin" in vm1["error"]
+        else:
+            assert "restarted" in vm1["error"] or "WinRM service runs" in vm1["error"]
+
+
+def test_catalog_times_are_the_hosts_on_a_fast_fleet(start_fleet, monkeypatch, tmp_path):
+    """At 1200x a poll is minutes of host time late: the catalog's times must still match the host's journal."""
+    vms = [{"name": "SAVED", "guest_vss": "missing", "disk_gb": 20}, {"name": "ONLINE", "disk_gb": 20}]
+    old = start_fleet({"seed": 9, "speed": 1200, "hosts": [{"name": "HV01", "os": "2012", "transport": "ssl",
+                                                            "vms": [v | {"generation": 1, "volumes": [{"fs": "NTFS"}]} for v in vms]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(old.endpoints["HV01"], old.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    for vm in vms:
+        _backup(engine, vm["name"])
+    journal = old.journal()
+
+    def at(event, vm, **match):
+        return [datetime.fromisoformat(line["at"].replace("Z", "+00:00")) for line in journal if line["event"] == event
+                and (vm in line.get("vms", []) or line.get("vm") == vm) and all(line.get(k) == v for k, v in match.items())]
+
+    rows = {r["vm_name"]: r for r in catalog.rows(engine)}
+    for name, row in rows.items():
+        assert row["status"] == "succeeded"
+        assert abs((catalog._utc(row["job_started_at"]) - at("job_started", name)[0]).total_seconds()) <= 5
+        assert abs((catalog._utc(row["job_finished_at"]) - at("job_finished", name)[0]).total_seconds()) <= 5
+        assert catalog._utc(row["job_started_at"]) <= catalog._utc(row["snapshot_at"]) <= catalog._utc(row["job_finished_at"])
+    saved, resumed = at("vm_state", "SAVED", to="Saved")[0], at("vm_state", "SAVED", to="Running")[0]
+    assert rows["SAVED"]["mode"] == "saved" and abs(rows["SAVED"]["offline_seconds"] - (resumed - saved).total_seconds()) <= 5
+    assert rows["ONLINE"]["offline_seconds"] == 0 and rows["ONLINE"]["uptime_reset"] is False
+
+    new = start_fleet({"seed": 9, "speed": 1200, "hosts": [{"name": "HV02", "os": "2019", "transport": "ssl",
+                                                            "vms": [{"name": "CKPT", "guest_vss": "missing", "disk_gb": 20}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(new.endpoints["HV02"], new.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    run = RunKey("hyperv_backup_hv02", "manual__1", None, None, "HV02", "CKPT")
+    backup_like_the_dag(BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05))
+    journal = new.journal()
+    row = catalog.rows(engine)[0]
+    removed = at("checkpoint_removed", "CKPT")[0]
+    merged = at("merge_finished", "CKPT")[0]
+    assert row["mode"] == "checkpoint" and row["uptime_reset"] is True
+    assert abs((catalog._utc(row["snapshot_at"]) - removed).total_seconds()) <= 5
+    assert abs((catalog._utc(row["merged_at"]) - merged).total_seconds()) <= 5
