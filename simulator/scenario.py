@@ -111,10 +111,21 @@ DEFAULT_FAULT_STEP = {"vm_removed": "probe", "merge_stuck": "merge", "target_ful
                       "vss_transient": "snapshot", "host_reboot": "copy"}
 
 
+# Where each kind can strike: the protocol's faults at any step's command; the host's own at the step
+# whose work they spoil (model.Host._plan, commands._start, commands._probe take them there).
+FAULT_STEPS: dict[str, tuple[str, ...]] = {kind: STEPS for kind in ("connection_drop", "slow", "soap_fault", "auth_fail", "host_reboot")} | {
+    "vss_transient": ("snapshot", "copy"), "target_full": ("copy",), "job_running": ("snapshot",), "merge_stuck": ("merge",),
+    "vm_removed": ("probe",)}
+assert set(FAULT_STEPS) == set(FAULT_KINDS)
+
+
 def _fault(ctx: Ctx, node: yaml.Node, key: str) -> Fault:
     fields = {"kind": choice(FAULT_KINDS), "at": choice(STEPS), "times": number(1, integer=True)}
     values = mapping(ctx, node, "a fault", fields, required=("kind",))
     values.setdefault("at", DEFAULT_FAULT_STEP.get(values["kind"], "probe"))
+    if values["at"] not in FAULT_STEPS[values["kind"]]:
+        raise ctx.fail(node, f"a `{values['kind']}` fault cannot strike at `{values['at']}`; it strikes at "
+                             f"{' or '.join(FAULT_STEPS[values['kind']])}")
     return Fault(**values)
 
 

@@ -24,7 +24,8 @@ def row(host, vm, status="succeeded", start=0.0, minutes=30.0, mode="online", du
             "mode_reasons": json.dumps([f"{vm} reason"]), "status": status, "error": None if status == "succeeded" else "boom",
             "job_started_at": started, "job_finished_at": finished, "snapshot_at": started + timedelta(minutes=1),
             "merged_at": started + timedelta(minutes=2), "bytes_copied": 60 * 1024**3, "offline_seconds": 0.0,
-            "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "missed": None, "updated_at": finished}
+            "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "missed": None, "updated_at": finished,
+            "attempts": 1, "host_restarted": False}
     return base | extra
 
 
@@ -113,3 +114,9 @@ def test_a_manual_interval_is_named_by_its_end():
     interval = report.Interval(datetime(2026, 11, 23, 18, 5, tzinfo=UTC), datetime(2026, 11, 24, 18, 5, tzinfo=UTC), nightly=False)
     assert interval.label == "24 h to 2026-11-24 18:05 UTC"
     assert NIGHT.label == "2026-11-23"
+
+
+def test_a_host_restart_is_named_as_the_cause_of_the_uptime_reset_not_the_backup():
+    built = build([row("HV01", "DC01", uptime_reset=True, host_restarted=True, attempts=2)])
+    assert list(built.impact["impact"]) == ["uptime restarted (the host restarted during the backup)"]
+    assert list(built.impact["mode"]) == ["online"] and built.vms["attempts"].tolist() == [2]

@@ -39,6 +39,9 @@ def test_only_name_is_required():
         ("hosts:\n  - {name: HV01}\n  - {name: hv01}\n", r"host name\(s\) given more than once: HV01"),
         ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: a}]\n", r"VM name 'a' appears twice"),
         ("hosts: [\n", r"not valid YAML"),
+        ("hosts:\n  - name: HV01\n    faults:\n      - {kind: target_full, at: probe}\n",
+         r"line 4: a `target_full` fault cannot strike at `probe`; it strikes at copy"),
+        ("hosts:\n  - name: HV01\n    faults: [{kind: vss_transient, at: verify}]\n", r"strikes at snapshot or copy"),
     ],
 )
 def test_errors_name_the_key_and_line(text, expected):

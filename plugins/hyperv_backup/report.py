@@ -20,7 +20,7 @@ from .windows import Window
 MODES = ("online", "checkpoint", "saved", "offline")
 TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
 VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
-              "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed"]
+              "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "offline_s": rows["offline_seconds"].astype(float), "uptime_reset": rows["uptime_reset"].astype("boolean"),
         "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
+        "attempts": rows["attempts"].astype("Int64"), "host_restarted": rows["host_restarted"].astype("boolean"),
     })
     return table.sort_values(["host", "started", "vm_name"], na_position="last").reset_index(drop=True)
 
@@ -146,8 +147,11 @@ def trend_table(history: pd.DataFrame, at: datetime, days: int = 30) -> pd.DataF
 def impact_table(vms: pd.DataFrame) -> pd.DataFrame:
     """The VMs whose service the backup touched (Saved state, a checkpoint that restarts uptime), and why."""
     touched = vms[vms["mode"].isin(["saved", "checkpoint"]) | (vms["offline_s"].fillna(0) > 0) | vms["uptime_reset"].fillna(False)]
+    restarted = touched["host_restarted"].fillna(False).astype(bool)
     impact = np.where(touched["offline_s"].fillna(0) > 0, "offline " + touched["offline_s"].fillna(0).round().astype(int).astype(str) + " s",
-                      np.where(touched["uptime_reset"].fillna(False), "uptime restarted", "no online backup"))
+                      np.where(touched["uptime_reset"].fillna(False),
+                               np.where(restarted, "uptime restarted (the host restarted during the backup)", "uptime restarted"),
+                               "no online backup"))
     return pd.DataFrame({"host": touched["host"], "vm_name": touched["vm_name"], "mode": touched["mode"], "impact": impact,
                          "why": touched["reasons"]}).reset_index(drop=True)
 
