@@ -39,6 +39,7 @@ def test_only_name_is_required():
         ("hosts:\n  - {name: HV01}\n  - {name: hv01}\n", r"host name\(s\) given more than once: HV01"),
         ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: a}]\n", r"VM name 'a' appears twice"),
         ("hosts: [\n", r"not valid YAML"),
+        ("hosts:\n  - name: HV01\n    backup_target: E:\n", r"such as the drive E:, must be quoted"),
         ("hosts:\n  - name: HV01\n    faults:\n      - {kind: target_full, at: probe}\n",
          r"line 4: a `target_full` fault cannot strike at `probe`; it strikes at copy"),
         ("hosts:\n  - name: HV01\n    faults: [{kind: vss_transient, at: verify}]\n", r"strikes at snapshot or copy"),
@@ -54,3 +55,25 @@ def test_a_fault_without_at_gets_the_step_its_kind_belongs_to():
     scenario = parse_scenario("hosts:\n  - name: HV01\n    faults: [{kind: merge_stuck}]\n")
     fault = scenario.hosts[0].faults[0]
     assert (fault.at, fault.times) == ("merge", 1)
+
+
+def test_values_yaml_1_1_would_mangle_stay_as_written():
+    """`Off`, `NO`, `on`, `yes`, `0123`, `1e3` unquoted: YAML 1.1 makes booleans and numbers of them."""
+    text = ("hosts:\n  - name: NO\n    os: 2012 R2\n    backup_target: 'E:'\n    password: 0123\n    vms:\n"
+            "      - {name: Off, state: Off}\n      - {name: on, state: Saved}\n      - {name: yes}\n"
+            "      - {name: 0123, disk_gb: 1e3}\n      - name: 1e3\n        integration_services: {vss: off, heartbeat: yes}\n")
+    host = parse_scenario(text).hosts[0]
+    assert (host.name, host.os, host.password) == ("NO", "2012 R2", "0123")
+    assert [v.name for v in host.vms] == ["Off", "on", "yes", "0123", "1e3"]
+    assert [v.state for v in host.vms[:2]] == ["Off", "Saved"] and host.vms[3].disk_gb == 1000
+    assert host.vms[4].integration_services == {"vss": False, "heartbeat": True}
+
+
+def test_an_inventory_with_such_names_and_an_unquoted_window_reads_as_written(tmp_path):
+    from hyperv_backup.inventory import parse_inventory
+
+    text = ("hosts:\n  - name: NO\n    connection: winrm_no\n    backup_target: 'E:'\n    schedule: 0 22 * * *\n"
+            "    window: {start: 22:00, end: 06:00, timezone: UTC}\n    vms: [Off, 0123, on]\n    priority: {Off: 1}\n")
+    entry = parse_inventory(text, "inventory.yaml").hosts[0]
+    assert (entry.name, entry.window.start, entry.window.end) == ("NO", "22:00", "06:00")
+    assert entry.vms == ["Off", "0123", "on"] and entry.priority == {"Off": 1}

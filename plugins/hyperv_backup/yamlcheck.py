@@ -25,17 +25,28 @@ class Ctx:
         return self.error(f"{self.source}, line {node.start_mark.line + 1}: {message}")
 
 
-def scalar(ctx: Ctx, node: yaml.Node, key: str) -> Any:
+# PyYAML resolves plain scalars by YAML 1.1, where `Off`, `NO` and `on` are booleans and `0123` is
+# an octal number. These files are read by what each key means instead: a string key takes the
+# text as written, a number key parses the text by YAML 1.2's core schema, a boolean key takes
+# true/false (and 1.1's yes/no/on/off, which cannot be meant otherwise there).
+NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+TRUE, FALSE = frozenset({"true", "yes", "on", "y"}), frozenset({"false", "no", "off", "n"})
+INTEGER = re.compile(r"^[-+]?[0-9]+$")
+FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+
+
+def scalar(ctx: Ctx, node: yaml.Node, key: str) -> str | None:
+    """The scalar's text as written (None for a plain null)."""
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.fail(node, f"`{key}` must be a single value")
-    return yaml.safe_load(yaml.serialize(node))
+    return None if node.style is None and node.value in NULLS else node.value
 
 
 def string(ctx: Ctx, node: yaml.Node, key: str) -> str:
     value = scalar(ctx, node, key)
-    if value is None or isinstance(value, (list, dict)):
+    if value is None:
         raise ctx.fail(node, f"`{key}` must be a string")
-    return str(value)
+    return value
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Ctx, yaml.Node, str], str]:
@@ -50,9 +61,13 @@ def choice(options: tuple[str, ...]) -> Callable[[Ctx, yaml.Node, str], str]:
 
 def number(minimum: float, maximum: float | None = None, integer: bool = False):
     def read(ctx: Ctx, node: yaml.Node, key: str) -> float | int:
-        value = scalar(ctx, node, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            raise ctx.fail(node, f"`{key}` must be {'an integer' if integer else 'a number'}, not {value!r}")
+        text = (scalar(ctx, node, key) or "").replace("_", "")
+        if INTEGER.match(text):
+            value: float | int = int(text, 10)
+        elif FLOAT.match(text) and not integer:
+            value = float(text)
+        else:
+            raise ctx.fail(node, f"`{key}` must be {'an integer' if integer else 'a number'}, not {node.value!r}")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
             raise ctx.fail(node, f"`{key}` is {value}; it must be {bound}")
@@ -62,10 +77,10 @@ def number(minimum: float, maximum: float | None = None, integer: bool = False):
 
 
 def boolean(ctx: Ctx, node: yaml.Node, key: str) -> bool:
-    value = scalar(ctx, node, key)
-    if not isinstance(value, bool):
-        raise ctx.fail(node, f"`{key}` must be true or false, not {value!r}")
-    return value
+    text = (scalar(ctx, node, key) or "").lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise ctx.fail(node, f"`{key}` must be true or false, not {node.value!r}")
 
 
 NAME_RE = re.compile(r"^[^\x00-\x1f]{1,100}$")
@@ -112,4 +127,6 @@ def compose(text: str, source: str, error: type[YamlError] = YamlError) -> tuple
     try:
         return Ctx(source, error), yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as problem:
-        raise error(f"{source}: not valid YAML: {problem}") from None
+        hint = ('; a value that ends in a colon, such as the drive E:, must be quoted: "E:"'
+                if "mapping values are not allowed" in str(problem) else "")
+        raise error(f"{source}: not valid YAML: {problem}{hint}") from None
