@@ -288,7 +288,7 @@ class Host:
             finally:
                 self._acting_at = None
 
-    # -- the mode table (DESIGN.md) ------------------------------------------------------
+    # -- the mode table (docs/domain.md) ------------------------------------------------------
 
     def guest_can_take_part(self, vm: VM) -> bool:
         """Whether the guest's own VSS can answer the host's backup request."""

@@ -1,4 +1,4 @@
-"""The scenario file (CONTRACTS.md section 2): load, validate, and fill in defaults.
+"""The scenario file (docs/scenario.md): load, validate, and fill in defaults.
 
 Validation walks the YAML node tree rather than the loaded data so that every error can
 name the key and the line it is on. Unknown keys are errors: a typo such as `guest_vs`

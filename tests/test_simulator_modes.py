@@ -1,4 +1,4 @@
-"""The mode table of DESIGN.md, reproduced by the simulator for every host version and both
+"""The mode table of docs/domain.md, reproduced by the simulator for every host version and both
 locales, observed only through the real client (HyperVHook on the provider's WinRMHook)."""
 
 from __future__ import annotations

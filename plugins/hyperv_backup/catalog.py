@@ -1,4 +1,4 @@
-"""The backup catalog (CONTRACTS.md section 3): one row per VM per DAG run, in SQL.
+"""The backup catalog (docs/catalog.md): one row per VM per DAG run, in SQL.
 
 SQLite by default, PostgreSQL by URL. A row is written before a job starts and completed
 after it, so a worker that dies mid-step leaves a `running` row that says how far it got;
@@ -96,7 +96,7 @@ def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password
 # PostgreSQL alike), never patched around by its readers.
 SCHEMA_VERSION_TABLE = "hyperv_backup_schema"
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (1, ()),  # the first catalog (CONTRACTS section 3, `missed`)
+    (1, ()),  # the first catalog (docs/catalog.md, up to `missed`)
     (2, ("attempts", "host_restarted")),
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))

@@ -30,7 +30,7 @@ def at_least(os_version: str, minimum: str) -> bool:
 
 
 class Mode(StrEnum):
-    """How a host-level backup treated a VM (DESIGN.md, the mode table)."""
+    """How a host-level backup treated a VM (docs/domain.md, the mode table)."""
 
     ONLINE = "online"  # guest VSS took part: application-consistent, no interruption
     CHECKPOINT = "checkpoint"  # 2012 R2+: Recovery checkpoint, crash-consistent, uptime restarts
@@ -125,7 +125,7 @@ class BackupEvent:
     TARGET_FULL = 50
 
 
-VMMS_GUEST_COULD_NOT_PARTICIPATE = 10150  # unverified against Microsoft's docs (DESIGN.md)
+VMMS_GUEST_COULD_NOT_PARTICIPATE = 10150  # unverified against Microsoft's docs (docs/domain.md)
 
 # Where the host records what a backup did to a VM, by log and event id. The ids below are
 # from field reports and this project's reading, NOT verified against Microsoft's docs: each is
@@ -141,8 +141,8 @@ class HostEvent:
     VM_RESTORED = (WORKER_LOG, 18516)  # the VM was restored from Saved state (running again) - unverified id
     CHECKPOINT_CREATED = (VMMS_LOG, 18304)  # a (Recovery) checkpoint was created - unverified id
     MERGE_STARTED = (VMMS_LOG, 19070)  # the checkpoint was removed; its .avhdx merges in the background - unverified id
-    MERGE_DONE = (VMMS_LOG, 19080)  # the background merge ended (DESIGN.md: "per field reports") - unverified id
-    MERGE_FAILED = (VMMS_LOG, 19100)  # the background merge failed (DESIGN.md) - unverified id
+    MERGE_DONE = (VMMS_LOG, 19080)  # the background merge ended (per field reports) - unverified id
+    MERGE_FAILED = (VMMS_LOG, 19100)  # the background merge failed (per field reports) - unverified id
 
 
 # How many Windows Server Backup jobs one VM backup may take when a job fails for a reason a new

@@ -1,4 +1,4 @@
-"""Backup-mode prediction and outcome classification: the mode table of DESIGN.md as code.
+"""Backup-mode prediction and outcome classification: the mode table of docs/domain.md as code.
 
 Pure functions over the JSON the scripts return; no Airflow import, so every row of the
 table is tested in milliseconds.
