@@ -40,7 +40,8 @@ def test_three_intervals_failed_and_say_why(outage):
     assert len(outage_runs) >= 3
     for row in rows:
         assert row["run_id"] in outage_runs  # no other run: the schedule was nightly again during the backfill
-        assert row["missed"].startswith("the scheduled run failed: the host could not be reached"), row
+        assert row["missed"].startswith("the scheduled run failed: the host's VMs could not be listed"), row
+        assert "connection lost" in row["missed"] and "WinRM service runs" in row["missed"], row  # what happened, what to check
 
 
 def test_each_vm_got_exactly_one_catch_up_job_and_later_intervals_are_covered(outage):

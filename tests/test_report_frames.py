@@ -120,3 +120,28 @@ def test_a_host_restart_is_named_as_the_cause_of_the_uptime_reset_not_the_backup
     built = build([row("HV01", "DC01", uptime_reset=True, host_restarted=True, attempts=2)])
     assert list(built.impact["impact"]) == ["uptime restarted (the host restarted during the backup)"]
     assert list(built.impact["mode"]) == ["online"] and built.vms["attempts"].tolist() == [2]
+
+
+def test_a_vm_backed_up_in_another_mode_than_predicted_comes_first_with_the_reason():
+    built = build([row("HV01", "DC01"), row("HV01", "APP01", start=40, predicted_mode="online", mode="checkpoint",
+                                           mode_reasons=json.dumps(["Hyper-V-VMMS event 10150: the guest could not take part"]))])
+    assert built.vms["vm_name"].tolist() == ["APP01", "DC01"]
+    assert "backed up checkpoint where online was predicted: Hyper-V-VMMS event 10150" in built.vms["surprise"][0]
+    assert "1 backed up in another mode than predicted" in built.summary.subject
+
+
+def test_a_failed_vm_in_the_impact_table_shows_its_predicted_mode_not_nan():
+    built = build([row("HV01", "DC01", status="failed", mode=None, predicted_mode="saved", offline_seconds=12.0)])
+    assert built.impact["mode"].tolist() == ["saved (predicted)"]
+
+
+def test_a_job_with_no_recorded_end_is_drawn_open_and_the_legend_shows_only_what_is_drawn():
+    from hyperv_backup import charts
+
+    built = build([row("HV01", "DC01"), row("HV01", "SQL01", status="failed", start=40, job_finished_at=None)])
+    spans = charts.job_spans(built.vms)
+    open_job = spans[spans["vm_name"] == "SQL01"].iloc[0]
+    assert open_job["open"] and open_job["finished"] > open_job["started"]
+    labels = [p.get_label() for p in charts.legend_entries(spans, window_drawn=False)]
+    assert labels == ["online", "failed", "no end recorded"]
+    assert charts.gantt(built.vms, built.windows.iloc[0:0]).startswith(b"\x89PNG")

@@ -15,6 +15,7 @@ from matplotlib.patches import Patch  # noqa: E402
 MODE_COLOURS = {"online": "#2e7d32", "checkpoint": "#1565c0", "saved": "#ef6c00", "offline": "#757575"}
 FAILED = "#c62828"
 WINDOW = "#fff3c4"
+OPEN = "#616e7c"
 
 
 def _png(figure) -> bytes:
@@ -27,22 +28,47 @@ def _png(figure) -> bytes:
 ROW_PER_VM_UP_TO = 60  # beyond this many jobs a row per VM is unreadable: one row per host, one segment per VM
 
 
+def job_spans(vms: pd.DataFrame) -> pd.DataFrame:
+    """The jobs to draw: those that started, each with an end. A job with no recorded end (its last answer
+    was lost, or it still ran) is drawn up to the latest moment the report knows of, marked `open`."""
+    ran = vms.dropna(subset=["started"]).copy()
+    ran["open"] = ran["finished"].isna()
+    if ran.empty:
+        return ran
+    earliest, latest = ran["started"].min(), pd.concat([ran["finished"], ran["started"]]).max()
+    least = max(pd.Timedelta(minutes=5), (latest - earliest) * 0.02)  # an open job that started last still shows
+    ran["finished"] = ran["finished"].fillna(ran["started"].map(lambda start: max(latest, start + least)))
+    return ran
+
+
+def legend_entries(ran: pd.DataFrame, window_drawn: bool) -> list[Patch]:
+    """Only what the chart shows: the modes drawn, failed and open jobs if any, the window if one is shaded."""
+    drawn = set(ran["mode"].fillna(ran["predicted_mode"]))
+    entries = [Patch(color=c, label=m) for m, c in MODE_COLOURS.items() if m in drawn]
+    if (ran["status"] != "succeeded").any():
+        entries.append(Patch(facecolor="white", edgecolor=FAILED, hatch="///", label="failed"))
+    if ran["open"].any():
+        entries.append(Patch(facecolor="white", edgecolor=OPEN, linestyle="--", label="no end recorded"))
+    if window_drawn:
+        entries.append(Patch(color=WINDOW, label="planned window"))
+    return entries
+
+
 def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
     """One bar per VM job, grouped by host, coloured by mode; failed jobs red-edged and hatched; the planned window shaded.
 
     A large fleet gets one row per host, each VM's job a segment of it, so the chart stays legible.
     """
-    ran = vms.dropna(subset=["started"]).copy()
-    ran["finished"] = ran["finished"].fillna(ran["started"])
+    ran = job_spans(vms)
     hosts = list(dict.fromkeys(ran["host"]))
     per_vm = len(ran) <= ROW_PER_VM_UP_TO
     height = max(2.2, 0.32 * (len(ran) if per_vm else len(hosts)) + (0.5 * len(hosts) if per_vm else 0) + 1.2)
-    figure, axis = plt.subplots(figsize=(10, height))
+    figure, axis = plt.subplots(figsize=(10, height), layout="constrained")
     if ran.empty:
         axis.text(0.5, 0.5, "no backup job ran in this interval", ha="center", va="center", transform=axis.transAxes)
         axis.set_axis_off()
         return _png(figure)
-    labels, y = [], 0
+    labels, y, window_drawn = [], 0, False
     for host in hosts:
         mine = ran[ran["host"] == host].sort_values("started")
         planned = windows.loc[windows["host"] == host]
@@ -51,12 +77,14 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
             axis.fill_betweenx([y - 0.5, top - 0.5], planned["planned_start"].iloc[0], planned["planned_end"].iloc[0],
                                color=WINDOW, zorder=0)
             axis.vlines(planned["planned_end"].iloc[0], y - 0.5, top - 0.5, colors="#b8860b", linestyles="--", zorder=1)
-        for failed, jobs in mine.groupby(mine["status"] != "succeeded"):
+            window_drawn = True
+        for (failed, open_end), jobs in mine.groupby([mine["status"] != "succeeded", mine["open"]]):
             rows = range(y, y + len(mine)) if per_vm else [y] * len(mine)
             lanes = [rows[i] for i in (mine.index.get_indexer(jobs.index) if per_vm else range(len(jobs)))]
             colours = (jobs["mode"].fillna(jobs["predicted_mode"])).map(MODE_COLOURS).fillna("#9e9e9e")
             axis.barh(lanes, jobs["finished"] - jobs["started"], left=jobs["started"], height=0.6, zorder=2, color=list(colours),
-                      edgecolor=FAILED if failed else "white", linewidth=1.5 if failed else 0.3, hatch="///" if failed else None)
+                      edgecolor=OPEN if open_end else FAILED if failed else "white", linewidth=1.5 if failed or open_end else 0.3,
+                      linestyle="--" if open_end else "-", hatch="///" if failed else None)
         labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
         y = top
         axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
@@ -64,16 +92,14 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
     axis.invert_yaxis()
     axis.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz="UTC"))
     axis.set_xlabel("UTC")
-    axis.set_title("Backup jobs against the planned window", loc="left")
-    legend = [Patch(color=c, label=m) for m, c in MODE_COLOURS.items()] + [
-        Patch(facecolor="white", edgecolor=FAILED, hatch="///", label="failed"), Patch(color=WINDOW, label="planned window")]
-    axis.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=6, fontsize=8, frameon=False)
+    axis.set_title("Backup jobs against the planned window" if window_drawn else "Backup jobs", loc="left")
+    figure.legend(handles=legend_entries(ran, window_drawn), loc="outside lower center", ncol=7, fontsize=8, frameon=False)
     return _png(figure)
 
 
 def trend(table: pd.DataFrame) -> bytes:
     """Success rate (line) and the longest host window (bars) per day, over the last 30 days."""
-    figure, bars = plt.subplots(figsize=(10, 3.2))
+    figure, bars = plt.subplots(figsize=(10, 3.2), layout="constrained")
     days = table["day"].dt.tz_localize(None)
     bars.bar(days, table["window_h"].fillna(0), color="#90caf9", width=0.8, label="longest window (h)")
     bars.set_ylabel("window (hours)")

@@ -110,10 +110,11 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             return [name for name in chosen if not wanted or name in wanted]
 
         def _host_failed(error: HostError) -> None:
-            """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why."""
+            """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why, in the
+            error's own words (unreachable, refused credentials, untrusted certificate are different fixes)."""
             known = set(catalog.last_good(catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
             for vm_name in sorted(known):
-                _steps(vm_name).record(status="failed", error=f"the host could not be reached: {error}")
+                _steps(vm_name).record(status="failed", error=f"the host's VMs could not be listed: {error}")
 
         @task(map_index_template="{{ vm_name }}")
         def probe(vm_name: str, params=None) -> dict:

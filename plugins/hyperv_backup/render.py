@@ -2,8 +2,8 @@
 audit's mail. No Airflow import.
 
 The same template renders twice: for the folder, images are referenced by file name; for the
-e-mail, by Content-ID (`cid:` + the file name, which is the Content-ID the SMTP provider gives
-each attached file). Jinja2 autoescapes, so a VM named `<script>` is text, not markup.
+e-mail, by Content-ID (`cid:` + the file name, the Content-ID `mailer.message` gives each
+inline image). Jinja2 autoescapes, so a VM named `<script>` is text, not markup.
 """
 
 from __future__ import annotations

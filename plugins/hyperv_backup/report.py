@@ -20,7 +20,8 @@ from .windows import Window
 MODES = ("online", "checkpoint", "saved", "offline")
 TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
 VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
-              "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted"]
+              "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted",
+              "surprise"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Interval:
             return f"{self.start:%Y-%m-%d}"
         hours = (self.end - self.start).total_seconds() / 3600
         return f"{hours:.0f} h to {self.end:%Y-%m-%d %H:%M} UTC"
+
+
+def file_prefix(interval: Interval) -> str:
+    """The report's file names carry what its title says: the night (scheduled), else the interval's end."""
+    if interval.nightly and interval.end - interval.start == timedelta(days=1):
+        return f"hyperv-backup-{interval.start:%Y-%m-%d}"
+    return f"hyperv-backup-to-{interval.end:%Y-%m-%dT%H%M}"
 
 
 def normalize(catalog: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +89,19 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
         "attempts": rows["attempts"].astype("Int64"), "host_restarted": rows["host_restarted"].astype("boolean"),
     })
-    return table.sort_values(["host", "started", "vm_name"], na_position="last").reset_index(drop=True)
+    table["surprise"] = surprises(table)
+    table["_first"] = table["surprise"].isna()
+    return (table.sort_values(["_first", "host", "started", "vm_name"], na_position="last")
+            .drop(columns="_first").reset_index(drop=True))
+
+
+def surprises(table: pd.DataFrame) -> pd.Series:
+    """Why a VM was backed up in another mode than the probe predicted (None where it was not): these come first."""
+    other = table["status"].eq("succeeded") & table["mode"].notna() & table["predicted_mode"].notna() \
+        & table["mode"].ne(table["predicted_mode"])
+    text = "backed up " + table["mode"].astype(str) + " where " + table["predicted_mode"].astype(str) + " was predicted: " \
+        + table["reasons"].astype(str)
+    return text.where(other, None)
 
 
 def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Window]) -> pd.DataFrame:
@@ -152,7 +172,8 @@ def impact_table(vms: pd.DataFrame) -> pd.DataFrame:
                       np.where(touched["uptime_reset"].fillna(False),
                                np.where(restarted, "uptime restarted (the host restarted during the backup)", "uptime restarted"),
                                "no online backup"))
-    return pd.DataFrame({"host": touched["host"], "vm_name": touched["vm_name"], "mode": touched["mode"], "impact": impact,
+    mode = touched["mode"].fillna(touched["predicted_mode"].where(touched["predicted_mode"].isna(), touched["predicted_mode"] + " (predicted)"))
+    return pd.DataFrame({"host": touched["host"], "vm_name": touched["vm_name"], "mode": mode.fillna("unknown"), "impact": impact,
                          "why": touched["reasons"]}).reset_index(drop=True)
 
 
@@ -165,6 +186,7 @@ class Summary:
     by_status: dict[str, int]
     overran: list[str]
     breaches: int
+    surprises: int = 0
 
     @property
     def subject(self) -> str:
@@ -178,6 +200,8 @@ class Summary:
             parts.append(f"window overran on {', '.join(self.overran)}")
         if self.breaches:
             parts.append(f"{self.breaches} VM{'s' if self.breaches != 1 else ''} past RPO")
+        if self.surprises:
+            parts.append(f"{self.surprises} backed up in another mode than predicted")
         return f"Hyper-V backups {self.label}: " + ", ".join(parts)
 
 
@@ -186,7 +210,8 @@ def summarize(interval: Interval, vms: pd.DataFrame, windows: pd.DataFrame, rpo:
     return Summary(
         label=interval.label, total=len(vms), succeeded=int(counts.get("succeeded", 0)), failed=int(counts.get("failed", 0)),
         by_status={str(k): int(v) for k, v in counts.items()},
-        overran=sorted(windows.loc[windows["held"].eq(False), "host"]), breaches=int(rpo["breach"].sum()))
+        overran=sorted(windows.loc[windows["held"].eq(False), "host"]), breaches=int(rpo["breach"].sum()),
+        surprises=int(vms["surprise"].notna().sum()))
 
 
 @dataclass

@@ -81,8 +81,7 @@ def build_report_dag() -> DAG:
             windows = {h.name: h.window for h in inventory.hosts}
             rpo = {h.name: h.rpo_hours for h in inventory.hosts}
             built = report.build(catalog.frame(catalog_engine()), interval, windows, rpo)
-            prefix = f"hyperv-backup-{interval.start:%Y-%m-%d}" + ("" if interval.end - interval.start == timedelta(days=1)
-                                                                   else f"-{interval.end:%Y%m%dT%H%M}")
+            prefix = report.file_prefix(interval)
             with tempfile.TemporaryDirectory(prefix="hyperv-report-") as staging:
                 rendered = render.render(built, Path(staging), prefix)
                 mail_html = rendered.html.with_suffix(".mail.html")
