@@ -16,7 +16,9 @@ bag = DagBag(dag_folder="{dags}")
 out = {{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}, "dags": {{}}}}
 for dag_id, dag in bag.dags.items():
     out["dags"][dag_id] = {{"tags": sorted(dag.tags), "max_active_runs": dag.max_active_runs, "doc": bool(dag.doc_md),
-                          "tasks": sorted(dag.task_ids), "params": sorted(dag.params.keys())}}
+                          "tasks": sorted(dag.task_ids), "params": sorted(dag.params.keys()),
+                          "paused_upon_creation": dag.is_paused_upon_creation,
+                          "required": sorted(k for k, p in dag.params.items() if "null" not in p.schema.get("type", ["null"]))}}
 print("RESULT" + json.dumps(out))
 """
 
@@ -42,6 +44,8 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     dag = result["dags"]["hyperv_backup_hv01"]
     assert dag["max_active_runs"] == 1 and dag["doc"] and "HV01" in dag["tags"]
     assert dag["params"] == ["force", "plan_only", "vms"]
+    for dag_id, built in result["dags"].items():  # the trigger form requires no Param; a new host's DAG runs at once
+        assert built["required"] == [] and built["paused_upon_creation"] is False, dag_id
     steps = ["backup_vm.probe", "backup_vm.snapshot", "backup_vm.verify_merge", "backup_vm.copy", "backup_vm.verify"]
     assert set(steps) <= set(dag["tasks"])
 

@@ -34,11 +34,12 @@ def build_audit_dag() -> DAG:
         schedule="30 12 * * *",  # midday: far from the backup windows, so no job holds a checkpoint
         start_date=datetime(2026, 1, 1),
         catchup=False,
+        is_paused_upon_creation=False,  # deployed means wanted: not left paused in the UI
         max_active_runs=1,
         tags=["hyperv", "backup", "hygiene"],
         doc_md=__doc__,
         default_args=retry_policy() | {"execution_timeout": timedelta(hours=1)},
-        params={"remediate": Param(False, type="boolean",
+        params={"remediate": Param(False, type=["boolean", "null"],
                                    description="remove the Recovery checkpoints backups left, on every host (never other types)")},
     ):
 

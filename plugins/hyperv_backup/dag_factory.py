@@ -74,14 +74,16 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         schedule=CronTriggerTimetable(entry.schedule, timezone=entry.window.timezone) if not entry.schedule.startswith("@") else entry.schedule,
         start_date=datetime(2026, 1, 1),
         catchup=False,
+        is_paused_upon_creation=False,  # a host in the inventory is to be backed up, not left paused
         max_active_runs=1,
         tags=["hyperv", "backup", host],
         doc_md=doc,
         default_args=retry_policy() | {"execution_timeout": timedelta(hours=2)},
         params={
-            "vms": Param([], type="array", description="back up only these VMs (empty: all of the inventory)"),
-            "plan_only": Param(False, type="boolean", description="probe and predict the mode, start no job"),
-            "force": Param(False, type="boolean", description="back up even when the window has closed or a later backup "
+            # Typed Params are required in the trigger form unless they allow null (Airflow's Params UI tutorial).
+            "vms": Param([], type=["array", "null"], description="back up only these VMs (empty: all of the inventory)"),
+            "plan_only": Param(False, type=["boolean", "null"], description="probe and predict the mode, start no job"),
+            "force": Param(False, type=["boolean", "null"], description="back up even when the window has closed or a later backup "
                                                                "already covers this (backfilled) interval"),
         },
     ) as dag:

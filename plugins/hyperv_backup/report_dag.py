@@ -61,14 +61,15 @@ def build_report_dag() -> DAG:
         schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"), assets=[CATALOG_ASSET]),
         start_date=datetime(2026, 1, 1),
         catchup=False,
+        is_paused_upon_creation=False,  # deployed means wanted: not left paused in the UI
         max_active_runs=1,
         tags=["hyperv", "backup", "report"],
         doc_md=__doc__,
         default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
         params={
-            "interval_start": Param("", type="string", description="rebuild the report of this interval (ISO 8601); empty: the run's"),
-            "interval_end": Param("", type="string", description="end of that interval (ISO 8601)"),
-            "send_mail": Param(True, type="boolean", description="e-mail the report (asset-triggered runs follow the configuration)"),
+            "interval_start": Param("", type=["string", "null"], description="rebuild the report of this interval (ISO 8601); empty: the run's"),
+            "interval_end": Param("", type=["string", "null"], description="end of that interval (ISO 8601)"),
+            "send_mail": Param(True, type=["boolean", "null"], description="e-mail the report (asset-triggered runs follow the configuration)"),
         },
     ) as dag:
 
