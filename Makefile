@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser demo demo-outage test bench lint simulator clean
+.PHONY: venv browser demo demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo-outage: venv
 
 demo: venv
 	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
+
+# The Airflow UI over the demo's Airflow home (DEMO_OUT/airflow), on 127.0.0.1:$(UI_PORT).
+UI_PORT ?= 8080
+ui: venv
+	$(PY) -m include.ui --out "$(DEMO_OUT)" --port $(UI_PORT)
 
 # Debian's Chromium, for the test that opens the HTML report headless.
 browser:
@@ -43,5 +48,7 @@ lint: venv
 simulator: venv
 	$(PY) -m simulator --scenario "$(SCENARIO)" --control-port 5990
 
+# Removes only what the demo wrote (include/demo_out.py decides), never a folder of other files.
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	$(PY) -m include.demo_out "$(DEMO_OUT)"
+	rm -rf .pytest_cache

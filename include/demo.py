@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="hyperv-demo-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__HYPERV_BACKUP__POLL_SECONDS", "0.5")  # the simulator's clock runs 60x faster than a host's
 
+from include.demo_out import ForeignFiles, prepare, stop_on_signals  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import ScenarioError, load_scenario  # noqa: E402
 
@@ -62,8 +61,6 @@ def inventory_for(scenario) -> dict:
 
 def run_backups(scenario, running, report: bool = True) -> int:
     """Run every host's backup DAG once on the embedded default (SQLite metadata, in-process), then the report."""
-    import subprocess
-
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
     from airflow.dag_processing.dagbag import DagBag
 
@@ -75,11 +72,12 @@ def run_backups(scenario, running, report: bool = True) -> int:
     for host in scenario.hosts:
         bag.get_dag(f"hyperv_backup_{host.name.lower()}").test()
     if report:
-        # The simulated hosts' clock runs ahead of this one (speed), and their job times are host times:
-        # the report covers the 24 hours up to the fleet's clock, so it sees every job of the run.
-        from datetime import datetime, timedelta
+        # A row belongs to its run's data interval, on Airflow's clock; the simulated hosts' clock runs `speed`
+        # times faster and says nothing about it. The report covers the 24 hours up to now on Airflow's clock,
+        # which hold every run the demo made, whatever the speed.
+        from datetime import UTC, datetime, timedelta
 
-        end = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00")) + timedelta(minutes=1)
+        end = datetime.now(UTC) + timedelta(minutes=1)
         interval = {"interval_start": (end - timedelta(days=1)).isoformat(), "interval_end": end.isoformat()}
         run = bag.get_dag("hyperv_backup_report").test(run_conf=interval)
         if str(run.state) != "success":
@@ -111,17 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "include" / "demo-fleet.yaml"))
     parser.add_argument("--out", default=str(ROOT / "demo-output"))
     parser.add_argument("--no-report", action="store_true", help="run the backups only (the benchmarks use this)")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
+    if args.inside:
+        return _run(args, load_scenario(args.scenario), Path(args.out))
     try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as error:
+        load_scenario(args.scenario)
+        out = prepare(Path(args.out))
+    except (ScenarioError, ForeignFiles) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "reports").mkdir(parents=True)
+    # The run itself is a child process: dag.test() runs tasks in its process, and Airflow's task runner takes
+    # SIGTERM for itself there (a task's on_kill). This process keeps the signals and stops the whole tree.
+    inside = [sys.executable, "-m", "include.demo", "--scenario", args.scenario, "--out", str(out), "--inside"]
+    with stop_on_signals(f"the fleet and Airflow were; {out} holds what was written until then"):
+        return subprocess.call(inside + (["--no-report"] if args.no_report else []), cwd=ROOT)
+
+
+def _run(args, scenario, out: Path) -> int:
+    (out / "reports").mkdir()
     (out / "mail").mkdir()
+    os.environ["AIRFLOW_HOME"] = str(out / "airflow")  # the demo's Airflow lives with its output: `make ui` serves it
 
     import yaml
 
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\nmail: {email.message_from_bytes(mails[-1].read_bytes())['Subject']}")
     print(f"written to {out}: catalog.sqlite, sim-state.json, sim-journal.jsonl, inventory.yaml, reports/ "
-          f"({len(list((out / 'reports').glob('*.html')))} HTML), mail/ ({len(mails)} .eml)")
+          f"({len(list((out / 'reports').glob('*.html')))} HTML), mail/ ({len(mails)} .eml), airflow/ (the demo's Airflow home)")
+    print(f"to look at the runs in the Airflow UI: make ui DEMO_OUT={out}")
     return 0
 
 

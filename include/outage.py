@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sqlite3
 import sys
 from collections import Counter
@@ -29,6 +28,7 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
 from include.cluster import AirflowCluster, free_port  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
+from include.demo_out import ForeignFiles, prepare, stop_on_signals  # noqa: E402
 from include.mailsink import MailSink  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.certs import make_certificates  # noqa: E402
@@ -79,9 +79,7 @@ def _say(text: str) -> None:
 
 def play(scenario_path: Path, out: Path, intervals: int) -> dict:
     scenario = load_scenario(scenario_path)
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "reports").mkdir(parents=True)
+    (out / "reports").mkdir()
     ports = _scenario_with_ports(scenario_path, out / "scenario.yaml")
     fires, cron = _compressed_schedule(intervals)
     inventory = inventory_for(scenario)
@@ -179,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load_scenario(args.scenario)
-    except ScenarioError as error:
+        out = prepare(Path(args.out))
+    except (ScenarioError, ForeignFiles) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
-    os.environ.setdefault("AIRFLOW_HOME", str(out / "airflow"))
+    os.environ["AIRFLOW_HOME"] = str(out / "airflow")
     try:
-        story = play(Path(args.scenario), out, args.intervals)
+        with stop_on_signals("the fleet and Airflow's components were"):
+            story = play(Path(args.scenario), out, args.intervals)
     except RuntimeError as error:
         print(f"error: the outage story did not finish: {error}", file=sys.stderr)
         return 1
