@@ -72,13 +72,16 @@ def run_backups(scenario, running, report: bool = True) -> int:
     for host in scenario.hosts:
         bag.get_dag(f"hyperv_backup_{host.name.lower()}").test()
     if report:
-        # A row belongs to its run's data interval, on Airflow's clock; the simulated hosts' clock runs `speed`
-        # times faster and says nothing about it. The report covers the 24 hours up to now on Airflow's clock,
-        # which hold every run the demo made, whatever the speed.
+        # Two clocks: a row belongs to its run's data interval, on Airflow's clock, while its job's times and the
+        # recovery-point ages are the hosts', which run `speed` times faster. The report's interval starts 24 h
+        # before now on Airflow's clock (every run the demo made is in it) and ends at the later of the two
+        # clocks (every job has started by then), whatever the speed.
         from datetime import UTC, datetime, timedelta
 
-        end = datetime.now(UTC) + timedelta(minutes=1)
-        interval = {"interval_start": (end - timedelta(days=1)).isoformat(), "interval_end": end.isoformat()}
+        now = datetime.now(UTC)
+        fleet = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00"))
+        interval = {"interval_start": (now - timedelta(days=1)).isoformat(),
+                    "interval_end": (max(now, fleet) + timedelta(minutes=1)).isoformat()}
         run = bag.get_dag("hyperv_backup_report").test(run_conf=interval)
         if str(run.state) != "success":
             print(f"error: the report run ended {run.state}", file=sys.stderr)
@@ -160,8 +163,9 @@ def _run(args, scenario, out: Path) -> int:
     mails = sorted((out / "mail").glob("*.eml"))
     if mails:
         import email
+        import email.policy
 
-        print(f"\nmail: {email.message_from_bytes(mails[-1].read_bytes())['Subject']}")
+        print(f"\nmail: {email.message_from_bytes(mails[-1].read_bytes(), policy=email.policy.default)['Subject']}")
     print(f"written to {out}: catalog.sqlite, sim-state.json, sim-journal.jsonl, inventory.yaml, reports/ "
           f"({len(list((out / 'reports').glob('*.html')))} HTML), mail/ ({len(mails)} .eml), airflow/ (the demo's Airflow home)")
     print(f"to look at the runs in the Airflow UI: make ui DEMO_OUT={out}")

@@ -38,18 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     if not (home / "airflow.db").exists():
         print(f"error: {home} holds no Airflow metadata database: run `make demo DEMO_OUT={out}` first", file=sys.stderr)
         return 2
-    server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(args.port)],
-                              env=environment(home, out, args.port), cwd=ROOT)
+    log = home / "api-server.log"
+    with log.open("ab") as output:
+        server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(args.port)],
+                                  env=environment(home, out, args.port), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while not (home / PASSWORDS).exists():
             if server.poll() is not None or time.monotonic() > deadline:
-                print("error: the api-server did not start; see its output above", file=sys.stderr)
+                print(f"error: the api-server did not start; see {log}", file=sys.stderr)
                 return 1
             time.sleep(0.5)
         password = json.loads((home / PASSWORDS).read_text())["admin"]
-        print(f"Airflow UI for the demo's runs: http://127.0.0.1:{args.port}/  login: admin / {password}  (Ctrl-C stops it)",
-              flush=True)
+        print(f"Airflow UI for the demo's runs: http://127.0.0.1:{args.port}/  login: admin / {password}  (Ctrl-C stops it; "
+              f"server log: {log})", flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 130

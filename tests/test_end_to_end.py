@@ -7,7 +7,13 @@ daemon, FreeBSD, a VM that is off, one with a user's checkpoint, one with a host
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,3 +65,40 @@ def test_no_password_leaks_into_the_outputs(demo):
     assert {"catalog.sqlite", "sim-journal.jsonl", "airflow.db"} <= {path.name for path in files}
     assert [path for path in files if b"S3cret!" in path.read_bytes()] == []
     assert "S3cret!" not in stdout
+
+
+def test_make_ui_serves_the_demos_runs_behind_a_login(demo):
+    """`make ui`: the api-server over DEMO_OUT/airflow shows the runs the demo made, to the login it prints."""
+    from include.cluster import free_port
+
+    out, stdout = demo
+    assert f"make ui DEMO_OUT={out}" in stdout
+    root = Path(__file__).resolve().parent.parent
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "include.ui", "--out", str(out), "--port", str(port)], cwd=root,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                          env=dict(os.environ, PYTHONPATH=f"{root / 'plugins'}:{root}"))
+    try:
+        line = ui.stdout.readline()
+        assert line.startswith(f"Airflow UI for the demo's runs: http://127.0.0.1:{port}/  login: admin / "), line
+        password = line.split("login: admin / ")[1].split()[0]
+
+        def call(path, body=None, token=None):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body else None,
+                                             headers={"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {}))
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        for _ in range(120):  # the login line comes when the password is written; the server may still be starting
+            try:
+                token = call("/auth/token", {"username": "admin", "password": password})["access_token"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        runs = call("/api/v2/dags/hyperv_backup_hv2019/dagRuns", token=token)
+        assert runs["total_entries"] >= 1
+        dags = {d["dag_id"]: d for d in call("/api/v2/dags", token=token)["dags"]}
+        assert not dags["hyperv_backup_hv2019"]["is_paused"]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

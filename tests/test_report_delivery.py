@@ -35,7 +35,7 @@ def test_the_subject_tells_the_truth(demo):
     succeeded = sum(1 for r in rows if r[2] == "succeeded")
     failed = sum(1 for r in rows if r[2] == "failed")
     subject = _mail(out)["Subject"]
-    assert re.fullmatch(r"Hyper-V backups 24 h to \d{4}-\d\d-\d\d \d\d:\d\d UTC: (.*)", subject)
+    assert re.fullmatch(r"Hyper-V backups \d+ h to \d{4}-\d\d-\d\d \d\d:\d\d UTC: (.*)", subject)
     assert f": {succeeded}/{len(rows)} succeeded" in subject
     assert (f"{failed} failed" in subject) == (failed > 0)
     assert f"mail: {subject}" in stdout
