@@ -96,17 +96,40 @@ def first_trigger_event(trigger) -> dict:
     return asyncio.run(first())
 
 
+def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05):
+    """One host step as its operator runs it (HostStepOperator): `step(event)` until it returns a result;
+    a wait on the host through BackupJobTrigger, as the triggerer runs it; a wait on another task
+    (reschedule) after `poll`."""
+    import time
+
+    from hyperv_backup.operators import raise_for_event, trigger_for
+    from hyperv_backup.steps import Wait
+
+    event = None
+    while True:
+        result = step(event)
+        if not isinstance(result, Wait):
+            return result
+        if result.until is None:
+            event = None
+            time.sleep(poll)
+            continue
+        event = first_trigger_event(trigger_for(result, conn_id, vm_id, steps.run.vm_name, poll))
+        raise_for_event(steps, event)
+
+
 def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
                         probe: dict | None = None, **snapshot_options) -> dict:
     """One VM's backup through BackupSteps as the DAG's tasks run it: probe -> snapshot -> verify merge ->
-    copy (the state machine, its waits in BackupJobTrigger) -> verify, each step retried on a transient
-    error as Airflow retries a task (`probe`: one already taken). Returns verify's answer; a permanent
-    error is raised."""
+    copy (the state machine) -> verify, their waits in BackupJobTrigger, each step retried on a
+    transient error as Airflow retries a task (`probe`: one already taken). Returns verify's answer;
+    a permanent error is raised."""
     import time
     from datetime import timedelta
 
     from hyperv_backup.errors import TransientHostError
-    from hyperv_backup.triggers import BackupJobTrigger
+    from hyperv_backup.record import Until, parse_time
+    from hyperv_backup.triggers import seen_at
 
     def task(step):
         for attempt in range(retries + 1):
@@ -118,18 +141,11 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
                     raise
                 time.sleep(retry_delay)
 
-    def copy():
-        while True:
-            step = steps.advance(probe)
-            if "job" in step:
-                return step["job"]
-            trigger = BackupJobTrigger(conn_id, probe["vm_id"], steps.run.vm_name, probe["clock_utc"], poll, wait_for=step["wait"])
-            event = first_trigger_event(trigger)
-            if event["status"] == "error":
-                raise steps.fail(event["message"])
+    def waiting(step):
+        return task(lambda: until_done(steps, probe["vm_id"], step, conn_id, poll))
 
     probe = probe or task(steps.probe)
-    snap = task(lambda: steps.snapshot(probe, **snapshot_options))
-    task(lambda: steps.verify_merge(probe, timedelta(minutes=60)))
-    job = task(copy)
+    snap = waiting(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY), **snapshot_options))
+    waiting(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
+    job = waiting(lambda event: steps.advance(probe))
     return task(lambda: steps.verify(probe, snap, job))

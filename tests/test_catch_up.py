@@ -4,8 +4,8 @@
 Two backfilled intervals of the same VM, stepped side by side through the real client against
 the simulator: one run takes the catch-up, the other waits for its result and is recorded
 `covered`, never starting (or adopting) a second job. A run that died leaves a `running` row
-that keeps nobody waiting. Last, what the steps ask of Airflow (is a run alive, which VMs are
-ahead in the host's queue) is asked of the real Task SDK, through dag.test.
+that keeps nobody waiting. Last, what the steps ask of Airflow (is a run alive, is it this VM's
+turn) is asked of the real Task SDK, through dag.test.
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ import os
 import threading
 from datetime import datetime, timedelta
 
-import pytest
 from hyperv_backup import catalog
-from hyperv_backup.errors import HostBusyError
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey
+from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey, Wait
 
-from tests.conftest import backup_like_the_dag, dag_test, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, dag_test, until_done, use_connection, winrm_connection
 
 DAG_ID = "hyperv_backup_hv01"
 
@@ -46,7 +44,7 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
         steps.begin("backfill")
         probe = steps.probe()
         probed_both.wait(timeout=30)  # both runs have probed before either starts a job
-        outcome["result"] = backup_like_the_dag(steps, probe=probe, busy_timeout=120, catch_up=True)
+        outcome["result"] = backup_like_the_dag(steps, probe=probe, catch_up=True)
     except NotThisTime as reason:
         outcome["result"] = str(reason)
     except BaseException as error:  # noqa: BLE001 - handed to the test's thread, which re-raises it
@@ -84,14 +82,14 @@ def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, 
     dead = _steps(engine, clock, 1)
     dead.record(status="running", job_started_at=clock)  # its job was never finished or verified
 
-    waiting = _steps(engine, clock, 2)  # believes every run alive: waits, then gives up as host busy
+    waiting = _steps(engine, clock, 2)  # believes every run alive: gives way to the dead run's catch-up
     probe = waiting.probe()
-    with pytest.raises(HostBusyError, match="backfill__night1 is backing DC01 up"):
-        waiting.snapshot(probe, busy_timeout=0.3, catch_up=True)
+    assert waiting.snapshot(probe, catch_up=True) == Wait(None)  # another run's task must act first: look again later
     assert not [e for e in running.journal() if e["event"] == "job_started"]
 
     alive = _steps(engine, clock, 2, run_alive=lambda dag_id, run_id: run_id != "backfill__night1")
-    assert alive.snapshot(probe, busy_timeout=30, catch_up=True)["job_started_at"]
+    snap = until_done(alive, probe["vm_id"], lambda event: alive.snapshot(probe, catch_up=True))
+    assert snap["job_started_at"]
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
 
 
@@ -109,11 +107,11 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
 
     @task
     def step(n):
-        from hyperv_backup.operators import _ahead
-        from hyperv_backup.steps import ahead_of
+        from hyperv_backup.operators import _turn
+        from hyperv_backup.steps import turn_of
         ti = get_current_context()["ti"]
         states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])[ti.run_id]
-        print("AHEAD", ti.map_index, _ahead(ti)(), ahead_of(states, ti.task_id, 99))
+        print("TURN", ti.map_index, _turn(ti)(), turn_of(states, ti.task_id, 99))
 
     ask() >> step.expand(n=[0, 1, 2])
 """
@@ -126,7 +124,7 @@ def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     (tmp_path / "dags" / "alive.py").write_text(_ALIVE_DAG)
     done = dag_test(tmp_path / "dags", "alive", dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home")))
     assert "ANSWERS True False" in done.stdout and "STATE success" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
-    # the first mapped task to run sees itself in the step and the two others still to come; what is
-    # before a task in the order is counted by the same reading of Airflow's answer
-    ahead = sorted(line.split("AHEAD ", 1)[1] for line in done.stdout.splitlines() if "AHEAD " in line)
-    assert ahead[0].startswith("0 (0, 0)") and any(line.endswith("(1, 2)") for line in ahead), ahead
+    # the first in the order has its turn at once; to a VM after all three, each sees one running (itself,
+    # in a worker): it would give way, never wait deferred on it
+    turns = sorted(line.split("TURN ", 1)[1] for line in done.stdout.splitlines() if "TURN " in line)
+    assert len(turns) == 3 and turns[0] == "0 now yield" and all(t.endswith(" yield") for t in turns), turns

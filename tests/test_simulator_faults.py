@@ -147,19 +147,20 @@ def test_host_reboot_in_the_merge_makes_the_job_vanish_and_the_merge_resume_afte
     assert "job_vanished" in events and events.index("merge_finished") > events.index("host_reboot")
 
 
-def test_a_job_that_never_ends_is_given_up_at_the_deadline_and_left_running(start_fleet, monkeypatch):
-    """Airflow bounds a deferral only by defer()'s timeout: the copy trigger keeps its own deadline and
-    says what happened, so the step records it, instead of polling a hung job forever."""
-    from datetime import UTC, datetime
-
+def test_a_job_that_never_ends_is_given_up_at_its_limit_in_host_time_and_left_running(start_fleet, monkeypatch):
+    """Airflow bounds a deferral only by defer()'s timeout: the trigger holds the job to its own limit, on the
+    host's clock from the job's start, and says what happened, instead of polling a hung job forever."""
+    from hyperv_backup.record import Until
     from hyperv_backup.triggers import BackupJobTrigger
 
-    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=2000, speed=1)  # hours of copying
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=2000, speed=60)  # hours of copying
     vm_id, started = _start(hook)
-    trigger = BackupJobTrigger("hv", vm_id, "VM1", started["job"]["start_time_utc"], poll_interval=0.05,
-                               deadline_utc=datetime.now(UTC).isoformat())
+    trigger = BackupJobTrigger("hv", vm_id, "VM1", Until.JOB_ENDED, poll_interval=0.05, job_start=started["job"]["start_time_utc"],
+                               job_timeout_seconds=600)  # ten host minutes: ten real seconds at 60x
+    began = time.monotonic()
     event = first_trigger_event(trigger)
-    assert event["status"] == "error" and "past the time allowed" in event["message"] and "wbadmin stop job" in event["message"]
+    assert event["status"] == "error" and "longer than the 10 minutes allowed" in event["message"], event
+    assert "wbadmin stop job" in event["message"] and 9 < time.monotonic() - began < 30
     assert hook.run_script("Get-VMBackupStatus", VMId=vm_id)["job"]["job_state"] == "Running"  # never stopped for us
     assert running.state()["hosts"][0]["open_shells"] == 0
 

@@ -22,7 +22,7 @@ from hyperv_backup.inventory import parse_inventory
 
 from include.mailsink import MailSink
 from simulator import harness
-from tests.conftest import dag_test, use_connection, winrm_connection
+from tests.conftest import dag_test, until_done, use_connection, winrm_connection
 
 BERLIN = windows.Window("22:00", "06:00", "Europe/Berlin", grace_minutes=30)
 
@@ -181,7 +181,9 @@ def test_a_window_that_closes_mid_run_defers_the_rest(start_fleet, monkeypatch, 
         return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05)
 
     first = steps("FIRST")
-    assert first.snapshot(first.probe(), last_start=deadline, window=window.describe())["job_started_at"]
+    probed = first.probe()
+    assert until_done(first, probed["vm_id"], lambda event: first.snapshot(probed, last_start=deadline, window=window.describe()))[
+        "job_started_at"]
     running.advance(2 * 3600)  # the night goes on: the window (and its grace) is over
     second = steps("SECOND")
     probed = second.probe()
@@ -194,26 +196,29 @@ def test_a_window_that_closes_mid_run_defers_the_rest(start_fleet, monkeypatch, 
     assert entry.selected(["FIRST", "SECOND"], {"FIRST": clock}) == ["SECOND", "FIRST"]  # deferred goes first next time
 
 
-def test_ahead_of_counts_earlier_vms_in_the_step_and_on_their_way():
+def test_a_vms_turn_waits_deferred_only_on_deferred_vms_before_it():
     from airflow.sdk.api.datamodels._generated import TaskInstanceState
-    from hyperv_backup.steps import ahead_of
+    from hyperv_backup.steps import Turn, turn_of
 
-    states = {"backup_vm.snapshot_0": "success", "backup_vm.snapshot_1": TaskInstanceState.RUNNING,
-              "backup_vm.snapshot_2": None, "backup_vm.snapshot_3": "queued", "backup_vm.snapshot_4": "upstream_failed",
-              "backup_vm.snapshot_5": "running", "backup_vm.snapshot_9": "running", "backup_vm.probe_0": "running"}
-    assert ahead_of(states, "backup_vm.snapshot", 5) == (1, 2)  # 1 in the step; 2 and 3 to come; 5 is this VM
-    assert ahead_of(states, "backup_vm.snapshot", 0) == (0, 0)
+    step = "backup_vm.snapshot"
+    states = {f"{step}_0": "success", f"{step}_1": TaskInstanceState.DEFERRED, f"{step}_2": "upstream_failed",
+              f"{step}_3": "deferred", f"{step}_4": "queued", f"{step}_9": "running", "backup_vm.probe_0": "running"}
+    assert turn_of(states, step, 0) == Turn.NOW  # nobody before it
+    assert turn_of(states, step, 1) == Turn.NOW  # the first is past the step (its own state does not count)
+    assert turn_of(states, step, 3) == Turn.WAIT  # 1 waits in the triggerer: so can 3
+    assert turn_of(states, step, 5) == Turn.YIELD  # 4 needs a worker to go on: 5 gives its slot back
+    assert turn_of({f"{step}_0": None}, step, 1) == Turn.YIELD  # not even started (dag.test runs tasks in any order)
 
 
 def test_the_host_goes_to_the_vms_in_the_runs_order_not_to_whoever_polls_first(start_fleet, monkeypatch, tmp_path):
     """FIRST's job runs; THIRD already waits for the host, SECOND (earlier in the order) is still on its
-    way (its task queued) when FIRST's job ends. THIRD lets SECOND go first; without its turn it
-    would have taken the free host at once."""
+    way (its task queued) when FIRST's job ends. THIRD gives way to SECOND; without its turn it would
+    have taken the free host at once."""
     import threading
     import time
 
     from hyperv_backup import catalog
-    from hyperv_backup.steps import BackupSteps, RunKey
+    from hyperv_backup.steps import BackupSteps, RunKey, Turn
 
     running = start_fleet({"seed": 2, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
         {"name": "FIRST", "disk_gb": 2}, {"name": "SECOND", "disk_gb": 2}, {"name": "THIRD", "disk_gb": 2}]}]})
@@ -221,20 +226,23 @@ def test_the_host_goes_to_the_vms_in_the_runs_order_not_to_whoever_polls_first(s
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     second_is = {"state": "queued"}  # what Airflow would say of SECOND's snapshot task
 
-    def steps(vm, ahead=None):
+    def steps(vm, turn=None):
         run = RunKey("hyperv_backup_hv01", "scheduled__x", None, None, "HV01", vm)
-        return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, ahead=ahead)
+        return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, turn=turn)
+
+    def snapshot(vm_steps, probed):
+        return until_done(vm_steps, probed["vm_id"], lambda event: vm_steps.snapshot(probed))
 
     first = steps("FIRST")
-    first.snapshot(first.probe())
-    third = steps("THIRD", ahead=lambda: (int(second_is["state"] == "running"), int(second_is["state"] == "queued")))
+    snapshot(first, first.probe())
+    third = steps("THIRD", turn=lambda: Turn.NOW if second_is["state"] == "success" else Turn.YIELD)
     second = steps("SECOND")
     probes = {"THIRD": third.probe(), "SECOND": second.probe()}
-    waiting = threading.Thread(target=third.snapshot, args=(probes["THIRD"],), kwargs={"busy_timeout": 60})
+    waiting = threading.Thread(target=snapshot, args=(third, probes["THIRD"]))
     waiting.start()
-    time.sleep(1.0)  # FIRST's job (2 GB at 600x) is over by now: the host is free, and THIRD is polling
+    time.sleep(1.0)  # FIRST's job (2 GB at 600x) is over by now: the host is free, and THIRD looks again and again
     second_is["state"] = "running"
-    second.snapshot(probes["SECOND"])
+    snapshot(second, probes["SECOND"])
     second_is["state"] = "success"
     waiting.join(timeout=60)
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["FIRST"], ["SECOND"], ["THIRD"]]

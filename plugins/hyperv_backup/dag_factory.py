@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from . import catalog, windows
@@ -18,7 +18,7 @@ from .errors import HostError
 from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
-from .operators import WaitForBackupJobOperator, catalog_engine, outcome, steps_for
+from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, catalog_engine, outcome, steps_for
 
 CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
 
@@ -57,6 +57,22 @@ def merge_timeout() -> timedelta:
     return timedelta(minutes=conf.getfloat("hyperv_backup", "merge_timeout_minutes", fallback=60.0))
 
 
+def host_silence() -> timedelta:
+    """How long a wait goes on while the host does not answer at all (`[hyperv_backup] host_silence_minutes`):
+    a rebooting host is silent for minutes; one that stays silent longer fails the step (retried)."""
+    from airflow.configuration import conf
+
+    return timedelta(minutes=conf.getfloat("hyperv_backup", "host_silence_minutes", fallback=30.0))
+
+
+def step_timeout() -> timedelta:
+    """How long one turn of a step may work in a worker (`[hyperv_backup] step_timeout_minutes`): its waits on
+    the host are deferred and do not count, so this bounds only a hung command."""
+    from airflow.configuration import conf
+
+    return timedelta(minutes=conf.getfloat("hyperv_backup", "step_timeout_minutes", fallback=30.0))
+
+
 def job_attempts() -> int:
     """How many WSB jobs one VM backup may take after transient failures or restarts (`[hyperv_backup] job_attempts`)."""
     from airflow.configuration import conf
@@ -78,7 +94,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", host],
         doc_md=doc,
-        default_args=retry_policy() | {"execution_timeout": timedelta(hours=2)},
+        default_args=retry_policy() | {"execution_timeout": step_timeout()},
         params={
             # Typed Params are required in the trigger form unless they allow null (Airflow's Params UI tutorial).
             "vms": Param([], type=["array", "null"], description="back up only these VMs (empty: all of the inventory)"),
@@ -126,26 +142,6 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 return steps.probe()
 
         @task(map_index_template="{{ vm_name }}")
-        def snapshot(vm_name: str, probed: dict, params=None) -> dict:
-            steps = _steps(vm_name)
-            if params.get("plan_only"):
-                steps.record(status="skipped", error="plan only: no job was started")
-                raise AirflowSkipException("plan only")
-            context = get_current_context()
-            due = context.get("data_interval_end") or context.get("logical_date")
-            kind, force = windows.run_kind(context["dag_run"].run_type), bool(params.get("force"))
-            deadline = windows.job_deadline(entry.window, kind, due, force)
-            with outcome(steps):
-                return steps.snapshot(probed, last_start=deadline, window=entry.window.describe(),
-                                      catch_up=kind == windows.BACKFILL and not force)
-
-        @task(map_index_template="{{ vm_name }}")
-        def verify_merge(vm_name: str, probed: dict, snap: dict) -> dict:
-            steps = _steps(vm_name)
-            with outcome(steps):
-                return steps.verify_merge(probed, merge_timeout())
-
-        @task(map_index_template="{{ vm_name }}")
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
@@ -154,14 +150,14 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         @task_group
         def backup_vm(vm_name: str):
             probed = probe(vm_name)
-            snap = snapshot(vm_name, probed)
-            merged = verify_merge(vm_name, probed, snap)
-            copied = WaitForBackupJobOperator(task_id="copy", host=host, winrm_conn_id=conn, backup_target=target,
-                                              vm_name=vm_name, probe=probed, snap=snap, poll_interval=poll_seconds(),
-                                              job_timeout=job_timeout(), window=entry.window, max_attempts=job_attempts(),
-                                              map_index_template="{{ vm_name }}")
-            merged >> copied
-            verify(vm_name, probed, snap, copied.output)
+            waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "vm_name": vm_name, "probe": probed,
+                     "poll_interval": poll_seconds(), "job_timeout": job_timeout(), "silence": host_silence(),
+                     "window": entry.window, "max_attempts": job_attempts(), "map_index_template": "{{ vm_name }}"}
+            snap = SnapshotOperator(task_id="snapshot", **waits)
+            merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=merge_timeout(), **waits)
+            copied = WaitForBackupJobOperator(task_id="copy", **waits)
+            snap >> merged >> copied
+            verify(vm_name, probed, snap.output, copied.output)
 
         @task(outlets=[CATALOG_ASSET], trigger_rule="all_done")
         def catalog_updated() -> None:

@@ -1,5 +1,5 @@
-"""The Airflow side of the steps: the copy step's deferrable operator, and shared wiring
-(the catalog engine, the hook and the run key of a task)."""
+"""The Airflow side of the steps: the operators of the steps that wait on the host (snapshot, verify
+merge, copy), and shared wiring (the catalog engine, the hook and the run key of a task)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.api.client import ServerResponseError
-from airflow.sdk.exceptions import AirflowFailException, AirflowRuntimeError, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowRuntimeError, AirflowSkipException
 
 from . import catalog, windows
-from .errors import HostError, PermanentHostError
+from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
-from .steps import BackupSteps, NotThisTime, RunKey, ahead_of
-from .triggers import BackupJobTrigger
+from .record import Until, parse_time
+from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, turn_of
+from .triggers import BackupJobTrigger, seen_at
 
 
 @lru_cache(maxsize=4)
@@ -38,18 +39,18 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
-                       run_alive=_run_alive(context["ti"]), ahead=_ahead(context["ti"]), max_attempts=max_attempts)
+                       run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts)
 
 
-def _ahead(ti) -> Callable[[], tuple[int, int]]:
-    """The VMs before this one in the run's order, by the states of their tasks of this same step
-    (the map index is the VM's place in the order `select_vms` returned)."""
-    def ahead() -> tuple[int, int]:
+def _turn(ti) -> Callable[[], Turn]:
+    """This VM's turn, by the states of its run's tasks of this same step (the map index is the VM's
+    place in the order `select_vms` returned)."""
+    def turn() -> Turn:
         if ti.map_index is None or ti.map_index < 0:
-            return 0, 0
+            return Turn.NOW
         states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])
-        return ahead_of(states.get(ti.run_id, {}), ti.task_id, ti.map_index)
-    return ahead
+        return turn_of(states.get(ti.run_id, {}), ti.task_id, ti.map_index)
+    return turn
 
 
 def _run_alive(ti) -> Callable[[str, str], bool]:
@@ -81,55 +82,116 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
         raise
 
 
-class WaitForBackupJobOperator(BaseOperator):
-    """The copy step: the VM backup's state machine (BackupSteps.advance) between deferrals.
+class HostStepOperator(BaseOperator):
+    """A step of one VM's backup that may wait on the host (snapshot, verify merge, copy).
 
-    Each turn reads the host's record and decides: follow our job (defer until it ends), wait for
-    the host (defer until no job holds it), start a new job after a transient failure or a host
-    restart, or finish. The worker slot is held only while deciding.
+    `step()` reads the host's record, decides and acts; it returns the step's result, or a `Wait`.
+    A wait on the host is deferred to BackupJobTrigger; a wait on another task of the run (an
+    earlier VM that needs a worker to take its turn) gives the worker slot back and is rescheduled
+    after `poll_interval`. The worker slot is held only while deciding and acting.
     """
 
-    template_fields: Sequence[str] = ("vm_name", "probe", "snap")
+    template_fields: Sequence[str] = ("vm_name", "probe")
 
-    def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, snap: Any,
-                 poll_interval: float = 5.0, job_timeout: timedelta = timedelta(hours=12), window=None,
+    def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, poll_interval: float = 5.0,
+                 job_timeout: timedelta = timedelta(hours=12), silence: timedelta = timedelta(minutes=30), window=None,
                  max_attempts: int = DEFAULT_JOB_ATTEMPTS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
-        self.vm_name, self.probe, self.snap, self.poll_interval = vm_name, probe, snap, poll_interval
-        self.job_timeout, self.window, self.max_attempts = job_timeout, window, max_attempts
+        self.vm_name, self.probe, self.poll_interval = vm_name, probe, poll_interval
+        self.job_timeout, self.silence, self.window, self.max_attempts = job_timeout, silence, window, max_attempts
+
+    def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
+        raise NotImplementedError
 
     def execute(self, context):
-        return self._advance(context)
+        return self._turn(context, None)
 
-    def execute_complete(self, context, event: dict[str, Any]):
-        if event.get("status") == "error":
-            steps = self._steps(context)
-            with outcome(steps):
-                raise steps.fail(event.get("message", "the backup job could not be followed"))
-        return self._advance(context)
+    def resume(self, context, event: dict[str, Any]):
+        steps = self._steps(context)
+        with outcome(steps):
+            raise_for_event(steps, event)
+        return self._turn(context, event, steps)
 
     def _steps(self, context) -> BackupSteps:
         context["vm_name"] = self.vm_name
         return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
                          max_attempts=self.max_attempts)
 
-    def _advance(self, context):
-        steps = self._steps(context)
-        last_start, window = self._window(context)
+    def _turn(self, context, event: dict[str, Any] | None, steps: BackupSteps | None = None):
+        steps = steps or self._steps(context)
         with outcome(steps):
-            step = steps.advance(self.probe, last_start, window)
-        if "job" in step:
-            return step["job"]
-        deadline = datetime.now(UTC) + self.job_timeout  # the trigger reports it; defer's timeout is the safety net
-        self.defer(trigger=BackupJobTrigger(self.winrm_conn_id, self.probe["vm_id"], self.vm_name, self.probe["clock_utc"],
-                                            self.poll_interval, deadline.isoformat(), wait_for=step["wait"]),
-                   method_name="execute_complete", timeout=self.job_timeout + timedelta(minutes=15))
+            result = self.step(steps, context, event)
+        if not isinstance(result, Wait):
+            return result
+        if result.until is None:
+            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poll_interval))
+        ti = context["ti"]
+        turn = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+        self.defer(trigger=trigger_for(result, self.winrm_conn_id, self.probe["vm_id"], self.vm_name, self.poll_interval,
+                                       self.job_timeout, self.silence, turn), method_name="resume")
 
-    def _window(self, context) -> tuple[datetime | None, str]:
-        """The last moment a new job may start (the window's end plus grace, scheduled runs only)."""
+    def last_start(self, context) -> tuple[datetime | None, str]:
+        """The last moment a new job may start (the window's end plus grace, scheduled runs only), and the window's words."""
         if self.window is None:
             return None, ""
         due = context.get("data_interval_end") or context.get("logical_date")
         kind = windows.run_kind(context["dag_run"].run_type)
         return windows.job_deadline(self.window, kind, due, bool(context["params"].get("force"))), self.window.describe()
+
+
+def trigger_for(wait: Wait, conn_id: str, vm_id: str, vm_name: str, poll: float, job_timeout: timedelta = timedelta(hours=12),
+                silence: timedelta = timedelta(minutes=30), turn: dict[str, Any] | None = None) -> BackupJobTrigger:
+    """The trigger that waits for `wait` (`turn`: where the task stands in its run, asked only for a turn)."""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return BackupJobTrigger(conn_id, vm_id, vm_name, wait.until, poll, iso(wait.job_start), iso(wait.not_after),
+                            iso(wait.merge_deadline), job_timeout.total_seconds(), silence.total_seconds(),
+                            turn if wait.until == Until.TURN else None)
+
+
+def raise_for_event(steps: BackupSteps, event: dict[str, Any]) -> None:
+    """A trigger's event that ends the step: a host silent too long (transient: Airflow retries the step), or
+    what the host said cannot go on (recorded, final)."""
+    if event.get("status") == "unreachable":
+        raise TransientHostError(steps.run.host, event["message"])
+    if event.get("status") == "error":
+        raise steps.fail(event.get("message", "the backup could not be followed"))
+
+
+class SnapshotOperator(HostStepOperator):
+    """Start the VM's job in its turn (the run's order: priority, then the oldest good backup) and follow it
+    through the shadow copy; a backfilled interval waits for another run's catch-up of the VM."""
+
+    def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
+        params = context["params"]
+        if params.get("plan_only"):
+            steps.record(status="skipped", error="plan only: no job was started")
+            raise AirflowSkipException("plan only")
+        last_start, window = self.last_start(context)
+        catch_up = windows.run_kind(context["dag_run"].run_type) == windows.BACKFILL and not params.get("force")
+        return steps.snapshot(self.probe, last_start, window, catch_up, seen_at(event, Until.SHADOW_COPY))
+
+
+class VerifyMergeOperator(HostStepOperator):
+    """Wait until the Recovery checkpoint is merged, up to `merge_timeout` of host time."""
+
+    def __init__(self, *, merge_timeout: timedelta = timedelta(minutes=60), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.merge_timeout = merge_timeout
+
+    def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
+        return steps.verify_merge(self.probe, self.merge_timeout, parse_time((event or {}).get("merge_deadline")))
+
+
+class WaitForBackupJobOperator(HostStepOperator):
+    """The copy step: the VM backup's state machine (BackupSteps.advance) between deferrals.
+
+    Each turn reads the host's record and decides: follow our job (defer until it ends), wait for
+    the host (defer until no job holds it), start a new job after a transient failure or a host
+    restart, or finish.
+    """
+
+    def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
+        return steps.advance(self.probe, *self.last_start(context))

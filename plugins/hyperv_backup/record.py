@@ -9,6 +9,8 @@ simulator builds) and decides from it, purely:
 - `decide`: what a VM backup does next (start a job, follow ours, take a new job after a transient
   failure or a host restart, stop), whoever asks and however often: a retry, a re-attached
   trigger and a fresh worker all decide the same from the same record;
+- `settled`: whether what a step waits for (its turn, the shadow copy, the merge, the job's end)
+  has happened, for the triggers that wait and the steps that decide whether to wait;
 - `timings`: the catalog's times and the evidence of the mode, from the host's timestamps, never
   from the moment a poll looked.
 
@@ -22,7 +24,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from .facts import HostEvent, HResult
+from .facts import WSB_SHADOW_COPY_OPERATION, HostEvent, HResult
+from .rules import describe_hresult, merged
+
+SHADOW_COPY_TEXTS = frozenset(WSB_SHADOW_COPY_OPERATION.values())  # Get-WBJob's CurrentOperation, in every locale
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -181,9 +186,37 @@ def decide(ours: list[JobRecord], boot_time: datetime, host_job: JobRecord | Non
     return Decision(Action.WAIT_HOST if busy else Action.NEW_JOB, last, why, restarted)
 
 
-def describe_job_failure(job: JobRecord) -> str:
-    from .rules import describe_hresult
+class Until(StrEnum):
+    """What a step waits for on the host, deferred to the triggerer (BackupJobTrigger)."""
 
+    TURN = "turn"  # the VM's turn in the run's order (Airflow's part), then a free host
+    HOST_FREE = "host"  # no job holds the host, so ours can be started (again)
+    SHADOW_COPY = "shadow_copy"  # our job is past its shadow copy
+    MERGED = "merged"  # the Recovery checkpoint is merged into the VM's disks
+    JOB_ENDED = "job"  # our job no longer runs
+
+
+def settled(until: Until, status: BackupStatus, job_start: datetime | None = None, not_after: datetime | None = None,
+            merge_deadline: datetime | None = None) -> bool:
+    """Whether the wait `until` is over, by the host's record: the step must look again and decide.
+
+    A wait on our job (`job_start`) is over as soon as the job no longer runs, vanished, or the host
+    restarted under it, whatever it waited for; a wait for the host is over at `not_after` (the
+    window's end, host clock), and a merge's at `merge_deadline` (host clock), so the step can say so.
+    """
+    if until in (Until.TURN, Until.HOST_FREE):
+        return not status.host_busy() or (not_after is not None and status.clock >= not_after)
+    job = next((j for j in status.jobs if j.start == job_start), None)
+    if job is None or not job.running or status.boot_time > job.start:
+        return True
+    if until == Until.SHADOW_COPY:
+        return job.operation not in SHADOW_COPY_TEXTS
+    if until == Until.MERGED:
+        return merged(status.vm) or (merge_deadline is not None and status.clock >= merge_deadline)
+    return False
+
+
+def describe_job_failure(job: JobRecord) -> str:
     text = describe_hresult(job.hresult) if job.hresult else f"the job ended {job.state} without an HResult"
     return text + (f" (the host said: {job.error})" if job.error and job.error not in text else "")
 

@@ -114,6 +114,14 @@ def on_avhdx(disks: list[dict[str, Any]]) -> list[str]:
     return [d["path"] for d in disks if str(d.get("path", "")).lower().endswith(".avhdx")]
 
 
+def merged(vm: dict[str, Any]) -> bool:
+    """Whether the VM runs on its own disks again after a backup: no Recovery checkpoint is left, and no
+    .avhdx is in use but for a user's own checkpoint."""
+    recovery = recovery_checkpoints(vm["checkpoints"])
+    users = [c for c in vm["checkpoints"] if c not in recovery]
+    return not recovery and (not on_avhdx(vm["disks"]) or bool(users))
+
+
 @dataclass
 class Outcome:
     """What the verify step concludes from the evidence."""

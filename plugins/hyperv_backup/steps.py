@@ -14,31 +14,52 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from . import catalog, hygiene, record, rules, windows
-from .errors import HostBusyError, PermanentHostError, TransientHostError
-from .facts import DEFAULT_JOB_ATTEMPTS, WSB_SHADOW_COPY_OPERATION, Mode
+from .errors import PermanentHostError, TransientHostError
+from .facts import DEFAULT_JOB_ATTEMPTS, Mode
 from .hooks import HyperVHook
 from .parsers import parse_wbadmin_versions
 
-SHADOW_COPY_TEXTS = frozenset(WSB_SHADOW_COPY_OPERATION.values())
-TURN_GRACE_SECONDS = 30.0  # how long a VM lets an earlier one that is still on its way go first
-ACTIVE, COMING = "running", frozenset({None, "none", "scheduled", "queued", "up_for_retry", "up_for_reschedule", "restarting"})
+TERMINAL = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
-def ahead_of(states: dict[str, str | None], task_id: str, map_index: int) -> tuple[int, int]:
-    """From the states of a run's mapped step (`{"<task_id>_<map index>": state}`, as Airflow's
-    get_task_states answers): how many VMs earlier in the run's order are in that step now (active),
-    and how many have it still to come (their probe, a worker slot)."""
-    active = coming = 0
-    for key, state in states.items():
-        name, _, index = key.rpartition("_")
-        if name == task_id and index.isdigit() and int(index) < map_index:
-            state = getattr(state, "value", state)
-            active += state == ACTIVE
-            coming += state in COMING
-    return active, coming
+class Turn(StrEnum):
+    """Where a VM stands in its run's order for the host (the snapshot step's states say it)."""
+
+    NOW = "now"  # every VM before it is past its snapshot step: it may take the host once the host is free
+    WAIT = "wait"  # VMs before it are in the step, all deferred: the triggerer waits on them, and so can it
+    YIELD = "yield"  # a VM before it needs a worker to go on (queued, retried, rescheduled): give way and look again
+
+
+def turn_of(states: dict[str, Any], task_id: str, map_index: int) -> Turn:
+    """This VM's turn, from the states of its run's mapped step (`{"<task_id>_<map index>": state}`, as
+    Airflow's get_task_states answers; the map index is the VM's place in the order select_vms returned).
+
+    The order holds without a real-time grace: a VM never takes the host before an earlier one, and
+    it waits deferred only on VMs that are themselves deferred, so neither a parallel executor nor
+    dag.test (one task at a time, triggers run inline) can leave it waiting on a task that cannot run.
+    """
+    earlier = [getattr(state, "value", state) for key, state in states.items()
+               if (parts := key.rpartition("_"))[0] == task_id and parts[2].isdigit() and int(parts[2]) < map_index]
+    pending = [state for state in earlier if state not in TERMINAL]
+    if not pending:
+        return Turn.NOW
+    return Turn.WAIT if all(state == "deferred" for state in pending) else Turn.YIELD
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a step waits for before it looks again. `until` is a fact on the host, waited for by the
+    triggerer (record.settled); None means another task of this run must act first (the step gives
+    its worker slot back and is rescheduled)."""
+
+    until: record.Until | None
+    job_start: datetime | None = None
+    not_after: datetime | None = None
+    merge_deadline: datetime | None = None
 
 
 @dataclass
@@ -66,15 +87,14 @@ class BackupSteps:
 
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
                  clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None,
-                 ahead: Callable[[], tuple[int, int]] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS):
+                 turn: Callable[[], Turn] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS):
         """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
-        a run that died (a killed worker) must not keep this run waiting for its backup. `ahead()` says
-        how many VMs earlier in this run's order are in their snapshot step now, and how many have it
-        still to come (`ahead_of`): the host goes to them first."""
+        a run that died (a killed worker) must not keep this run waiting for its backup. `turn()` says
+        where this VM stands in its run's order (`turn_of`): the host goes to earlier VMs first."""
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
         self.clean = clean_recovery_checkpoints
         self.run_alive = run_alive or (lambda dag_id, run_id: True)
-        self.ahead = ahead or (lambda: (0, 0))
+        self.turn = turn or (lambda: Turn.NOW)
         self.max_attempts = max_attempts
         self.log = logging.getLogger(__name__)
 
@@ -193,68 +213,50 @@ class BackupSteps:
         return [job for job in status.jobs if self.run.vm_name in job.vms and job.start >= since
                 and catalog.job_owner(self.engine, self.run.host, self.run.vm_name, job.start) in (None, (self.run.dag_id, self.run.run_id))]
 
-    def decide(self, status: record.BackupStatus, probe: dict[str, Any]) -> record.Decision:
-        return record.decide(self.ours(status, probe), status.boot_time, status.host_job, self.max_attempts,
-                             self.run.host, self.run.vm_name)
+    def decide(self, status: record.BackupStatus, ours: list[record.JobRecord]) -> record.Decision:
+        return record.decide(ours, status.boot_time, status.host_job, self.max_attempts, self.run.host, self.run.vm_name)
 
     def _record_job(self, job: record.JobRecord, attempts: int, restarted: bool) -> None:
         self.record(status="running", job_started_at=job.start, attempts=attempts, host_restarted=restarted or None)
 
     # -- snapshot / checkpoint ---------------------------------------------------------
 
-    def snapshot(self, probe: dict[str, Any], busy_timeout: float = 3600, last_start: datetime | None = None,
-                 window: str = "", catch_up: bool = False) -> dict[str, Any]:
-        """Start this VM's job (or find the one this backup started) and follow it through the shadow copy.
+    def snapshot(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "", catch_up: bool = False,
+                 seen_at: datetime | None = None) -> dict[str, Any] | Wait:
+        """Start this VM's job in its turn (or find the one this backup started) and see it through the shadow copy.
 
-        `last_start` is the window's end plus grace (UTC): no job starts after it, also not
-        after waiting for another job; the VM is then recorded `deferred` and goes first next time.
-        `catch_up` (a backfilled interval) starts no job while another run's catch-up of the VM
-        is under way, and none once one has succeeded. A job of ours that already ended (a retry
-        after it failed, or after the host restarted) is left to the copy step's decision.
+        Returns the step's result, or what to wait for before looking again. `last_start` is the
+        window's end plus grace (UTC): no job starts after it, also not after waiting; the VM is
+        then recorded `deferred` and goes first next time. `catch_up` (a backfilled interval) starts
+        no job while another run's catch-up of the VM is under way, and none once one has succeeded.
+        A job of ours that already ended (a retry after it failed, or after the host restarted) is
+        left to the copy step's decision. `seen_at`: when the trigger saw the job past its shadow copy.
         """
         vm_id = probe["vm_id"]
         status = self.status(vm_id)
-        if self.decide(status, probe).action in (record.Action.START, record.Action.WAIT_HOST):
-            self._start_job(vm_id, busy_timeout, last_start, window, catch_up)
-            status = self.status(vm_id)
         ours = self.ours(status, probe)
         if not ours:
-            raise TransientHostError(self.run.host, f"the job started for {self.run.vm_name} is not in the host's job list "
-                                     "(Get-WBJob)", "the step looks again on its next try")
-        self._record_job(ours[-1], len(ours), self.decide(status, probe).restarted)
-        seen_past = None
-        while True:
-            job = self.ours(status, probe)[-1]
-            if not job.running or status.boot_time > job.start:
-                break
-            if job.operation not in SHADOW_COPY_TEXTS:
-                seen_past = status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
-                break
-            time.sleep(self.poll)
+            if catch_up and self._catch_up_elsewhere() is not None:
+                return Wait(None)  # another run's task holds the catch-up: look again later
+            if last_start is not None and status.clock > last_start:
+                self._window_closed(window, status.clock)
+            turn = self.turn()
+            if turn == Turn.YIELD:
+                return Wait(None)
+            if turn == Turn.WAIT or status.host_busy() or not self._try_start(vm_id, last_start, window):
+                return Wait(record.Until.TURN, not_after=last_start)
             status = self.status(vm_id)
-        return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_past.isoformat() if seen_past else None}
-
-    def _my_turn(self, waiting_since: float) -> bool:
-        """Whether this VM may ask for the host now. The run's VMs wait for the host side by side, so
-        whoever polled first after a job ended would take it; instead the order of the run (priority,
-        then the oldest good backup) holds: not while an earlier VM is in its snapshot step (waiting for
-        the host, or its job starting), nor, for TURN_GRACE_SECONDS, while one is still on its way
-        (bounded, so a VM that waits for a worker slot never holds the others up for long)."""
-        active, coming = self.ahead()
-        return not active and (not coming or time.monotonic() - waiting_since > TURN_GRACE_SECONDS)
-
-    def _start_job(self, vm_id: str, busy_timeout: float, last_start: datetime | None, window: str, catch_up: bool) -> None:
-        """Start-VMBackup, in this VM's turn, until the host takes the job; its start time is in the
-        catalog before anything else."""
-        began = time.monotonic()
-        deadline = began + busy_timeout
-        while True:
-            elsewhere = self._catch_up_elsewhere() if catch_up else None
-            if elsewhere is None and self._my_turn(began) and self._try_start(vm_id, last_start, window):
-                return
-            if time.monotonic() > deadline:
-                raise HostBusyError(self.run.host, elsewhere or "another Windows Server Backup job kept the host busy", "rerun later")
-            time.sleep(self.poll)
+            ours = self.ours(status, probe)
+            if not ours:
+                raise TransientHostError(self.run.host, f"the job started for {self.run.vm_name} is not in the host's job list "
+                                         "(Get-WBJob)", "the step looks again on its next try")
+        job = ours[-1]
+        self._record_job(job, len(ours), self.decide(status, ours).restarted)
+        if not record.settled(record.Until.SHADOW_COPY, status, job.start):
+            return Wait(record.Until.SHADOW_COPY, job_start=job.start)
+        if job.running and not status.boot_time > job.start:
+            seen_at = seen_at or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
+        return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
     def _try_start(self, vm_id: str, last_start: datetime | None, window: str) -> bool:
         """One Start-VMBackup: True when the host took the job, False while another job holds it;
@@ -265,76 +267,77 @@ class BackupSteps:
             self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
             return True
         if started.get("window_closed"):  # the host's clock decided, right before it would have started
-            self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
-                        f"VM's turn (host clock {started['clock_utc'][:16]}Z); it goes first next time")
-            raise NotThisTime("window closed")
+            self._window_closed(window, _parse_time(started["clock_utc"]))
         return False
+
+    def _window_closed(self, window: str, clock: datetime) -> None:
+        self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+                    f"VM's turn (host clock {clock:%Y-%m-%dT%H:%M}Z); it goes first next time")
+        raise NotThisTime("window closed")
 
     # -- verify merge ------------------------------------------------------------------
 
-    def verify_merge(self, probe: dict[str, Any], limit: timedelta) -> dict[str, Any]:
-        """Wait until no Recovery checkpoint of ours is left and the VM runs on its own disks again.
+    def verify_merge(self, probe: dict[str, Any], limit: timedelta, deadline: datetime | None = None) -> dict[str, Any] | Wait:
+        """Whether the Recovery checkpoint of ours is merged and the VM runs on its own disks again, or what to wait for.
 
         The limit is host time (`[hyperv_backup] merge_timeout_minutes`), counted on the host's clock
-        from the first look. A job of ours that ended meanwhile (failed, or cut by a host restart)
-        ends this wait at once: the copy step decides what comes next from the host's record.
+        from the first look (`deadline`, once set, comes back with the trigger's event). A job of ours
+        that ended meanwhile (failed, or cut by a host restart) ends this wait at once: the copy step
+        decides what comes next from the host's record.
         """
-        first_look = None
-        while True:
-            status = self.status(probe["vm_id"])
-            ours = self.ours(status, probe)
-            if not ours or not ours[-1].running or status.boot_time > ours[-1].start:
-                return {"merged": False, "job_state": ours[-1].state if ours else None}
-            checkpoints = status.vm["checkpoints"]
-            recovery = rules.recovery_checkpoints(checkpoints)
-            others = [c for c in checkpoints if c not in recovery]
-            avhdx = rules.on_avhdx(status.vm["disks"])
-            if not recovery and (not avhdx or others):
-                return {"merged": True}
-            first_look = first_look or status.clock
-            if status.clock - first_look > limit:
-                names = ", ".join(repr(c["name"]) for c in recovery) or "(none listed)"
-                raise self.fail(
-                    f"the Recovery checkpoint {names} was not merged within {limit.total_seconds() / 60:.0f} minutes of host time "
-                    f"and the VM still runs on {', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName "
-                    f"'{self.run.vm_name}' -Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
-            time.sleep(self.poll)
+        status = self.status(probe["vm_id"])
+        ours = self.ours(status, probe)
+        if not ours or not ours[-1].running or status.boot_time > ours[-1].start:
+            return {"merged": False, "job_state": ours[-1].state if ours else None}
+        if rules.merged(status.vm):
+            return {"merged": True}
+        deadline = deadline or status.clock + limit
+        if status.clock < deadline:
+            return Wait(record.Until.MERGED, job_start=ours[-1].start, merge_deadline=deadline)
+        names = ", ".join(repr(c["name"]) for c in rules.recovery_checkpoints(status.vm["checkpoints"])) or "(none listed)"
+        avhdx = rules.on_avhdx(status.vm["disks"])
+        raise self.fail(
+            f"the Recovery checkpoint {names} was not merged within {limit.total_seconds() / 60:.0f} minutes of host time "
+            f"and the VM still runs on {', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName "
+            f"'{self.run.vm_name}' -Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
 
     # -- copy: the state machine (its waits are the trigger's) ----------------------------
 
-    def advance(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "") -> dict[str, Any]:
-        """Read the host's record, decide (record.decide), act, record. Returns what to wait for:
-        `{"wait": "job"}` (ours runs), `{"wait": "host"}` (another job holds the host before ours can
-        start again), or `{"job": ...}` once ours succeeded. A job that failed for a reason a new job
-        cures (0x800423F3, a host restart) gets a new one, up to `max_attempts` jobs in all; the
-        Recovery checkpoint our cut job left behind is removed first (Remove-RecoveryCheckpoint
-        refuses any other kind)."""
+    def advance(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "") -> dict[str, Any] | Wait:
+        """Read the host's record, decide (record.decide), act, record. Returns what to wait for
+        (ours runs; another job holds the host before ours can start again), or ours once it
+        succeeded. A job that failed for a reason a new job cures (0x800423F3, a host restart) gets
+        a new one, up to `max_attempts` jobs in all; the Recovery checkpoint our cut job left behind
+        is removed first (Remove-RecoveryCheckpoint refuses any other kind)."""
         status = self.status(probe["vm_id"])
-        decision = self.decide(status, probe)
         ours = self.ours(status, probe)
+        decision = self.decide(status, ours)
         if decision.action == record.Action.FOLLOW:
             self._record_job(decision.job, len(ours), decision.restarted)
-            return {"wait": "job"}
+            return Wait(record.Until.JOB_ENDED, job_start=decision.job.start)
         if decision.action == record.Action.SUCCEEDED:
             job = decision.job
             self.record(job_started_at=job.start, job_finished_at=job.end, bytes_copied=job.bytes_transferred,
                         attempts=len(ours), host_restarted=decision.restarted)
-            return {"job": job.to_json()}
+            return job.to_json()
         if decision.action == record.Action.FAILED:
             raise self.fail(decision.reason, attempts=len(ours) or None, host_restarted=decision.restarted or None,
                             job_finished_at=decision.job.end if decision.job else None)
-        if decision.action == record.Action.WAIT_HOST:
-            return {"wait": "host"}
-        if ours:
-            self._remove_our_recovery_checkpoints(status, ours[0].start)
-        try:
-            started = self._try_start(probe["vm_id"], last_start, window)
-        except NotThisTime:
+        if last_start is not None and status.clock > last_start:
             raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
-                            "(the VM goes first next time)") from None
-        if started:
-            self.log.info("%s: new Windows Server Backup job (attempt %d): %s", self.run.vm_name, len(ours) + 1, decision.reason)
-        return {"wait": "job" if started else "host"}
+                            "(the VM goes first next time)")
+        if decision.action != record.Action.WAIT_HOST:
+            if ours:
+                self._remove_our_recovery_checkpoints(status, ours[0].start)
+            try:
+                started = self._try_start(probe["vm_id"], last_start, window)
+            except NotThisTime:
+                raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
+                                "(the VM goes first next time)") from None
+            if started:
+                self.log.info("%s: new Windows Server Backup job (attempt %d): %s", self.run.vm_name, len(ours) + 1, decision.reason)
+                return self.advance(probe, last_start, window)  # follow the new job (its start is the host's)
+        return Wait(record.Until.HOST_FREE, not_after=last_start)
 
     def _remove_our_recovery_checkpoints(self, status: record.BackupStatus, since: datetime) -> None:
         """A Recovery checkpoint made during our jobs is our debris (a restart cut the job before WSB removed it)."""

@@ -1,90 +1,151 @@
-"""BackupJobTrigger: wait for a VM's Windows Server Backup job in the triggerer, not in a worker.
+"""BackupJobTrigger: a VM backup's waits, in the triggerer, not in a worker.
 
-It only ever reads (Get-VMBackupStatus): a lost connection, a restarted triggerer or a
-re-deferred task re-attaches to the same job and can never start a second one; starting a new
-job is the step's decision, taken in the worker from the host's record. A job that
-never ends (WSB hung on a target) is given up at `deadline_utc`, with an event that says so:
-Airflow bounds a deferral only by the timeout given to defer(), not by execution_timeout.
+A step that must wait (for its turn and a free host, for its job's shadow copy, for the merge
+of the Recovery checkpoint, for the job's end) defers to this trigger, which polls until the
+host's record says the wait is over (`record.settled`) and then only says "look again": the
+step reads the record itself and decides. It only ever reads (Get-VMBackupStatus, and Airflow's
+task states for the turn), on one remote shell kept for the whole wait: a lost connection, a
+restarted triggerer or a re-deferred task re-attaches and can never start a second job. The shell
+is deleted before the event is yielded (the triggerer may cancel a trigger right after its event,
+so nothing after a `yield` is sure to run), and by `cleanup()`, which the triggerer awaits also
+after a cancellation.
+
+Every limit is on the host's clock: the window's end (`not_after`), the merge limit
+(`merge_deadline`), the time a job may run (`job_timeout_seconds`, from the job's own start). A
+host that does not answer at all is given up after `silence_seconds` (real time: a silent host
+has no clock to ask), with what to check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from .record import parse_time
+from .record import BackupStatus, JobRecord, Until, parse_time, settled
 
 
 class BackupJobTrigger(BaseTrigger):
-    """Waits, in the triggerer, until the host's record changes in a way the copy step must decide on.
+    """Waits, in the triggerer, until what a VM backup's step waits for has happened on the host.
 
-    `wait_for="job"`: until this VM's job of this backup (started at or after `since_utc`, host
-    clock) no longer runs: it ended, failed, or the host restarted under it. `wait_for="host"`:
-    until no Windows Server Backup job holds the host, so ours can be started again. Either way the
-    event only says "look again": the step reads the record itself and decides (record.decide).
+    `until` (record.Until) is the condition; `job_start` names our job for the waits on it;
+    `turn` (`{"dag_id", "run_id", "task_id", "map_index"}`) asks Airflow whether every VM earlier in
+    the run's order is past its snapshot step before the host is asked at all.
     """
 
-    def __init__(self, winrm_conn_id: str, vm_id: str, vm_name: str, since_utc: str, poll_interval: float = 5.0,
-                 deadline_utc: str | None = None, wait_for: str = "job"):
+    def __init__(self, winrm_conn_id: str, vm_id: str, vm_name: str, until: str = Until.JOB_ENDED, poll_interval: float = 5.0,
+                 job_start: str | None = None, not_after: str | None = None, merge_deadline: str | None = None,
+                 job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None):
         super().__init__()
-        self.winrm_conn_id, self.vm_id, self.vm_name = winrm_conn_id, vm_id, vm_name
-        self.since_utc, self.poll_interval, self.deadline_utc, self.wait_for = since_utc, poll_interval, deadline_utc, wait_for
+        self.winrm_conn_id, self.vm_id, self.vm_name, self.until = winrm_conn_id, vm_id, vm_name, Until(until)
+        self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
+        self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
-                {"winrm_conn_id": self.winrm_conn_id, "vm_id": self.vm_id, "vm_name": self.vm_name, "since_utc": self.since_utc,
-                 "poll_interval": self.poll_interval, "deadline_utc": self.deadline_utc, "wait_for": self.wait_for})
+                {"winrm_conn_id": self.winrm_conn_id, "vm_id": self.vm_id, "vm_name": self.vm_name, "until": str(self.until),
+                 "poll_interval": self.poll_interval, "job_start": self.job_start, "not_after": self.not_after,
+                 "merge_deadline": self.merge_deadline, "job_timeout_seconds": self.job_timeout_seconds,
+                 "silence_seconds": self.silence_seconds, "turn": self.turn})
 
-    def _past_deadline(self) -> bool:
-        return self.deadline_utc is not None and datetime.now(UTC) >= datetime.fromisoformat(self.deadline_utc)
+    def _settled(self, status: BackupStatus) -> bool:
+        return settled(self.until, status, parse_time(self.job_start), parse_time(self.not_after), parse_time(self.merge_deadline))
 
-    def _settled(self, status) -> bool:
-        """Whether the step must look again."""
-        if self.wait_for == "host":
-            return not status.host_busy()
-        since = parse_time(self.since_utc)
-        running = [j for j in status.jobs if j.running and self.vm_name in j.vms and j.start >= since]
-        return not running or status.boot_time > running[-1].start
+    def _overdue(self, status: BackupStatus) -> JobRecord | None:
+        """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
+        job = status.host_job if self.until in (Until.TURN, Until.HOST_FREE) else next(
+            (j for j in status.jobs if j.start == parse_time(self.job_start)), None)
+        limit = timedelta(seconds=self.job_timeout_seconds)
+        return job if job is not None and job.running and status.clock - job.start > limit else None
+
+    def _overdue_message(self, job: JobRecord, status: BackupStatus) -> str:
+        whose = f"of {self.vm_name}" if self.vm_name in job.vms else f"of {', '.join(job.vms) or 'another backup'} holding the host"
+        return (f"the backup job {whose} has run since {job.start:%Y-%m-%d %H:%M} UTC (host clock {status.clock:%H:%M}), longer "
+                f"than the {_duration(self.job_timeout_seconds)} allowed ([hyperv_backup] job_timeout_hours), at "
+                f"{job.operation or 'an unknown step'}; it is left running: see `wbadmin get status` on the host, and stop "
+                "it with `wbadmin stop job` if it hangs")
+
+    def _my_turn(self) -> bool:
+        """Whether every VM earlier in the run's order is past its snapshot step (Airflow's task states)."""
+        if not self.turn:
+            return True
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        from .steps import Turn, turn_of
+
+        states = RuntimeTaskInstance.get_task_states(dag_id=self.turn["dag_id"], task_ids=[self.turn["task_id"]],
+                                                     run_ids=[self.turn["run_id"]])
+        return turn_of(states.get(self.turn["run_id"], {}), self.turn["task_id"], self.turn["map_index"]) == Turn.NOW
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from asgiref.sync import sync_to_async
 
         from .errors import PermanentHostError, TransientHostError
         from .hooks import HyperVHook
-        from .record import BackupStatus
 
-        hook = HyperVHook(self.winrm_conn_id, keep_shell=True)  # one shell for the whole wait, deleted at its end
-        last_percent = None
+        hook = self._hook = HyperVHook(self.winrm_conn_id, keep_shell=True)  # one shell for the whole wait
+
+        async def answer(payload: dict[str, Any]) -> TriggerEvent:
+            await self.cleanup()
+            return TriggerEvent(payload)
+
+        silent_since, failures, last_percent = None, 0, None
         try:
             while True:
+                if self.until == Until.TURN and not await sync_to_async(self._my_turn)():
+                    await asyncio.sleep(self.poll_interval)
+                    continue
                 try:
                     status = BackupStatus.from_json(await sync_to_async(hook.run_script)("Get-VMBackupStatus", VMId=self.vm_id))
                 except TransientHostError as error:
+                    silent_since, failures = silent_since or time.monotonic(), failures + 1
+                    if time.monotonic() - silent_since >= self.silence_seconds:
+                        minutes = (time.monotonic() - silent_since) / 60
+                        yield await answer({"status": "unreachable", "message": (
+                            f"did not answer {failures} times over {minutes:.0f} minutes (the last time: {error.message})"
+                            + (f"; {error.advice}" if error.advice else ""))})
+                        return
                     self.log.warning("%s; polling again", error)
                     await asyncio.sleep(self.poll_interval)
                     continue
                 except PermanentHostError as error:
-                    yield TriggerEvent({"status": "error", "message": str(error)})
+                    yield await answer({"status": "error", "message": str(error)})
                     return
+                silent_since, failures = None, 0
                 if self._settled(status):
-                    yield TriggerEvent({"status": "changed", "clock_utc": status.clock.isoformat()})
+                    yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
+                                        "merge_deadline": self.merge_deadline})
                     return
-                job = status.job if self.wait_for == "job" else status.host_job
-                if self._past_deadline():
-                    yield TriggerEvent({"status": "error", "message": (
-                        f"the backup job {'of ' + self.vm_name if self.wait_for == 'job' else 'holding the host'} still runs at "
-                        f"{self.deadline_utc[:16]}Z, past the time allowed ([hyperv_backup] job_timeout_hours), at "
-                        f"{(job.operation if job else '') or 'an unknown step'}; it is left running: see `wbadmin get status` "
-                        "on the host, and stop it with `wbadmin stop job` if it hangs")})
+                overdue = self._overdue(status)
+                if overdue is not None:
+                    yield await answer({"status": "error", "message": self._overdue_message(overdue, status)})
                     return
-                percent = int(100 * job.bytes_transferred / job.bytes_total) if job and job.bytes_total else 0
-                if percent != last_percent:
-                    self.log.info("%s: %d%% copied (%s)", self.vm_name, percent, job.operation if job else "")
+                job = status.job if self.until == Until.JOB_ENDED else None
+                percent = int(100 * job.bytes_transferred / job.bytes_total) if job and job.bytes_total else None
+                if percent is not None and percent != last_percent:
+                    self.log.info("%s: %d%% copied (%s)", self.vm_name, percent, job.operation)
                     last_percent = percent
                 await asyncio.sleep(self.poll_interval)
         finally:
+            await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Delete the wait's remote shell, once (also after the triggerer cancelled the wait)."""
+        from asgiref.sync import sync_to_async
+
+        hook, self._hook = getattr(self, "_hook", None), None
+        if hook is not None:
             await sync_to_async(hook.close)()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
+
+
+def seen_at(event: dict[str, Any] | None, until: Until) -> datetime | None:
+    """The host's clock at the poll that saw `until` happen, if this event is that trigger's."""
+    return parse_time(event.get("clock_utc")) if event and event.get("until") == until else None
