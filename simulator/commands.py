@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -250,6 +250,32 @@ def _job_json(host: Host, job: Job) -> dict[str, Any]:
     return {k: full[k] for k in JOB_KEYS} | {"operation": _operation_text(host, job)}
 
 
+def change_key(host: Host, vm: VM) -> str:
+    """What Get-VMBackupStatus -WaitSeconds watches for a change: the job holding the host (start, state,
+    phase), the VM's checkpoints and disks, the host's boot. The caller only echoes it back."""
+    running = next((j for j in host.jobs if j.state == "Running"), None)
+    job = f"{iso(running.started)} {running.state} {running.operation}" if running else "-"
+    checkpoints = ",".join(cp.id for cp in vm.checkpoints)
+    disks = ",".join(d["path"] for d in vm.disks())
+    return f"{job}|{checkpoints}|{disks}|{iso(host.booted)}"
+
+
+def status_wait(host: Host, request: Request) -> tuple[datetime, str] | None:
+    """Get-VMBackupStatus -WaitSeconds N -Seen KEY waits on the host until its change key differs from KEY or N
+    seconds (host time) pass, then answers: (until, seen), or None when this command does not wait."""
+    params = request.params or {}
+    seconds = float(params.get("WaitSeconds") or 0)
+    if request.script != "Get-VMBackupStatus" or seconds <= 0 or request.vm is None:
+        return None
+    return host.now() + timedelta(seconds=seconds), str(params.get("Seen") or "")
+
+
+def waited(host: Host, request: Request, until: datetime, seen: str) -> bool:
+    """Whether the waiting status command answers now (its loop on the host ends)."""
+    vm = request.vm
+    return vm not in host.vms or host.now() >= until or change_key(host, vm) != seen
+
+
 def _status(host: Host, request: Request) -> dict[str, Any]:
     vm = _vm_by_id(host, request)
     since = (request.params or {}).get("SinceUtc")
@@ -270,6 +296,7 @@ def _status(host: Host, request: Request) -> dict[str, Any]:
                "disks": [{"path": d["path"]} for d in vm.disks()]},
         "events": [_event_json(e) for e in host.events
                    if e.log in (WORKER_LOG, VMMS_LOG) and (after is None or e.time >= after) and (vm.id in e.message or f"'{vm.name}'" in e.message)],
+        "change_key": change_key(host, vm),
     }
 
 

@@ -157,18 +157,41 @@ class WinRMHandler(BaseHTTPRequestHandler):
             limit = invocation.MAX_COMMAND_LINE if message.options.get("WINRS_SKIP_CMD_SHELL", "").upper() == "TRUE" \
                 else invocation.CMD_EXE_COMMAND_LINE
             if len(line) > limit:
-                outcome = commands.Outcome("", "The command line is too long.\r\n", 1)
+                self._finish(command, commands.Outcome("", "The command line is too long.\r\n", 1), line, step)
+            elif (wait := commands.status_wait(host, request)) is not None:
+                command.pending = (request, *wait, host.booted)  # the script loops on the host: answered at Receive
             else:
-                outcome = commands.execute(host, request)
-            host.journal("command", script=outcome.script or _command_word(line), params=outcome.params,
-                         exit_code=outcome.exit_code, step=step)
-        command.stdout = outcome.stdout.encode("utf-8")
-        command.stderr = outcome.stderr.encode("utf-8")
-        command.exit_code = outcome.exit_code
+                self._finish(command, commands.execute(host, request), line, step)
         command.ready_at = time.monotonic() + (message.operation_timeout + 1 if fault == "slow" else 0)
         command.drop_on_receive = fault == "connection_drop"
         shell.commands[command.id] = command
         return 200, wsman.command_response(command.id, message.message_id)
+
+    def _finish(self, command: wsman.Command, outcome: commands.Outcome, line: str, step: str | None) -> None:
+        self.host.journal("command", script=outcome.script or _command_word(line), params=outcome.params,
+                          exit_code=outcome.exit_code, step=step)
+        command.stdout = outcome.stdout.encode("utf-8")
+        command.stderr = outcome.stderr.encode("utf-8")
+        command.exit_code = outcome.exit_code
+
+    def _run_pending(self, command: wsman.Command, timeout: float) -> bool:
+        """A command that waits on the host (Get-VMBackupStatus -WaitSeconds): True once it has answered, False
+        when `timeout` real seconds passed first (Receive then answers TimedOut and the client asks again). A
+        restart kills it with the connection, as it kills the shell."""
+        request, until, seen, booted = command.pending
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.host.fleet.lock:
+                self.host.tick()
+                if self.host.booted != booted:
+                    raise _DropConnection()
+                if commands.waited(self.host, request, until, seen):
+                    self._finish(command, commands.execute(self.host, request), request.command, request.step)
+                    command.pending = None
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def _receive(self, shell: wsman.Shell, message: wsman.Message) -> tuple[int, bytes]:
         command = shell.commands.get(wsman.receive_command_id(message.body) or "")
@@ -182,6 +205,8 @@ class WinRMHandler(BaseHTTPRequestHandler):
             time.sleep(min(wait, message.operation_timeout))
             if time.monotonic() < command.ready_at:
                 raise wsman.timed_out()
+        if command.pending is not None and not self._run_pending(command, message.operation_timeout):
+            raise wsman.timed_out()
         return 200, wsman.receive_response(command.id, command.stdout, command.stderr, command.exit_code, message.message_id)
 
     def handle_one_request(self) -> None:

@@ -12,6 +12,7 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape
 
 NS = {
@@ -165,6 +166,7 @@ class Command:
     exit_code: int = 0
     ready_at: float = 0.0  # monotonic time from which the output can be received
     drop_on_receive: bool = False
+    pending: Any = None  # a command still running on the host: (request, until, seen, boot time), see server._run_pending
 
 
 @dataclass

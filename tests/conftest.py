@@ -114,7 +114,7 @@ def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05)
             event = None
             time.sleep(poll)
             continue
-        event = first_trigger_event(trigger_for(result, conn_id, vm_id, steps.run.vm_name, poll))
+        event = first_trigger_event(trigger_for(result, steps, conn_id, vm_id, poll))
         raise_for_event(steps, event)
 
 

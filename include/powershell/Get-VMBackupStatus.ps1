@@ -13,14 +13,36 @@
     The VM's id (Get-VM's Id), which survives a rename.
 .PARAMETER SinceUtc
     Events from this time on (ISO 8601, UTC); empty: no events.
+.PARAMETER WaitSeconds
+    Wait on the host, up to this many seconds, until what the caller saw (Seen) changes, then answer:
+    the caller learns of a job's end within a second of it, with one request a minute instead of a
+    poll every few seconds. 0: answer at once.
+.PARAMETER Seen
+    The change_key of the caller's previous answer.
 .OUTPUTS
-    One JSON document: clock_utc, boot_time_utc, host_job, job, jobs, vm, events (hyperv_backup.record.BackupStatus).
+    One JSON document: clock_utc, boot_time_utc, host_job, job, jobs, vm, events, change_key
+    (hyperv_backup.record.BackupStatus).
 #>
 param(
     [Parameter(Mandatory)] [string] $VMId,
-    [string] $SinceUtc = ''
+    [string] $SinceUtc = '',
+    [int] $WaitSeconds = 0,
+    [string] $Seen = ''
 )
 $vm = Get-VM -Id $VMId
+$boot = (Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')
+$changeKey = {
+    # the job holding the host (start, state, phase), the VM's checkpoints and disks, the boot: what a waiting step waits on
+    $job = Get-WBJob
+    $held = $(if ($job -and "$($job.JobState)" -eq 'Running') { "$($job.StartTime.ToUniversalTime().ToString('o')) $($job.JobState) $($job.CurrentOperation)" } else { '-' })
+    $checkpoints = @(Get-VMSnapshot -VM $vm | ForEach-Object { "$($_.Id)" }) -join ','
+    $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { $_.Path }) -join ','
+    "$held|$checkpoints|$disks|$boot"
+}
+$until = (Get-Date).AddSeconds($WaitSeconds)
+while ($WaitSeconds -gt 0 -and (& $changeKey) -eq $Seen -and (Get-Date) -lt $until) {
+    Start-Sleep -Seconds 1
+}
 $mine = { @($_.JobItems | Where-Object { $_.Name -ceq $vm.Name }).Count -gt 0 }
 $brief = {
     param($job)
@@ -50,7 +72,7 @@ if ($SinceUtc) {
 }
 @{
     clock_utc = (Get-Date).ToUniversalTime().ToString('o')
-    boot_time_utc = (Get-CimInstance -ClassName Win32_OperatingSystem).LastBootUpTime.ToUniversalTime().ToString('o')
+    boot_time_utc = $boot
     host_job = $(if ($running) { & $brief $running })
     job = $(if ($jobs) { @($jobs)[-1] })
     jobs = @($jobs)
@@ -60,4 +82,5 @@ if ($SinceUtc) {
         disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { @{ path = $_.Path } })
     }
     events = @($events)
+    change_key = & $changeKey
 }

@@ -65,6 +65,14 @@ def host_silence() -> timedelta:
     return timedelta(minutes=conf.getfloat("hyperv_backup", "host_silence_minutes", fallback=30.0))
 
 
+def host_wait() -> timedelta:
+    """How long the host waits for a change before it answers a waiting step anyway (`[hyperv_backup]
+    host_wait_seconds`, host time): the longer, the fewer requests; 0 makes the waits poll every `poll_seconds`."""
+    from airflow.configuration import conf
+
+    return timedelta(seconds=conf.getfloat("hyperv_backup", "host_wait_seconds", fallback=60.0))
+
+
 def step_timeout() -> timedelta:
     """How long one turn of a step may work in a worker (`[hyperv_backup] step_timeout_minutes`): its waits on
     the host are deferred and do not count, so this bounds only a hung command."""
@@ -151,7 +159,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def backup_vm(vm_name: str):
             probed = probe(vm_name)
             waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "vm_name": vm_name, "probe": probed,
-                     "poll_interval": poll_seconds(), "job_timeout": job_timeout(), "silence": host_silence(),
+                     "poll_interval": poll_seconds(), "job_timeout": job_timeout(), "silence": host_silence(), "host_wait": host_wait(),
                      "window": entry.window, "max_attempts": job_attempts(), "map_index_template": "{{ vm_name }}"}
             snap = SnapshotOperator(task_id="snapshot", **waits)
             merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=merge_timeout(), **waits)

@@ -94,12 +94,13 @@ class HostStepOperator(BaseOperator):
     template_fields: Sequence[str] = ("vm_name", "probe")
 
     def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, poll_interval: float = 5.0,
-                 job_timeout: timedelta = timedelta(hours=12), silence: timedelta = timedelta(minutes=30), window=None,
-                 max_attempts: int = DEFAULT_JOB_ATTEMPTS, **kwargs: Any) -> None:
+                 job_timeout: timedelta = timedelta(hours=12), silence: timedelta = timedelta(minutes=30),
+                 host_wait: timedelta = timedelta(minutes=1), window=None, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
         self.vm_name, self.probe, self.poll_interval = vm_name, probe, poll_interval
-        self.job_timeout, self.silence, self.window, self.max_attempts = job_timeout, silence, window, max_attempts
+        self.job_timeout, self.silence, self.host_wait, self.window, self.max_attempts = job_timeout, silence, host_wait, window, max_attempts
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         raise NotImplementedError
@@ -128,8 +129,8 @@ class HostStepOperator(BaseOperator):
             raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poll_interval))
         ti = context["ti"]
         turn = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
-        self.defer(trigger=trigger_for(result, self.winrm_conn_id, self.probe["vm_id"], self.vm_name, self.poll_interval,
-                                       self.job_timeout, self.silence, turn), method_name="resume")
+        self.defer(trigger=trigger_for(result, steps, self.winrm_conn_id, self.probe["vm_id"], self.poll_interval,
+                                       self.job_timeout, self.silence, self.host_wait, turn), method_name="resume")
 
     def last_start(self, context) -> tuple[datetime | None, str]:
         """The last moment a new job may start (the window's end plus grace, scheduled runs only), and the window's words."""
@@ -140,15 +141,20 @@ class HostStepOperator(BaseOperator):
         return windows.job_deadline(self.window, kind, due, bool(context["params"].get("force"))), self.window.describe()
 
 
-def trigger_for(wait: Wait, conn_id: str, vm_id: str, vm_name: str, poll: float, job_timeout: timedelta = timedelta(hours=12),
-                silence: timedelta = timedelta(minutes=30), turn: dict[str, Any] | None = None) -> BackupJobTrigger:
-    """The trigger that waits for `wait` (`turn`: where the task stands in its run, asked only for a turn)."""
+def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: float, job_timeout: timedelta = timedelta(hours=12),
+                silence: timedelta = timedelta(minutes=30), host_wait: timedelta = timedelta(minutes=1),
+                turn: dict[str, Any] | None = None) -> BackupJobTrigger:
+    """The trigger that waits for `wait`. A turn's trigger also gets where the task stands in its run (`turn`),
+    and what it needs to start the VM's job itself (the target, the catalog row)."""
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
-    return BackupJobTrigger(conn_id, vm_id, vm_name, wait.until, poll, iso(wait.job_start), iso(wait.not_after),
+    is_turn = wait.until == Until.TURN
+    return BackupJobTrigger(conn_id, vm_id, steps.run.vm_name, wait.until, poll, iso(wait.job_start), iso(wait.not_after),
                             iso(wait.merge_deadline), job_timeout.total_seconds(), silence.total_seconds(),
-                            turn if wait.until == Until.TURN else None)
+                            turn=turn if is_turn else None, since=iso(wait.since), known=[iso(t) for t in wait.known],
+                            start={"target": steps.target, **steps.run.key()} if is_turn else None,
+                            host_wait_seconds=host_wait.total_seconds())
 
 
 def raise_for_event(steps: BackupSteps, event: dict[str, Any]) -> None:

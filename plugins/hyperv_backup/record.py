@@ -99,6 +99,7 @@ class BackupStatus:
     jobs: tuple[JobRecord, ...]  # this VM's jobs in the host's history (and the running one), oldest first
     vm: dict[str, Any]  # id, name, state, uptime_seconds, checkpoints, disks
     events: tuple[EventRecord, ...]  # this VM's state and checkpoint events (HostEvent) since the asked time
+    change_key: str = ""  # what -WaitSeconds watches; echoed back as -Seen, never interpreted here
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> BackupStatus:
@@ -112,6 +113,7 @@ class BackupStatus:
             vm=_need(document, "vm", what),
             events=tuple(sorted((EventRecord(e["log"], int(e["id"]), parse_time(e["time_utc"]), e.get("message") or "")
                                  for e in document.get("events") or []), key=lambda e: e.time)),
+            change_key=str(document.get("change_key") or ""),
         )
 
     @property
@@ -196,6 +198,11 @@ class Until(StrEnum):
     JOB_ENDED = "job"  # our job no longer runs
 
 
+def new_job(status: BackupStatus, since: datetime, known: tuple[datetime, ...] = ()) -> JobRecord | None:
+    """A job of this VM started at or after `since` (host clock) that is not one of the `known` starts."""
+    return next((j for j in reversed(status.jobs) if j.start >= since and j.start not in known), None)
+
+
 def settled(until: Until, status: BackupStatus, job_start: datetime | None = None, not_after: datetime | None = None,
             merge_deadline: datetime | None = None) -> bool:
     """Whether the wait `until` is over, by the host's record: the step must look again and decide.
@@ -203,6 +210,8 @@ def settled(until: Until, status: BackupStatus, job_start: datetime | None = Non
     A wait on our job (`job_start`) is over as soon as the job no longer runs, vanished, or the host
     restarted under it, whatever it waited for; a wait for the host is over at `not_after` (the
     window's end, host clock), and a merge's at `merge_deadline` (host clock), so the step can say so.
+    A turn's wait is also over once a new job of the VM exists (the trigger started it: see
+    triggers.BackupJobTrigger), which the trigger checks with `new_job`.
     """
     if until in (Until.TURN, Until.HOST_FREE):
         return not status.host_busy() or (not_after is not None and status.clock >= not_after)

@@ -60,6 +60,8 @@ class Wait:
     job_start: datetime | None = None
     not_after: datetime | None = None
     merge_deadline: datetime | None = None
+    since: datetime | None = None  # a turn: the probe's host clock; a job of the VM from then on ends the wait...
+    known: tuple[datetime, ...] = ()  # ...unless it is one of these (other runs' jobs of the VM)
 
 
 @dataclass
@@ -244,7 +246,9 @@ class BackupSteps:
             if turn == Turn.YIELD:
                 return Wait(None)
             if turn == Turn.WAIT or status.host_busy() or not self._try_start(vm_id, last_start, window):
-                return Wait(record.Until.TURN, not_after=last_start)
+                since = _parse_time(probe["clock_utc"])
+                return Wait(record.Until.TURN, not_after=last_start, since=since,
+                            known=tuple(j.start for j in status.jobs if j.start >= since))
             status = self.status(vm_id)
             ours = self.ours(status, probe)
             if not ours:

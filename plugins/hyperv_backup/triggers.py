@@ -21,39 +21,72 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from .record import BackupStatus, JobRecord, Until, parse_time, settled
+from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled
+
+_WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
+
+
+def _off_loop(function):
+    """Run a blocking call in a thread of its own pool: asgiref's default (one shared thread) would queue every
+    trigger's host-side wait behind the others'."""
+    from asgiref.sync import sync_to_async
+
+    return sync_to_async(function, thread_sensitive=False, executor=_WAITS)
 
 
 class BackupJobTrigger(BaseTrigger):
     """Waits, in the triggerer, until what a VM backup's step waits for has happened on the host.
 
-    `until` (record.Until) is the condition; `job_start` names our job for the waits on it;
-    `turn` (`{"dag_id", "run_id", "task_id", "map_index"}`) asks Airflow whether every VM earlier in
-    the run's order is past its snapshot step before the host is asked at all.
+    `until` (record.Until) is the condition; `job_start` names our job for the waits on it. A turn's
+    wait (`until="turn"`) first asks Airflow whether every VM earlier in the run's order is past its
+    snapshot step (`turn`: `{"dag_id", "run_id", "task_id", "map_index"}`), and only then the host;
+    it ends when a job of the VM started at or after `since` (and not one of the `known` starts of
+    other runs' jobs) exists, or the window closed (`not_after`). With `start` (`{"target", "dag_id",
+    "run_id", "host", "vm_name"}`) the trigger starts the job itself the moment its turn comes and the
+    host is free, and writes its start to the catalog: a worker would start it seconds to minutes
+    later (the scheduler's round trip), and the host would idle meanwhile. Starting twice is not
+    possible: the host refuses a job while one runs, and the wait ends once ours exists.
+
+    Between answers the host waits (`Get-VMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
+    of host time, until what the last answer showed changes): a job's end is seen within a second
+    of it, with one request a minute while nothing changes.
     """
 
     def __init__(self, winrm_conn_id: str, vm_id: str, vm_name: str, until: str = Until.JOB_ENDED, poll_interval: float = 5.0,
                  job_start: str | None = None, not_after: str | None = None, merge_deadline: str | None = None,
-                 job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None):
+                 job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None,
+                 since: str | None = None, known: list[str] | None = None, start: dict[str, Any] | None = None,
+                 host_wait_seconds: float = 60):
         super().__init__()
         self.winrm_conn_id, self.vm_id, self.vm_name, self.until = winrm_conn_id, vm_id, vm_name, Until(until)
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
+        self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
                 {"winrm_conn_id": self.winrm_conn_id, "vm_id": self.vm_id, "vm_name": self.vm_name, "until": str(self.until),
                  "poll_interval": self.poll_interval, "job_start": self.job_start, "not_after": self.not_after,
                  "merge_deadline": self.merge_deadline, "job_timeout_seconds": self.job_timeout_seconds,
-                 "silence_seconds": self.silence_seconds, "turn": self.turn})
+                 "silence_seconds": self.silence_seconds, "turn": self.turn, "since": self.since, "known": self.known,
+                 "start": self.start, "host_wait_seconds": self.host_wait_seconds})
 
-    def _settled(self, status: BackupStatus) -> bool:
-        return settled(self.until, status, parse_time(self.job_start), parse_time(self.not_after), parse_time(self.merge_deadline))
+    async def _over(self, hook, status: BackupStatus) -> bool:
+        """Whether the wait is over. A turn's is once a job of ours exists or the window closed; while the host is
+        free, the trigger takes the turn itself (with `start`), or leaves that to the step."""
+        if self.until != Until.TURN:
+            return settled(self.until, status, parse_time(self.job_start), parse_time(self.not_after), parse_time(self.merge_deadline))
+        if new_job(status, parse_time(self.since), tuple(map(parse_time, self.known))):
+            return True
+        if not settled(Until.TURN, status, not_after=parse_time(self.not_after)):
+            return False
+        return status.host_busy() or not self.start or await _off_loop(self._take_turn)(hook)
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
@@ -81,9 +114,28 @@ class BackupJobTrigger(BaseTrigger):
                                                      run_ids=[self.turn["run_id"]])
         return turn_of(states.get(self.turn["run_id"], {}), self.turn["task_id"], self.turn["map_index"]) == Turn.NOW
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from asgiref.sync import sync_to_async
+    def _status(self, hook, seen: str) -> BackupStatus:
+        wait = {"WaitSeconds": int(self.host_wait_seconds), "Seen": seen} if seen and self.host_wait_seconds >= 1 else {}
+        return BackupStatus.from_json(hook.run_script("Get-VMBackupStatus", VMId=self.vm_id, **wait))
 
+    def _take_turn(self, hook) -> bool:
+        """Start our job now (the host is free, the turn is ours); True once started or the window has closed."""
+        from datetime import UTC, datetime
+
+        from . import catalog
+        from .operators import catalog_engine
+
+        limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
+        answer = hook.run_script("Start-VMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
+        if answer["started"]:
+            key = {k: self.start[k] for k in ("dag_id", "run_id", "host", "vm_name")}
+            catalog.upsert(catalog_engine(), key, {"status": "running", "job_started_at": parse_time(answer["job"]["start_time_utc"])},
+                           datetime.now(UTC))
+            self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name,
+                          answer["job"]["start_time_utc"])
+        return bool(answer["started"] or answer.get("window_closed"))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
         from .errors import PermanentHostError, TransientHostError
         from .hooks import HyperVHook
 
@@ -93,14 +145,15 @@ class BackupJobTrigger(BaseTrigger):
             await self.cleanup()
             return TriggerEvent(payload)
 
-        silent_since, failures, last_percent = None, 0, None
+        silent_since, failures, last_percent, seen = None, 0, None, ""
         try:
             while True:
-                if self.until == Until.TURN and not await sync_to_async(self._my_turn)():
+                if self.until == Until.TURN and not await _off_loop(self._my_turn)():
                     await asyncio.sleep(self.poll_interval)
                     continue
                 try:
-                    status = BackupStatus.from_json(await sync_to_async(hook.run_script)("Get-VMBackupStatus", VMId=self.vm_id))
+                    status = await _off_loop(self._status)(hook, seen)
+                    over = await self._over(hook, status)
                 except TransientHostError as error:
                     silent_since, failures = silent_since or time.monotonic(), failures + 1
                     if time.monotonic() - silent_since >= self.silence_seconds:
@@ -110,13 +163,14 @@ class BackupJobTrigger(BaseTrigger):
                             + (f"; {error.advice}" if error.advice else ""))})
                         return
                     self.log.warning("%s; polling again", error)
+                    seen = ""
                     await asyncio.sleep(self.poll_interval)
                     continue
                 except PermanentHostError as error:
                     yield await answer({"status": "error", "message": str(error)})
                     return
                 silent_since, failures = None, 0
-                if self._settled(status):
+                if over:
                     yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
                                         "merge_deadline": self.merge_deadline})
                     return
@@ -129,17 +183,20 @@ class BackupJobTrigger(BaseTrigger):
                 if percent is not None and percent != last_percent:
                     self.log.info("%s: %d%% copied (%s)", self.vm_name, percent, job.operation)
                     last_percent = percent
-                await asyncio.sleep(self.poll_interval)
+                if self.until == Until.TURN and not status.host_busy():
+                    seen = ""  # another VM's job took the free host first: ask again at once, then wait on that job
+                    continue
+                seen = status.change_key
+                if not seen or self.host_wait_seconds < 1:  # the host does not wait: poll
+                    await asyncio.sleep(self.poll_interval)
         finally:
             await self.cleanup()
 
     async def cleanup(self) -> None:
         """Delete the wait's remote shell, once (also after the triggerer cancelled the wait)."""
-        from asgiref.sync import sync_to_async
-
         hook, self._hook = getattr(self, "_hook", None), None
         if hook is not None:
-            await sync_to_async(hook.close)()
+            await _off_loop(hook.close)()
 
 
 def _duration(seconds: float) -> str:
