@@ -208,6 +208,8 @@ def test_a_vms_turn_waits_deferred_only_on_deferred_vms_before_it():
     assert turn_of(states, step, 3) == Turn.WAIT  # 1 waits in the triggerer: so can 3
     assert turn_of(states, step, 5) == Turn.YIELD  # 4 needs a worker to go on: 5 gives its slot back
     assert turn_of({f"{step}_0": None}, step, 1) == Turn.YIELD  # not even started (dag.test runs tasks in any order)
+    assert turn_of(states, step, 5, frozenset({4})) == Turn.WAIT  # 4's job has started: it had its turn (the catalog says)
+    assert turn_of(states, step, 5, frozenset({1, 3, 4})) == Turn.NOW
 
 
 def test_the_host_goes_to_the_vms_in_the_runs_order_not_to_whoever_polls_first(start_fleet, monkeypatch, tmp_path):

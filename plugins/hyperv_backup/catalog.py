@@ -231,6 +231,14 @@ def frame(engine: Engine):
         return pd.read_sql(query, db)
 
 
+def past_their_turn(engine: Engine, dag_id: str, run_id: str) -> set[str]:
+    """The VMs of a run that have had their turn for the host (their job started) or take none (they ended)."""
+    query = select(vm_backups.c.vm_name).where(vm_backups.c.dag_id == dag_id, vm_backups.c.run_id == run_id,
+                                               vm_backups.c.job_started_at.is_not(None) | (vm_backups.c.status != "running"))
+    with engine.connect() as db:
+        return {row.vm_name for row in db.execute(query)}
+
+
 def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:
     query = select(vm_backups).order_by(vm_backups.c.id)
     for name, value in filters.items():

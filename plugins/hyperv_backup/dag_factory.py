@@ -102,7 +102,9 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", host],
         doc_md=doc,
-        default_args=retry_policy() | {"execution_timeout": step_timeout()},
+        # "upstream": a VM's later steps go before the next VMs' probes when worker slots are short, so the
+        # VM whose turn is next is deferred on the host by the time the job before it ends
+        default_args=retry_policy() | {"execution_timeout": step_timeout(), "weight_rule": "upstream"},
         params={
             # Typed Params are required in the trigger form unless they allow null (Airflow's Params UI tutorial).
             "vms": Param([], type=["array", "null"], description="back up only these VMs (empty: all of the inventory)"),

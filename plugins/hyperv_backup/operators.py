@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowRuntimeError, AirflowSkipException
@@ -18,7 +19,7 @@ from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .record import Until, parse_time
-from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, turn_of
+from .steps import TERMINAL, BackupSteps, NotThisTime, RunKey, Turn, Wait, turn_of
 from .triggers import BackupJobTrigger, seen_at
 
 
@@ -43,14 +44,37 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
 
 
 def _turn(ti) -> Callable[[], Turn]:
-    """This VM's turn, by the states of its run's tasks of this same step (the map index is the VM's
-    place in the order `select_vms` returned)."""
+    """This VM's turn, by its place in the run's order (the map index: select_vms returned the VMs in order)."""
     def turn() -> Turn:
         if ti.map_index is None or ti.map_index < 0:
             return Turn.NOW
-        states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])
-        return turn_of(states.get(ti.run_id, {}), ti.task_id, ti.map_index)
+        return current_turn(_place(ti), ti.get_task_states, catalog_engine())[0]
     return turn
+
+
+def _place(ti) -> dict[str, Any]:
+    """Where a mapped step's task stands in its run: what `current_turn` (here, and in a turn's trigger) needs."""
+    order = ti.xcom_pull(task_ids="select_vms") or []
+    return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
+            "earlier": list(order[:ti.map_index])}
+
+
+def current_turn(place: dict[str, Any], get_task_states: Callable[..., dict], engine) -> tuple[Turn, list[str]]:
+    """This VM's turn, with the earlier VMs that have not had theirs yet. The catalog says first (a row with a
+    started job, or one that ended); Airflow's task states of the step are asked only while the catalog
+    leaves an earlier VM pending (it may be queued, or dead: turn_of)."""
+    if not place["earlier"]:
+        return Turn.NOW, []
+    run_id = place["run_id"]
+    past = catalog.past_their_turn(engine, place["dag_id"], run_id)
+    if all(name in past for name in place["earlier"]):
+        return Turn.NOW, []
+    states = get_task_states(place["dag_id"], task_ids=[place["task_id"]], run_ids=[run_id]).get(run_id, {})
+    turn = turn_of(states, place["task_id"], place["map_index"],
+                   frozenset(i for i, name in enumerate(place["earlier"]) if name in past))
+    done = {int(key.rpartition("_")[2]) for key, state in states.items() if getattr(state, "value", state) in TERMINAL
+            and key.rpartition("_")[0] == place["task_id"]}
+    return turn, [name for i, name in enumerate(place["earlier"]) if name not in past and i not in done]
 
 
 def _run_alive(ti) -> Callable[[str, str], bool]:
@@ -108,7 +132,8 @@ class HostStepOperator(BaseOperator):
     def execute(self, context):
         return self._turn(context, None)
 
-    def resume(self, context, event: dict[str, Any]):
+    def resume(self, context, event: Any):
+        event = event if isinstance(event, dict) else {}  # a DateTimeTrigger's event is its moment
         steps = self._steps(context)
         with outcome(steps):
             raise_for_event(steps, event)
@@ -125,10 +150,12 @@ class HostStepOperator(BaseOperator):
             result = self.step(steps, context, event)
         if not isinstance(result, Wait):
             return result
+        later = datetime.now(UTC) + timedelta(seconds=self.poll_interval)
+        if _triggers_inline(context) and (result.others_first or result.until is None):
+            raise AirflowRescheduleException(later)
         if result.until is None:
-            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poll_interval))
-        ti = context["ti"]
-        turn = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index}
+            self.defer(trigger=DateTimeTrigger(later), method_name="resume")
+        turn = _place(context["ti"]) if result.until == Until.TURN else None
         self.defer(trigger=trigger_for(result, steps, self.winrm_conn_id, self.probe["vm_id"], self.poll_interval,
                                        self.job_timeout, self.silence, self.host_wait, turn), method_name="resume")
 
@@ -139,6 +166,14 @@ class HostStepOperator(BaseOperator):
         due = context.get("data_interval_end") or context.get("logical_date")
         kind = windows.run_kind(context["dag_run"].run_type)
         return windows.job_deadline(self.window, kind, due, bool(context["params"].get("force"))), self.window.describe()
+
+
+def _triggers_inline(context) -> bool:
+    """Whether this run is dag.test's, which runs one task at a time and its triggers inline: a wait on another
+    task must give the process back (reschedule) there, or that task never runs. (Airflow's rescheduling
+    is not used under an executor: a reschedule sooner than the executor reports the previous try's end
+    makes the scheduler fail the task.)"""
+    return context["dag_run"].triggering_user_name == "dag_test"
 
 
 def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: float, job_timeout: timedelta = timedelta(hours=12),

@@ -31,19 +31,22 @@ class Turn(StrEnum):
 
     NOW = "now"  # every VM before it is past its snapshot step: it may take the host once the host is free
     WAIT = "wait"  # VMs before it are in the step, all deferred: the triggerer waits on them, and so can it
-    YIELD = "yield"  # a VM before it needs a worker to go on (queued, retried, rescheduled): give way and look again
+    YIELD = "yield"  # a VM before it needs a worker to go on (queued, retried, rescheduled): under dag.test, give way
 
 
-def turn_of(states: dict[str, Any], task_id: str, map_index: int) -> Turn:
+def turn_of(states: dict[str, Any], task_id: str, map_index: int, started: frozenset[int] = frozenset()) -> Turn:
     """This VM's turn, from the states of its run's mapped step (`{"<task_id>_<map index>": state}`, as
-    Airflow's get_task_states answers; the map index is the VM's place in the order select_vms returned).
+    Airflow's get_task_states answers; the map index is the VM's place in the order select_vms returned)
+    and the earlier places whose job has started (`started`, from the catalog: that VM has had its turn,
+    even while its task still follows the shadow copy).
 
     The order holds without a real-time grace: a VM never takes the host before an earlier one, and
     it waits deferred only on VMs that are themselves deferred, so neither a parallel executor nor
     dag.test (one task at a time, triggers run inline) can leave it waiting on a task that cannot run.
     """
     earlier = [getattr(state, "value", state) for key, state in states.items()
-               if (parts := key.rpartition("_"))[0] == task_id and parts[2].isdigit() and int(parts[2]) < map_index]
+               if (parts := key.rpartition("_"))[0] == task_id and parts[2].isdigit() and int(parts[2]) < map_index
+               and int(parts[2]) not in started]
     pending = [state for state in earlier if state not in TERMINAL]
     if not pending:
         return Turn.NOW
@@ -52,9 +55,10 @@ def turn_of(states: dict[str, Any], task_id: str, map_index: int) -> Turn:
 
 @dataclass(frozen=True)
 class Wait:
-    """What a step waits for before it looks again. `until` is a fact on the host, waited for by the
-    triggerer (record.settled); None means another task of this run must act first (the step gives
-    its worker slot back and is rescheduled)."""
+    """What a step waits for before it looks again, deferred to the triggerer (record.settled); `until`
+    None: only time (another run's catch-up of the VM). `others_first`: another task of this run must
+    act before this one can (an earlier VM's turn): where triggers run inline, one task at a time
+    (dag.test), the step is rescheduled instead, so that task gets to run."""
 
     until: record.Until | None
     job_start: datetime | None = None
@@ -62,6 +66,7 @@ class Wait:
     merge_deadline: datetime | None = None
     since: datetime | None = None  # a turn: the probe's host clock; a job of the VM from then on ends the wait...
     known: tuple[datetime, ...] = ()  # ...unless it is one of these (other runs' jobs of the VM)
+    others_first: bool = False
 
 
 @dataclass
@@ -243,12 +248,10 @@ class BackupSteps:
             if last_start is not None and status.clock > last_start:
                 self._window_closed(window, status.clock)
             turn = self.turn()
-            if turn == Turn.YIELD:
-                return Wait(None)
-            if turn == Turn.WAIT or status.host_busy() or not self._try_start(vm_id, last_start, window):
+            if turn != Turn.NOW or status.host_busy() or not self._try_start(vm_id, last_start, window):
                 since = _parse_time(probe["clock_utc"])
                 return Wait(record.Until.TURN, not_after=last_start, since=since,
-                            known=tuple(j.start for j in status.jobs if j.start >= since))
+                            known=tuple(j.start for j in status.jobs if j.start >= since), others_first=turn == Turn.YIELD)
             status = self.status(vm_id)
             ours = self.ours(status, probe)
             if not ours:

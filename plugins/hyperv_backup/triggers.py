@@ -44,8 +44,8 @@ class BackupJobTrigger(BaseTrigger):
     """Waits, in the triggerer, until what a VM backup's step waits for has happened on the host.
 
     `until` (record.Until) is the condition; `job_start` names our job for the waits on it. A turn's
-    wait (`until="turn"`) first asks Airflow whether every VM earlier in the run's order is past its
-    snapshot step (`turn`: `{"dag_id", "run_id", "task_id", "map_index"}`), and only then the host;
+    wait (`until="turn"`) first asks whether every VM earlier in the run's order has had its turn
+    (`turn`: where the task stands, see operators.current_turn), and only then the host;
     it ends when a job of the VM started at or after `since` (and not one of the `known` starts of
     other runs' jobs) exists, or the window closed (`not_after`). With `start` (`{"target", "dag_id",
     "run_id", "host", "vm_name"}`) the trigger starts the job itself the moment its turn comes and the
@@ -68,6 +68,7 @@ class BackupJobTrigger(BaseTrigger):
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
+        self.prepared, self._engine = False, None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -102,17 +103,24 @@ class BackupJobTrigger(BaseTrigger):
                 f"{job.operation or 'an unknown step'}; it is left running: see `wbadmin get status` on the host, and stop "
                 "it with `wbadmin stop job` if it hangs")
 
-    def _my_turn(self) -> bool:
-        """Whether every VM earlier in the run's order is past its snapshot step (Airflow's task states)."""
-        if not self.turn:
-            return True
+    def _prepare(self, hook) -> None:
+        """What the wait needs from Airflow, fetched once before it matters (the triggerer answers a connection
+        request in its own time): the host's connection, and the catalog's for a turn."""
+        from .operators import catalog_engine
+
+        hook.get_conn()
+        self._engine = catalog_engine() if self.until == Until.TURN else None
+
+    def _my_turn(self) -> tuple[bool, str | None]:
+        """Whether every VM earlier in the run's order has had its turn (operators.current_turn); else the one
+        VM still to have it, if only one is left (the next job on the host will be that VM's)."""
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-        from .steps import Turn, turn_of
+        from .operators import current_turn
+        from .steps import Turn
 
-        states = RuntimeTaskInstance.get_task_states(dag_id=self.turn["dag_id"], task_ids=[self.turn["task_id"]],
-                                                     run_ids=[self.turn["run_id"]])
-        return turn_of(states.get(self.turn["run_id"], {}), self.turn["task_id"], self.turn["map_index"]) == Turn.NOW
+        turn, waiting_for = current_turn(self.turn, RuntimeTaskInstance.get_task_states, self._engine)
+        return turn == Turn.NOW, waiting_for[0] if len(waiting_for) == 1 else None
 
     def _status(self, hook, seen: str) -> BackupStatus:
         wait = {"WaitSeconds": int(self.host_wait_seconds), "Seen": seen} if seen and self.host_wait_seconds >= 1 else {}
@@ -148,11 +156,24 @@ class BackupJobTrigger(BaseTrigger):
         silent_since, failures, last_percent, seen = None, 0, None, ""
         try:
             while True:
-                if self.until == Until.TURN and not await _off_loop(self._my_turn)():
-                    await asyncio.sleep(self.poll_interval)
-                    continue
                 try:
+                    if not self.prepared:
+                        await _off_loop(self._prepare)(hook)
+                        self.prepared = True
+                    if self.turn:
+                        mine, last_before = await _off_loop(self._my_turn)()
+                        if not mine and last_before is None:
+                            await asyncio.sleep(self.poll_interval)
+                            continue
                     status = await _off_loop(self._status)(hook, seen)
+                    if self.turn and not mine:  # one VM is left before this one: its job's start on the host is the turn
+                        mine = status.host_job is not None and status.host_job.running and last_before in status.host_job.vms
+                        if not mine:
+                            seen = status.change_key
+                            if not seen or self.host_wait_seconds < 1:
+                                await asyncio.sleep(self.poll_interval)
+                            continue
+                    self.turn = None  # once had, a turn stays: ask the host alone from now on
                     over = await self._over(hook, status)
                 except TransientHostError as error:
                     silent_since, failures = silent_since or time.monotonic(), failures + 1

@@ -1,0 +1,177 @@
+"""The backup pipeline under the real Airflow scheduler, as users run it: how busy it keeps the hosts,
+what it holds of the workers, and how little it asks of each host.
+
+Starts the simulator (4 hosts x 12 online VMs by default, at 10x) and a real Airflow (api-server,
+scheduler, dag-processor, triggerer; LocalExecutor; `include/cluster.py`), triggers every host's
+backup DAG (last midnight's scheduled run, a whole-day window), samples the metadata database every 0.2 s for task instances in the `running`
+state (each holds a worker slot), and prints, from the simulator's journal (host time):
+
+- per host, the idle gap between one job's end and the next one's start, as a share of job time;
+- the fleet's makespan (first job start to last job end) over its longest host's job time;
+- worker-slot seconds (real) of the backup's tasks over job seconds (host time, the time the jobs
+  would take on real hosts: the simulator's speed shrinks the jobs, not Airflow's overheads);
+- HTTP requests per VM (the simulator counts every request it serves) against what the stock
+  provider's WinRMOperator would need for the same work: 5 requests a command (open shell, command,
+  receive, signal, delete shell) for each one-shot script, plus 5 a poll of the job's status every
+  `poll_seconds` while the VM waits for its turn and its job (host time).
+
+    .venv/bin/python -m bench.scheduler [--hosts 4] [--vms 12] [--speed 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
+
+from include.cluster import AirflowCluster  # noqa: E402
+from include.demo import connection_env, inventory_for  # noqa: E402
+from simulator import harness  # noqa: E402
+from simulator.scenario import load_scenario  # noqa: E402
+
+POLL_SECONDS = 5.0  # the product's default `[hyperv_backup] poll_seconds`
+ONE_SHOT = ("Get-HostVMs", "Get-VMBackupProbe", "Start-VMBackup", "Get-VMBackupResult", "wbadmin get versions")
+
+
+def scenario(hosts: int, vms: int, speed: float) -> dict:
+    return {"seed": 7, "speed": speed, "hosts": [{
+        "name": f"HV{h + 1:02d}", "os": "2019", "transport": "ssl", "throughput_mb_s": 200,
+        "vms": [{"name": f"VM{h + 1:02d}-{i:02d}", "generation": 2, "guest": "windows", "disk_gb": 20} for i in range(vms)],
+    } for h in range(hosts)]}
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class SlotSampler(threading.Thread):
+    """Task instances in the `running` state (a worker slot each), sampled from the metadata database."""
+
+    def __init__(self, database: Path, every: float = 0.2):
+        super().__init__(daemon=True)
+        self.database, self.every, self.stop_at = database, every, threading.Event()
+        self.slot_seconds: Counter = Counter()
+
+    def run(self) -> None:
+        while not self.stop_at.is_set():
+            began = time.monotonic()
+            try:
+                with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=1) as db:
+                    for task_id, count in db.execute("SELECT task_id, COUNT(*) FROM task_instance WHERE state = 'running' "
+                                                      "AND dag_id LIKE 'hyperv_backup_hv%' GROUP BY task_id"):
+                        self.slot_seconds[task_id.rpartition(".")[2]] += count * self.every
+            except sqlite3.Error:
+                pass  # a write held the database for a moment: that sample is lost, not counted
+            time.sleep(max(0.0, self.every - (time.monotonic() - began)))
+
+
+def run(hosts: int, vms: int, speed: float, out: Path) -> dict:
+    path = out / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario(hosts, vms, speed)))
+    loaded = load_scenario(path)
+    running = harness.start(path, out / "certs", dump=out)
+    try:
+        inventory = inventory_for(loaded)
+        for host in inventory["hosts"]:  # last midnight's run, scheduled as soon as the DAGs are parsed, all in one file
+            host |= {"schedule": "0 0 * * *", "window": {"start": "00:00", "end": "00:00", "timezone": "UTC"}}
+        (out / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+        env = connection_env(loaded, running) | {
+            "HYPERV_BACKUP_INVENTORY": str(out / "inventory.yaml"),
+            "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
+        }
+        dag_ids = [f"hyperv_backup_{h.name.lower()}" for h in loaded.hosts]
+        with AirflowCluster(out / "airflow", env) as cluster:
+            sampler = SlotSampler(out / "airflow" / "airflow.db")
+            sampler.start()
+            began = time.monotonic()
+            states = {}
+            for dag_id in dag_ids:
+                done = cluster.wait(lambda d=dag_id: [r for r in cluster.runs(d) if r["state"] in ("success", "failed")],
+                                    f"the run of {dag_id}", timeout=3600, every=2)
+                states[dag_id] = done[-1]["state"]
+            wall = time.monotonic() - began
+            sampler.stop_at.set()
+            sampler.join()
+    finally:
+        running.stop()
+    return {"states": states, "wall": wall, "slots": dict(sampler.slot_seconds)}
+
+
+def figures(out: Path, result: dict, vms: int) -> dict:
+    state = json.loads((out / "sim-state.json").read_text())
+    journal = [json.loads(line) for line in (out / "sim-journal.jsonl").read_text().splitlines() if line]
+    jobs: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+    started: dict[tuple[str, str], datetime] = {}
+    for event in journal:
+        key = (event["host"], ",".join(event.get("vms") or []))
+        if event["event"] == "job_started":
+            started[key] = _parse(event["at"])
+        elif event["event"] == "job_finished" and key in started:
+            jobs[event["host"]].append((started.pop(key), _parse(event["at"])))
+    hosts = {}
+    for host, spans in sorted(jobs.items()):
+        spans.sort()
+        busy = sum((end - start).total_seconds() for start, end in spans)
+        idle = sum(max(0.0, (nxt[0] - prev[1]).total_seconds()) for prev, nxt in zip(spans, spans[1:], strict=False))
+        hosts[host] = {"jobs": len(spans), "busy": busy, "idle": idle}
+    first = min(s[0][0] for s in jobs.values())
+    last = max(max(end for _, end in s) for s in jobs.values())
+    job_seconds = sum(h["busy"] for h in hosts.values())
+    commands = [e for e in journal if e["event"] == "command"]
+    scripts = Counter(e.get("script") for e in commands)
+    vm_count = vms * len(hosts)
+    one_shot = sum(n for script, n in scripts.items() if script in ONE_SHOT)
+    # the stock operator polls every POLL_SECONDS of the VM's wait: from its run's first job start to its own job's end
+    waits = sum((end - first).total_seconds() for spans in jobs.values() for _, end in spans)
+    stock = 5 * one_shot + 5 * waits / POLL_SECONDS
+    requests = sum(h["requests"] for h in state["hosts"])
+    return {"hosts": hosts, "makespan": (last - first).total_seconds(), "longest": max(h["busy"] for h in hosts.values()),
+            "job_seconds": job_seconds, "slot_seconds": sum(result["slots"].values()), "slots": result["slots"],
+            "requests_per_vm": requests / vm_count, "stock_per_vm": stock / vm_count,
+            "scripts_per_vm": {k: v / vm_count for k, v in sorted(scripts.items())},
+            "open_shells": sum(h["open_shells"] for h in state["hosts"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.scheduler", description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--vms", type=int, default=12)
+    parser.add_argument("--speed", type=float, default=10)
+    parser.add_argument("--keep", metavar="DIR", help="keep the run's files (catalog, journal, Airflow home and logs) in DIR")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
+        out = Path(args.keep or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        result = run(args.hosts, args.vms, args.speed, out)
+        f = figures(out, result, args.vms)
+    print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
+          f"(LocalExecutor, SQLite), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
+    print(f"{'host':>6} {'jobs':>5} {'job time (host s)':>18} {'idle (host s)':>14} {'idle gap/busy':>14}")
+    for host, h in f["hosts"].items():
+        print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")
+    print(f"\nfleet makespan / longest host's job time: {f['makespan']:.0f} / {f['longest']:.0f} host s = "
+          f"{f['makespan'] / f['longest']:.3f}")
+    print(f"worker-slot seconds (real) / job seconds (host): {f['slot_seconds']:.0f} / {f['job_seconds']:.0f} = "
+          f"{f['slot_seconds'] / f['job_seconds']:.1%}  (by step: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in sorted(f["slots"].items())) + ")")
+    print(f"HTTP requests per VM: {f['requests_per_vm']:.1f}; the stock WinRMOperator for the same work: "
+          f"{f['stock_per_vm']:.1f} ({f['requests_per_vm'] / f['stock_per_vm']:.2f}x)")
+    print("script calls per VM: " + ", ".join(f"{k} {v:.1f}" for k, v in f["scripts_per_vm"].items()))
+    print(f"shells left open on the hosts: {f['open_shells']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
