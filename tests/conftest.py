@@ -98,24 +98,34 @@ def first_trigger_event(trigger) -> dict:
 
 def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05):
     """One host step as its operator runs it (HostStepOperator): `step(event)` until it returns a result;
-    a wait on the host through BackupJobTrigger, as the triggerer runs it; a wait on another task
-    (reschedule) after `poll`."""
+    a wait on the host through BackupJobTrigger, as the triggerer runs it (a turn's trigger writes the
+    job's start to this test's catalog, through the Airflow connection); a wait on another task (no Airflow
+    here to ask whose turn it is) after `poll`, as dag.test reschedules it."""
     import time
 
     from hyperv_backup.operators import raise_for_event, trigger_for
     from hyperv_backup.steps import Wait
 
-    event = None
-    while True:
-        result = step(event)
-        if not isinstance(result, Wait):
-            return result
-        if result.until is None:
-            event = None
-            time.sleep(poll)
-            continue
-        event = first_trigger_event(trigger_for(result, steps, conn_id, vm_id, poll))
-        raise_for_event(steps, event)
+    key = "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"
+    before = os.environ.get(key)
+    os.environ[key] = json.dumps({"conn_type": "sqlite", "host": steps.engine.url.database})
+    try:
+        event = None
+        while True:
+            result = step(event)
+            if not isinstance(result, Wait):
+                return result
+            if result.until is None or result.others_first:  # as under dag.test: rescheduled
+                event = None
+                time.sleep(poll)
+                continue
+            event = first_trigger_event(trigger_for(result, steps, conn_id, vm_id, poll))
+            raise_for_event(steps, event)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,

@@ -46,9 +46,8 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
 def _turn(ti) -> Callable[[], Turn]:
     """This VM's turn, by its place in the run's order (the map index: select_vms returned the VMs in order)."""
     def turn() -> Turn:
-        if ti.map_index is None or ti.map_index < 0:
-            return Turn.NOW
-        return current_turn(_place(ti), ti.get_task_states, catalog_engine())[0]
+        place = _place(ti) if ti.map_index is not None and ti.map_index >= 0 else None
+        return current_turn(place, ti.get_task_states, catalog_engine())[0] if place and place["earlier"] else Turn.NOW
     return turn
 
 

@@ -109,7 +109,7 @@ class BackupJobTrigger(BaseTrigger):
         from .operators import catalog_engine
 
         hook.get_conn()
-        self._engine = catalog_engine() if self.until == Until.TURN else None
+        self._engine = catalog_engine() if self.turn or self.start else None
 
     def _my_turn(self) -> tuple[bool, str | None]:
         """Whether every VM earlier in the run's order has had its turn (operators.current_turn); else the one
@@ -131,13 +131,12 @@ class BackupJobTrigger(BaseTrigger):
         from datetime import UTC, datetime
 
         from . import catalog
-        from .operators import catalog_engine
 
         limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
         answer = hook.run_script("Start-VMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
         if answer["started"]:
             key = {k: self.start[k] for k in ("dag_id", "run_id", "host", "vm_name")}
-            catalog.upsert(catalog_engine(), key, {"status": "running", "job_started_at": parse_time(answer["job"]["start_time_utc"])},
+            catalog.upsert(self._engine, key, {"status": "running", "job_started_at": parse_time(answer["job"]["start_time_utc"])},
                            datetime.now(UTC))
             self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name,
                           answer["job"]["start_time_utc"])
