@@ -18,6 +18,8 @@ for dag_id, dag in bag.dags.items():
     out["dags"][dag_id] = {{"tags": sorted(dag.tags), "max_active_runs": dag.max_active_runs, "doc": bool(dag.doc_md),
                           "tasks": sorted(dag.task_ids), "params": sorted(dag.params.keys()),
                           "paused_upon_creation": dag.is_paused_upon_creation,
+                          "spread_retries": sorted(t.task_id for t in dag.tasks if type(t.retry_policy).__name__ == "SpreadRetries"),
+                          "execution_timeouts": sorted({{str(t.execution_timeout) for t in dag.tasks}}),
                           "required": sorted(k for k, p in dag.params.items() if "null" not in p.schema.get("type", ["null"]))}}
 print("RESULT" + json.dumps(out))
 """
@@ -48,6 +50,8 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
         assert built["required"] == [] and built["paused_upon_creation"] is False, dag_id
     steps = ["backup_vm.probe", "backup_vm.snapshot", "backup_vm.verify_merge", "backup_vm.copy", "backup_vm.verify"]
     assert set(steps) <= set(dag["tasks"])
+    assert set(steps) <= set(dag["spread_retries"])  # a run's VMs retry at different moments
+    assert dag["execution_timeouts"] == ["0:30:00"]  # a step's own work; its waits on the host are deferred
 
 
 def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path):

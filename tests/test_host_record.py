@@ -219,3 +219,19 @@ def test_catalog_times_are_the_hosts_on_a_fast_fleet(start_fleet, monkeypatch, t
     assert row["mode"] == "checkpoint" and row["uptime_reset"] is True
     assert abs((catalog._utc(row["snapshot_at"]) - removed).total_seconds()) <= 5
     assert abs((catalog._utc(row["merged_at"]) - merged).total_seconds()) <= 5
+
+
+def test_the_retries_of_a_runs_vms_are_spread_not_fired_together():
+    """Airflow's backoff draws its jitter without the map index: every VM of a run would retry at the same
+    second. The policy's delay differs per VM, doubles per try, and is the same when asked again."""
+    from types import SimpleNamespace
+
+    from hyperv_backup.retrying import SpreadRetries, spread_delay
+
+    base = timedelta(seconds=30)
+    first = [spread_delay(base, 1, f"hyperv_backup_hv01#scheduled__x#backup_vm.probe#{i}").total_seconds() for i in range(12)]
+    assert len(set(first)) == 12 and all(30 <= d < 60 for d in first) and max(first) - min(first) > 10
+    assert all(60 <= spread_delay(base, 2, f"k{i}").total_seconds() < 120 for i in range(12))
+    ti = SimpleNamespace(dag_id="hyperv_backup_hv01", run_id="scheduled__x", task_id="backup_vm.probe", map_index=3)
+    decision = SpreadRetries(base).evaluate(RuntimeError("x"), 1, 3, {"ti": ti})
+    assert decision.retry_delay == spread_delay(base, 1, "hyperv_backup_hv01#scheduled__x#backup_vm.probe#3")

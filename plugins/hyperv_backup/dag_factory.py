@@ -19,17 +19,19 @@ from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
 from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, catalog_engine, outcome, steps_for
+from .retrying import SpreadRetries
 
 CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
 
 
 def retry_policy() -> dict:
-    """Retries of a step that met a transient error (`[hyperv_backup] retries`, `retry_delay_seconds`)."""
+    """Retries of a step that met a transient error (`[hyperv_backup] retries`, `retry_delay_seconds`): the delay
+    doubles at each try and is spread over the run's VMs (retrying.SpreadRetries)."""
     from airflow.configuration import conf
 
-    return {"retries": conf.getint("hyperv_backup", "retries", fallback=2),
-            "retry_delay": timedelta(seconds=conf.getint("hyperv_backup", "retry_delay_seconds", fallback=30)),
-            "retry_exponential_backoff": True}
+    delay = timedelta(seconds=conf.getint("hyperv_backup", "retry_delay_seconds", fallback=30))
+    return {"retries": conf.getint("hyperv_backup", "retries", fallback=2), "retry_delay": delay,
+            "retry_exponential_backoff": True, "retry_policy": SpreadRetries(delay)}
 
 
 def poll_seconds() -> float:
