@@ -39,6 +39,7 @@ test: venv browser
 
 bench: venv
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.scheduler
 	$(PY) -m bench.report
 	$(PY) -m bench.winrm_session
 

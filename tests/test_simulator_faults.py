@@ -174,3 +174,19 @@ def test_vm_removed_after_the_probe_is_permanent(start_fleet, monkeypatch):
 
 def test_busy_is_its_own_error_class():
     assert issubclass(HostBusyError, Exception) and not issubclass(HostBusyError, PermanentHostError)
+
+
+def test_a_waiting_status_answers_when_the_host_changes_and_not_before(start_fleet, monkeypatch):
+    """Get-VMBackupStatus -WaitSeconds -Seen waits on the host (over WinRM's long-polled Receive): it answers as
+    soon as what the caller saw changes, and otherwise after WaitSeconds of host time."""
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=20, speed=60)
+    vm_id, _ = _start(hook)
+    seen = hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+    began = time.monotonic()
+    changed = hook.run_script("Get-VMBackupStatus", VMId=vm_id, WaitSeconds=3600, Seen=seen["change_key"])
+    assert changed["change_key"] != seen["change_key"] and time.monotonic() - began < 30  # the job's next phase, not an hour
+    done = _wait(hook, vm_id)
+    began = time.monotonic()
+    same = hook.run_script("Get-VMBackupStatus", VMId=vm_id, WaitSeconds=120, Seen=done["change_key"])  # 2 s real at 60x
+    assert same["change_key"] == done["change_key"] and 1.5 < time.monotonic() - began < 15
+    assert [e for e in running.journal() if e["event"] == "command"][-1]["script"] == "Get-VMBackupStatus"
