@@ -128,3 +128,23 @@ def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     # in a worker): it would give way, never wait deferred on it
     turns = sorted(line.split("TURN ", 1)[1] for line in done.stdout.splitlines() if "TURN " in line)
     assert len(turns) == 3 and turns[0] == "0 now yield" and all(t.endswith(" yield") for t in turns), turns
+
+
+def test_a_catch_up_waiting_for_the_host_never_lets_its_trigger_start_the_job(start_fleet, monkeypatch, tmp_path):
+    """A backfilled interval that finds the host busy waits for the host, but its trigger must not take the free
+    host itself (as a scheduled run's does): the step looks again, since another run's catch-up of the VM,
+    started meanwhile, may cover this interval."""
+    running = start_fleet({"seed": 5, "speed": 60, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "DC01", "disk_gb": 2}, {"name": "OTHER", "disk_gb": 200}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    clock = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00"))
+    waiting = _steps(engine, clock, 2)
+    probe = waiting.probe()
+    hook = HyperVHook("hv")
+    other = next(vm for vm in hook.run_script("Get-HostVMs")["vms"] if vm["name"] == "OTHER")
+    assert hook.run_script("Start-VMBackup", VMId=other["id"], BackupTarget="E:")["started"]  # the host is busy
+    wait = waiting.snapshot(probe, catch_up=True)
+    assert isinstance(wait, Wait) and wait.until is not None and not wait.trigger_starts
+    scheduled = waiting.snapshot(probe)
+    assert isinstance(scheduled, Wait) and scheduled.trigger_starts

@@ -67,6 +67,7 @@ class Wait:
     since: datetime | None = None  # a turn: the probe's host clock; a job of the VM from then on ends the wait...
     known: tuple[datetime, ...] = ()  # ...unless it is one of these (other runs' jobs of the VM)
     others_first: bool = False
+    trigger_starts: bool = True  # a turn's trigger may start the job itself (not a catch-up: another run's may cover it)
 
 
 @dataclass
@@ -251,7 +252,8 @@ class BackupSteps:
             if turn != Turn.NOW or status.host_busy() or not self._try_start(vm_id, last_start, window):
                 since = _parse_time(probe["clock_utc"])
                 return Wait(record.Until.TURN, not_after=last_start, since=since,
-                            known=tuple(j.start for j in status.jobs if j.start >= since), others_first=turn == Turn.YIELD)
+                            known=tuple(j.start for j in status.jobs if j.start >= since), others_first=turn == Turn.YIELD,
+                            trigger_starts=not catch_up)
             status = self.status(vm_id)
             ours = self.ours(status, probe)
             if not ours:
