@@ -3,7 +3,9 @@
 probe -> snapshot/checkpoint -> verify merge -> copy -> verify. Each step reads the host
 through HyperVHook, decides with the pure `rules`, and writes what it learned to the
 catalog before it returns, so a worker that dies leaves a row that says how far it got.
-The copy step's wait lives in `triggers.BackupJobTrigger`, so it holds no worker slot.
+A step that must wait returns a `Wait` instead of sleeping: its operator defers it to
+`triggers.BackupJobTrigger` (or reschedules it under dag.test), so no step holds a worker
+slot while it waits.
 """
 
 from __future__ import annotations
