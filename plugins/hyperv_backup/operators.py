@@ -19,7 +19,7 @@ from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS
 from .hooks import HyperVHook
 from .record import Until, parse_time
-from .steps import TERMINAL, BackupSteps, NotThisTime, RunKey, Turn, Wait, turn_of
+from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
 from .triggers import BackupJobTrigger, seen_at
 
 
@@ -69,11 +69,11 @@ def current_turn(place: dict[str, Any], get_task_states: Callable[..., dict], en
     if all(name in past for name in place["earlier"]):
         return Turn.NOW, []
     states = get_task_states(place["dag_id"], task_ids=[place["task_id"]], run_ids=[run_id]).get(run_id, {})
-    turn = turn_of(states, place["task_id"], place["map_index"],
-                   frozenset(i for i, name in enumerate(place["earlier"]) if name in past))
-    done = {int(key.rpartition("_")[2]) for key, state in states.items() if getattr(state, "value", state) in TERMINAL
-            and key.rpartition("_")[0] == place["task_id"]}
-    return turn, [name for i, name in enumerate(place["earlier"]) if name not in past and i not in done]
+    started = frozenset(i for i, name in enumerate(place["earlier"]) if name in past)
+    pending = pending_places(states, place["task_id"], place["map_index"], started)
+    waiting = [name for i, name in enumerate(place["earlier"])  # a place Airflow does not list yet is pending too
+               if i in pending or (i not in started and f"{place['task_id']}_{i}" not in states)]
+    return turn_of(states, place["task_id"], place["map_index"], started), waiting
 
 
 def _run_alive(ti) -> Callable[[str, str], bool]:

@@ -63,6 +63,11 @@ class JobRecord:
     def succeeded(self) -> bool:
         return self.state == "Completed" and not self.hresult
 
+    def runs_after(self, boot_time: datetime) -> bool:
+        """Whether the job still runs: Running, and no restart of the host since it began (a job the restart
+        cut may still read Running until the host rewrites its history)."""
+        return self.running and not boot_time > self.start
+
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> JobRecord:
         return cls(state=str(_need(document, "job_state", "a job")), start=parse_time(_need(document, "start_time_utc", "a job")),
@@ -124,6 +129,10 @@ class BackupStatus:
     def host_busy(self) -> bool:
         return self.host_job is not None and self.host_job.running
 
+    def job_started_at(self, start: datetime | None) -> JobRecord | None:
+        """This VM's job that started at `start` (host clock), if the host still lists it."""
+        return next((j for j in self.jobs if j.start == start), None)
+
 
 class Action(StrEnum):
     START = "start"  # no job of ours yet: start one (in the VM's turn, when the host is free)
@@ -167,7 +176,7 @@ def decide(ours: list[JobRecord], boot_time: datetime, host_job: JobRecord | Non
         return Decision(Action.WAIT_HOST if busy else Action.START)
     last = ours[-1]
     restarted = any(restarted_during(job, boot_time) for job in ours)
-    if last.running and not boot_time > last.start:
+    if last.runs_after(boot_time):
         return Decision(Action.FOLLOW, last, restarted=restarted)
     if last.succeeded:
         return Decision(Action.SUCCEEDED, last, restarted=restarted)
@@ -215,8 +224,8 @@ def settled(until: Until, status: BackupStatus, job_start: datetime | None = Non
     """
     if until in (Until.TURN, Until.HOST_FREE):
         return not status.host_busy() or (not_after is not None and status.clock >= not_after)
-    job = next((j for j in status.jobs if j.start == job_start), None)
-    if job is None or not job.running or status.boot_time > job.start:
+    job = status.job_started_at(job_start)
+    if job is None or not job.runs_after(status.boot_time):
         return True
     if until == Until.SHADOW_COPY:
         return job.operation not in SHADOW_COPY_TEXTS

@@ -46,13 +46,18 @@ def turn_of(states: dict[str, Any], task_id: str, map_index: int, started: froze
     it waits deferred only on VMs that are themselves deferred, so neither a parallel executor nor
     dag.test (one task at a time, triggers run inline) can leave it waiting on a task that cannot run.
     """
-    earlier = [getattr(state, "value", state) for key, state in states.items()
-               if (parts := key.rpartition("_"))[0] == task_id and parts[2].isdigit() and int(parts[2]) < map_index
-               and int(parts[2]) not in started]
-    pending = [state for state in earlier if state not in TERMINAL]
+    pending = pending_places(states, task_id, map_index, started)
     if not pending:
         return Turn.NOW
-    return Turn.WAIT if all(state == "deferred" for state in pending) else Turn.YIELD
+    return Turn.WAIT if all(state == "deferred" for state in pending.values()) else Turn.YIELD
+
+
+def pending_places(states: dict[str, Any], task_id: str, map_index: int, started: frozenset[int] = frozenset()) -> dict[int, str]:
+    """The places before `map_index` whose VM has yet to have its turn: neither started nor at a terminal state
+    of the step (place -> the state's value)."""
+    earlier = {int(index): getattr(state, "value", state) for key, state in states.items()
+               if (index := (parts := key.rpartition("_"))[2]).isdigit() and parts[0] == task_id and int(index) < map_index}
+    return {place: state for place, state in earlier.items() if place not in started and state not in TERMINAL}
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,7 @@ class BackupSteps:
         self._record_job(job, len(ours), self.decide(status, ours).restarted)
         if not record.settled(record.Until.SHADOW_COPY, status, job.start):
             return Wait(record.Until.SHADOW_COPY, job_start=job.start)
-        if job.running and not status.boot_time > job.start:
+        if job.runs_after(status.boot_time):
             seen_at = seen_at or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
         return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
@@ -298,7 +303,7 @@ class BackupSteps:
         """
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
-        if not ours or not ours[-1].running or status.boot_time > ours[-1].start:
+        if not ours or not ours[-1].runs_after(status.boot_time):
             return {"merged": False, "job_state": ours[-1].state if ours else None}
         if rules.merged(status.vm):
             return {"merged": True}

@@ -91,8 +91,7 @@ class BackupJobTrigger(BaseTrigger):
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
-        job = status.host_job if self.until in (Until.TURN, Until.HOST_FREE) else next(
-            (j for j in status.jobs if j.start == parse_time(self.job_start)), None)
+        job = status.host_job if self.until in (Until.TURN, Until.HOST_FREE) else status.job_started_at(parse_time(self.job_start))
         limit = timedelta(seconds=self.job_timeout_seconds)
         return job if job is not None and job.running and status.clock - job.start > limit else None
 
