@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser demo demo-outage ui test bench lint simulator clean
+.PHONY: venv browser postgres demo demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ browser:
 	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
-test: venv browser
+# Debian's PostgreSQL server, for the tests that run the catalog on it (include/postgres.py starts a throwaway one).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
+
+test: venv browser postgres
 	$(PY) -m ruff check dags plugins include simulator tests bench
 	$(PY) -m pytest -q tests
 

@@ -41,6 +41,34 @@ def use_connection(monkeypatch, conn_id: str, value: str) -> str:
     return conn_id
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (include/postgres.py), stopped at its end."""
+    from include import postgres
+
+    server = postgres.start()
+    yield server
+    import gc
+
+    gc.collect()  # the tests' engines close their connections while the server still answers
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request, tmp_path):
+    """A new, empty catalog database on each backend the catalog supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    import sqlalchemy
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"catalog_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**9}"
+    with sqlalchemy.create_engine(server.url, isolation_level="AUTOCOMMIT").connect() as db:
+        db.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        db.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture
 def start_fleet(tmp_path):
     """Start a simulator for a scenario given as a dict; stopped after the test."""

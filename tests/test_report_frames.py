@@ -1,5 +1,6 @@
 """Report frames on catalog data built here: a normal night, nothing ran, all failed, a VM never
-backed up, a window across midnight, and a night with a daylight saving time change."""
+backed up, a window across midnight, and a night with a daylight saving time change. Each case
+is written to a real (in-memory SQLite) catalog and read back as the report reads it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from hyperv_backup import report
+from hyperv_backup import catalog, report
 from hyperv_backup.windows import Window
 
 NIGHT = report.Interval(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
@@ -25,12 +26,16 @@ def row(host, vm, status="succeeded", start=0.0, minutes=30.0, mode="online", du
             "job_started_at": started, "job_finished_at": finished, "snapshot_at": started + timedelta(minutes=1),
             "merged_at": started + timedelta(minutes=2), "bytes_copied": 60 * 1024**3, "offline_seconds": 0.0,
             "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "missed": None, "updated_at": finished,
-            "attempts": 1, "host_restarted": False}
+            "attempts": 1, "host_restarted": False, "run_kind": "scheduled"}
     return base | extra
 
 
 def build(rows, interval=NIGHT, windows=WINDOWS):
-    return report.build(pd.DataFrame(rows, columns=list(row("H", "V"))), interval, windows, {"HV01": 24, "HV02": 24})
+    engine = catalog.engine_for("sqlite://")
+    if rows:
+        with engine.begin() as db:
+            db.execute(catalog.vm_backups.insert(), rows)
+    return report.build(report.read(engine, interval), interval, windows, {"HV01": 24, "HV02": 24})
 
 
 def test_a_normal_night_with_one_overrun_and_impact():
@@ -97,7 +102,7 @@ def test_rows_belong_to_the_interval_their_run_was_due_in():
 
 
 def test_a_manual_run_neither_holds_nor_overruns_a_window():
-    built = build([row("HV01", "A", run_id="manual__2026-11-23T14:00", start=600, minutes=600)])
+    built = build([row("HV01", "A", run_id="manual__2026-11-23T14:00", run_kind="manual", start=600, minutes=600)])
     window = built.windows.set_index("host").loc["HV01"]
     assert window["held"] is None and window["overran"] == ""
     assert built.vms["run_kind"].tolist() == ["manual"]
@@ -105,7 +110,7 @@ def test_a_manual_run_neither_holds_nor_overruns_a_window():
 
 
 def test_a_backfilled_scheduled_run_is_not_held_to_the_window():
-    built = build([row("HV01", "A", start=600, minutes=60, missed="the scheduled run failed: the host could not be reached")])
+    built = build([row("HV01", "A", start=600, minutes=60, run_kind="backfill", missed="the scheduled run failed: the host could not be reached")])
     assert built.windows.set_index("host").loc["HV01", "held"] is None
     assert built.vms["run_kind"].tolist() == ["backfill"]
 

@@ -18,12 +18,9 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from . import hygiene, mailer, render
-from .dag_factory import poll_seconds, retry_policy
+from . import hygiene, mailer, settings
 from .errors import PermanentHostError
-from .hooks import HyperVHook
 from .inventory import load_inventory
-from .report_dag import reports_location, storage
 
 DAG_ID = "hyperv_checkpoint_audit"
 
@@ -38,10 +35,10 @@ def build_audit_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "hygiene"],
         doc_md=__doc__,
-        default_args=retry_policy() | {"execution_timeout": timedelta(hours=1)},
+        default_args=settings.retry_policy() | {"execution_timeout": timedelta(hours=1)},
         params={"remediate": Param(False, type=["boolean", "null"],
                                    description="remove the Recovery checkpoints backups left, on every host (never other types)")},
-    ):
+    ) as dag:
 
         @task
         def hosts() -> list[dict]:
@@ -50,6 +47,8 @@ def build_audit_dag() -> DAG:
 
         @task(map_index_template="{{ host_name }}")
         def audit(host: dict, params=None) -> dict:
+            from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
+
             context = get_current_context()
             context["host_name"] = host["name"]
             result = {"host": host["name"], "run_id": context["dag_run"].run_id, "at": datetime.now().astimezone().isoformat(),
@@ -58,7 +57,7 @@ def build_audit_dag() -> DAG:
             try:
                 findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
                 if params.get("remediate") or host["clean"]:
-                    result["remediated"] = hygiene.remediate(hook.run_script, findings, poll=poll_seconds())
+                    result["remediated"] = hygiene.remediate(hook.run_script, findings, poll=settings.poll_seconds())
                     findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
                 result["findings"] = [f.to_dict() for f in findings]
             except PermanentHostError as error:  # credentials, certificate: a retry cannot help
@@ -97,7 +96,9 @@ def build_audit_dag() -> DAG:
             recipients = load_inventory().admin_recipients
             if not recipients:
                 raise AirflowSkipException("the inventory names no recipients (mail: {admins: [...]} or {to: [...]})")
-            return mailer.send_once(f"checkpoint-audit/{run_id}", summary.subject, render.render_audit(summary), recipients)
+            from .render import render_audit  # Jinja, pandas: imported by the task, not by the DAG file
+
+            return mailer.send_once(f"checkpoint-audit/{run_id}", summary.subject, render_audit(summary), recipients)
 
         @task(trigger_rule="none_failed")
         def every_host_clean() -> str:
@@ -109,9 +110,10 @@ def build_audit_dag() -> DAG:
         audited, verdict = audit.expand(host=listed), every_host_clean()
         audited >> mail_administrators(listed) >> verdict
         audited >> verdict
+    return dag
 
 
 def _result_file(host: str, day: str):
-    folder = storage(reports_location())
+    folder = settings.reports_folder()
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"checkpoint-audit-{host}-{day}.json"

@@ -16,21 +16,30 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     func,
     or_,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateIndex
+from sqlalchemy.sql.functions import FunctionElement
+
+from .facts import Status
 
 CONNECTION_ID = "hyperv_backup_catalog"
-STATUSES = ("succeeded", "failed", "skipped", "covered", "deferred", "running")
+STATUSES = tuple(Status)
+KEY = ("dag_id", "run_id", "host", "vm_name")  # one row per VM per run
 
 metadata = MetaData()
 vm_backups = Table(
@@ -60,8 +69,18 @@ vm_backups = Table(
     Column("missed", Text),  # extension: why this interval was not backed up on time (set by backfills)
     Column("attempts", Integer),  # Windows Server Backup jobs started for this row (a new one after a transient failure or a restart)
     Column("host_restarted", Boolean),  # the host restarted during the backup (its uptime reset is no checkpoint)
+    Column("run_kind", String(32)),  # scheduled, manual, backfill, asset_triggered: who asked for this backup
     Column("updated_at", DateTime(timezone=True)),
-    UniqueConstraint("dag_id", "run_id", "host", "vm_name", name="uq_vm_backups_run_vm"),
+    UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
+)
+# The moment a row belongs to (the reports select by it): its run's data interval end, else its
+# job's start, else its last write. Indexed as an expression, so a night's rows are found without
+# reading the year around them, on SQLite and PostgreSQL alike.
+DUE = func.coalesce(vm_backups.c.interval_end, vm_backups.c.job_started_at, vm_backups.c.updated_at)
+INDEXES = (
+    Index("ix_vm_backups_due", DUE),
+    # each VM's last good backup before a moment, read from this index alone (it holds every column asked)
+    Index("ix_vm_backups_vm", vm_backups.c.host, vm_backups.c.vm_name, vm_backups.c.status, vm_backups.c.job_started_at, DUE),
 )
 # Which report e-mails went out: a retry of the send task finds its report here and does not send it twice.
 report_mails = Table(
@@ -98,6 +117,7 @@ SCHEMA_VERSION_TABLE = "hyperv_backup_schema"
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, ()),  # the first catalog (docs/catalog.md, up to `missed`)
     (2, ("attempts", "host_restarted")),
+    (3, ("run_kind",)),  # and INDEXES; rows of earlier versions get their run's kind from the run id
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 
@@ -140,8 +160,24 @@ def migrate(engine: Engine) -> int:
             for name in columns:
                 if name not in present:
                     operations.add_column(vm_backups.name, Column(name, vm_backups.c[name].type))
+            if version == 3:
+                for index in INDEXES:
+                    db.execute(CreateIndex(index, if_not_exists=True))
+                _recorded_run_kinds(db)
             db.execute(schema_version.update().values(version=version))
     return before
+
+
+def _recorded_run_kinds(db) -> None:
+    """Rows written before `run_kind` existed: the kind is the run id's prefix (`scheduled__...`), and a row a
+    backfill wrote has `missed` set. Runs are few, rows many: one UPDATE per run."""
+    runs = db.execute(select(vm_backups.c.run_id, vm_backups.c.missed.is_not(None).label("missed"))
+                      .where(vm_backups.c.run_kind.is_(None)).distinct()).all()
+    for run_id, missed in runs:
+        kind = "backfill" if missed else run_id.split("__", 1)[0]
+        db.execute(vm_backups.update().where(vm_backups.c.run_id == run_id, vm_backups.c.run_kind.is_(None),
+                                             vm_backups.c.missed.is_not(None) if missed else vm_backups.c.missed.is_(None))
+                   .values(run_kind=kind))
 
 
 def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: datetime) -> None:
@@ -151,17 +187,19 @@ def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: dat
         raise ValueError(f"unknown catalog columns: {sorted(unknown)}")
     if "status" in values and values["status"] not in STATUSES:
         raise ValueError(f"status {values['status']!r} is not one of {STATUSES}")
-    where = [vm_backups.c[k] == key[k] for k in ("dag_id", "run_id", "host", "vm_name")]
+    values, now = {k: _as_utc(v) if isinstance(v, datetime) else v for k, v in values.items()}, _as_utc(now)
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
+    if dialect is None:
+        raise ValueError(f"the catalog runs on SQLite or PostgreSQL, not {engine.dialect.name}")
+    statement = dialect.insert(vm_backups).values(**key, **{"status": Status.RUNNING.value} | values, updated_at=now)
+    # one statement: two workers writing the same row at once cannot both insert it
+    statement = statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now})
     with engine.begin() as db:
-        existing = db.execute(select(vm_backups.c.id).where(*where)).first()
-        if existing is None:
-            db.execute(vm_backups.insert().values(**key, **{"status": "running"} | values, updated_at=now))
-        else:
-            db.execute(vm_backups.update().where(vm_backups.c.id == existing.id).values(**values, updated_at=now))
+        db.execute(statement)
 
 
 def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:
-    found = rows(engine, **{k: key[k] for k in ("dag_id", "run_id", "host", "vm_name")})
+    found = rows(engine, **{k: key[k] for k in KEY})
     return found[0] if found else None
 
 
@@ -222,13 +260,65 @@ def record_mail(engine: Engine, report_key: str, message_id: str, subject: str, 
                                                 recipients=", ".join(recipients), sent_at=now))
 
 
-def frame(engine: Engine):
-    """The whole catalog as a pandas DataFrame, for the reports (which select by each row's due time)."""
+class utc_day(FunctionElement):
+    """The UTC calendar day of a time, as text `YYYY-MM-DD`, on either backend."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element, compiler, **kw):
+    return f"date({compiler.process(element.clauses, **kw)})"  # SQLite holds UTC times as ISO text
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element, compiler, **kw):
+    return f"to_char(({compiler.process(element.clauses, **kw)}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+def interval_rows(engine: Engine, start: datetime, end: datetime):
+    """The rows due in [start, end), with their `due` (a pandas DataFrame): a report's night, read by the DUE index."""
     import pandas as pd
 
-    query = select(*[vm_backups.c[name] for name in COLUMNS], vm_backups.c.updated_at)
+    query = (select(*[vm_backups.c[name] for name in COLUMNS], vm_backups.c.updated_at, DUE.label("due"))
+             .where(DUE >= _as_utc(start), DUE < _as_utc(end)))
     with engine.connect() as db:
         return pd.read_sql(query, db)
+
+
+def last_good_per_vm(engine: Engine, at: datetime):
+    """Every VM with a row due before `at`, with its newest successful job start before `at` (NaT: none yet)."""
+    import pandas as pd
+
+    good = (vm_backups.c.status == Status.SUCCEEDED.value) & (vm_backups.c.job_started_at < _as_utc(at))
+    query = (select(vm_backups.c.host, vm_backups.c.vm_name,
+                    func.max(case((good, vm_backups.c.job_started_at))).label("last_good"))
+             .where(DUE < _as_utc(at)).group_by(vm_backups.c.host, vm_backups.c.vm_name))
+    with engine.connect() as db:
+        return pd.read_sql(query, db)
+
+
+def daily_totals(engine: Engine, since: datetime, at: datetime):
+    """Per UTC day (of `due`) and host in [since, at), the backups that were tried (not covered, skipped or still
+    running): how many, how many succeeded, the first job's start and the last job's end."""
+    import pandas as pd
+
+    tried = vm_backups.c.status.not_in([Status.COVERED.value, Status.SKIPPED.value, Status.RUNNING.value])
+    day = utc_day(DUE).label("day")
+    query = (select(day, vm_backups.c.host, func.count().label("vms"),
+                    func.sum(case((vm_backups.c.status == Status.SUCCEEDED.value, 1), else_=0)).label("succeeded"),
+                    func.min(vm_backups.c.job_started_at).label("first_start"),
+                    func.max(vm_backups.c.job_finished_at).label("last_end"))
+             .where(DUE >= _as_utc(since), DUE < _as_utc(at), tried).group_by(day, vm_backups.c.host))
+    with engine.connect() as db:
+        return pd.read_sql(query, db)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A bound time as the catalog compares it, in UTC: SQLite's text holds no offset, so a time in another
+    zone would compare as its local digits."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def past_their_turn(engine: Engine, dag_id: str, run_id: str) -> set[str]:

@@ -9,7 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 MODE_COLOURS = {"online": "#2e7d32", "checkpoint": "#1565c0", "saved": "#ef6c00", "offline": "#757575"}
@@ -54,10 +56,20 @@ def legend_entries(ran: pd.DataFrame, window_drawn: bool) -> list[Patch]:
     return entries
 
 
+def _bars(axis, lanes: pd.Series, starts: pd.Series, ends: pd.Series, **style) -> None:
+    """Many bars as one collection: a fleet's 2,000 jobs draw as fast as a handful (one Rectangle each would not)."""
+    left, right = mdates.date2num(starts.dt.tz_convert("UTC").dt.tz_localize(None)), mdates.date2num(
+        ends.dt.tz_convert("UTC").dt.tz_localize(None))
+    low, high = lanes.to_numpy() - 0.3, lanes.to_numpy() + 0.3
+    boxes = np.stack([np.column_stack(corner) for corner in ((left, low), (left, high), (right, high), (right, low))], axis=1)
+    axis.add_collection(PolyCollection(boxes, zorder=2, **style), autolim=True)
+
+
 def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
     """One bar per VM job, grouped by host, coloured by mode; failed jobs red-edged and hatched; the planned window shaded.
 
-    A large fleet gets one row per host, each VM's job a segment of it, so the chart stays legible.
+    A large fleet gets one row per host, each VM's job a segment of it, so the chart stays legible. The bars
+    are drawn as one collection per style (done, failed, no end recorded), not one artist per job.
     """
     ran = job_spans(vms)
     hosts = list(dict.fromkeys(ran["host"]))
@@ -68,7 +80,7 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
         axis.text(0.5, 0.5, "no backup job ran in this interval", ha="center", va="center", transform=axis.transAxes)
         axis.set_axis_off()
         return _png(figure)
-    labels, y, window_drawn = [], 0, False
+    labels, lanes, y, window_drawn = [], pd.Series(0, index=ran.index), 0, False
     for host in hosts:
         mine = ran[ran["host"] == host].sort_values("started")
         planned = windows.loc[windows["host"] == host]
@@ -78,16 +90,17 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
                                color=WINDOW, zorder=0)
             axis.vlines(planned["planned_end"].iloc[0], y - 0.5, top - 0.5, colors="#b8860b", linestyles="--", zorder=1)
             window_drawn = True
-        for (failed, open_end), jobs in mine.groupby([mine["status"] != "succeeded", mine["open"]]):
-            rows = range(y, y + len(mine)) if per_vm else [y] * len(mine)
-            lanes = [rows[i] for i in (mine.index.get_indexer(jobs.index) if per_vm else range(len(jobs)))]
-            colours = (jobs["mode"].fillna(jobs["predicted_mode"])).map(MODE_COLOURS).fillna("#9e9e9e")
-            axis.barh(lanes, jobs["finished"] - jobs["started"], left=jobs["started"], height=0.6, zorder=2, color=list(colours),
-                      edgecolor=OPEN if open_end else FAILED if failed else "white", linewidth=1.5 if failed or open_end else 0.3,
-                      linestyle="--" if open_end else "-", hatch="///" if failed else None)
+        lanes[mine.index] = range(y, top) if per_vm else y
         labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
         y = top
         axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
+    for (failed, open_end), jobs in ran.groupby([ran["status"] != "succeeded", ran["open"]]):
+        colours = jobs["mode"].fillna(jobs["predicted_mode"]).map(MODE_COLOURS).fillna("#9e9e9e")
+        _bars(axis, lanes[jobs.index], jobs["started"], jobs["finished"], facecolors=list(colours),
+              edgecolors=OPEN if open_end else FAILED if failed else "white", linewidths=1.5 if failed or open_end else 0.3,
+              linestyles="--" if open_end else "-", hatch="///" if failed else None)
+    axis.autoscale_view()
+    axis.xaxis_date(tz="UTC")
     axis.set_yticks(range(len(labels)), labels, fontsize=8)
     axis.invert_yaxis()
     axis.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz="UTC"))

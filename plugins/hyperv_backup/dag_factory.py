@@ -7,87 +7,17 @@ full target) then shows as that host's failed run, and the other hosts go on.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from airflow.sdk import DAG, Asset, Param, get_current_context, task, task_group
+from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from . import catalog, windows
+from . import catalog, settings, windows
 from .errors import HostError
-from .facts import DEFAULT_JOB_ATTEMPTS
-from .hooks import HyperVHook
 from .inventory import HostEntry, Inventory
-from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, catalog_engine, outcome, steps_for
-from .retrying import SpreadRetries
-
-CATALOG_ASSET = Asset("hyperv_backup_catalog", uri="hyperv-backup://catalog/vm_backups")
-
-
-def retry_policy() -> dict:
-    """Retries of a step that met a transient error (`[hyperv_backup] retries`, `retry_delay_seconds`): the delay
-    doubles at each try and is spread over the run's VMs (retrying.SpreadRetries)."""
-    from airflow.configuration import conf
-
-    delay = timedelta(seconds=conf.getint("hyperv_backup", "retry_delay_seconds", fallback=30))
-    return {"retries": conf.getint("hyperv_backup", "retries", fallback=2), "retry_delay": delay,
-            "retry_exponential_backoff": True, "retry_policy": SpreadRetries(delay)}
-
-
-def poll_seconds() -> float:
-    """How often a step asks the host how its job is doing (`[hyperv_backup] poll_seconds`).
-
-    Each poll is a few WinRM round trips; the interval trades host load against how soon the
-    next VM's job starts after one ends (bench/pipeline.py measures both).
-    """
-    from airflow.configuration import conf
-
-    return conf.getfloat("hyperv_backup", "poll_seconds", fallback=5.0)
-
-
-def job_timeout() -> timedelta:
-    """How long a VM's WSB job may run before the copy step gives up on it (`[hyperv_backup] job_timeout_hours`)."""
-    from airflow.configuration import conf
-
-    return timedelta(hours=conf.getfloat("hyperv_backup", "job_timeout_hours", fallback=12.0))
-
-
-def merge_timeout() -> timedelta:
-    """How long, in host time, a Recovery checkpoint's merge may take (`[hyperv_backup] merge_timeout_minutes`)."""
-    from airflow.configuration import conf
-
-    return timedelta(minutes=conf.getfloat("hyperv_backup", "merge_timeout_minutes", fallback=60.0))
-
-
-def host_silence() -> timedelta:
-    """How long a wait goes on while the host does not answer at all (`[hyperv_backup] host_silence_minutes`):
-    a rebooting host is silent for minutes; one that stays silent longer fails the step (retried)."""
-    from airflow.configuration import conf
-
-    return timedelta(minutes=conf.getfloat("hyperv_backup", "host_silence_minutes", fallback=30.0))
-
-
-def host_wait() -> timedelta:
-    """How long the host waits for a change before it answers a waiting step anyway (`[hyperv_backup]
-    host_wait_seconds`, host time): the longer, the fewer requests; 0 makes the waits poll every `poll_seconds`."""
-    from airflow.configuration import conf
-
-    return timedelta(seconds=conf.getfloat("hyperv_backup", "host_wait_seconds", fallback=60.0))
-
-
-def step_timeout() -> timedelta:
-    """How long one turn of a step may work in a worker (`[hyperv_backup] step_timeout_minutes`): its waits on
-    the host are deferred and do not count, so this bounds only a hung command."""
-    from airflow.configuration import conf
-
-    return timedelta(minutes=conf.getfloat("hyperv_backup", "step_timeout_minutes", fallback=30.0))
-
-
-def job_attempts() -> int:
-    """How many WSB jobs one VM backup may take after transient failures or restarts (`[hyperv_backup] job_attempts`)."""
-    from airflow.configuration import conf
-
-    return conf.getint("hyperv_backup", "job_attempts", fallback=DEFAULT_JOB_ATTEMPTS)
+from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
+from .settings import catalog_engine
 
 
 def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
@@ -106,7 +36,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         doc_md=doc,
         # "upstream": a VM's later steps go before the next VMs' probes when worker slots are short, so the
         # VM whose turn is next is deferred on the host by the time the job before it ends
-        default_args=retry_policy() | {"execution_timeout": step_timeout(), "weight_rule": "upstream"},
+        default_args=settings.retry_policy() | {"execution_timeout": settings.step_timeout(), "weight_rule": "upstream"},
         params={
             # Typed Params are required in the trigger form unless they allow null (Airflow's Params UI tutorial).
             "vms": Param([], type=["array", "null"], description="back up only these VMs (empty: all of the inventory)"),
@@ -119,12 +49,14 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def _steps(vm_name: str):
             context = get_current_context()
             context["vm_name"] = vm_name  # for map_index_template: the UI shows the VM's name
-            return steps_for(context, host, conn, target, vm_name, poll_seconds(), entry.clean_recovery_checkpoints)
+            return steps_for(context, host, conn, target, vm_name, settings.poll_seconds(), entry.clean_recovery_checkpoints)
 
         @task
         def select_vms(params=None) -> list[str]:
             """The VMs of this run, in the order their jobs should start (priority, then oldest good backup)."""
             try:
+                from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
+
                 listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HostVMs")["vms"]]
             except HostError as error:
                 _host_failed(error)
@@ -163,15 +95,15 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def backup_vm(vm_name: str):
             probed = probe(vm_name)
             waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "vm_name": vm_name, "probe": probed,
-                     "poll_interval": poll_seconds(), "job_timeout": job_timeout(), "silence": host_silence(), "host_wait": host_wait(),
-                     "window": entry.window, "max_attempts": job_attempts(), "map_index_template": "{{ vm_name }}"}
+                     "poll_interval": settings.poll_seconds(), "job_timeout": settings.job_timeout(), "silence": settings.host_silence(), "host_wait": settings.host_wait(),
+                     "window": entry.window, "max_attempts": settings.job_attempts(), "map_index_template": "{{ vm_name }}"}
             snap = SnapshotOperator(task_id="snapshot", **waits)
-            merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=merge_timeout(), **waits)
+            merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=settings.merge_timeout(), **waits)
             copied = WaitForBackupJobOperator(task_id="copy", **waits)
             snap >> merged >> copied
             verify(vm_name, probed, snap.output, copied.output)
 
-        @task(outlets=[CATALOG_ASSET], trigger_rule="all_done")
+        @task(outlets=[settings.catalog_asset()], trigger_rule="all_done")
         def catalog_updated() -> None:
             """Marks the catalog Asset so the report DAG follows every backup run, failed VMs included."""
 

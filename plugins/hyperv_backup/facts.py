@@ -38,6 +38,18 @@ class Mode(StrEnum):
     OFFLINE = "offline"  # VM was Off or Saved: files copied, VM untouched
 
 
+class Status(StrEnum):
+    """How a VM's backup of one run ended (the catalog's `status`, docs/catalog.md)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # with the cause and what to do in `error`
+    SKIPPED = "skipped"  # nothing to back up (plan only, the VM is gone, ...)
+    COVERED = "covered"  # an earlier catch-up backup covers this (backfilled) interval
+    DEFERRED = "deferred"  # the window closed before the VM's turn
+    RUNNING = "running"  # not ended: under way, or a worker died mid-step
+
+
+
 class CheckpointType(StrEnum):
     STANDARD = "Standard"
     PRODUCTION = "Production"

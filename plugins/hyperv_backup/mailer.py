@@ -16,7 +16,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from . import catalog
-from .operators import catalog_engine
+from .settings import catalog_engine
 
 
 def message(subject: str, html: str, sender: str, recipients: list[str], message_id: str, files: Sequence[Path] = ()) -> EmailMessage:

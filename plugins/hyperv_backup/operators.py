@@ -6,39 +6,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowRuntimeError, AirflowSkipException
 
 from . import catalog, windows
 from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS
-from .hooks import HyperVHook
 from .record import Until, parse_time
+from .settings import catalog_engine
 from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
 from .triggers import BackupJobTrigger, seen_at
 
 
-@lru_cache(maxsize=4)
-def _engine(url: str):
-    return catalog.engine_for(url)
-
-
-def catalog_engine():
-    """The catalog's engine, from the Airflow connection `hyperv_backup_catalog`."""
-    conn = BaseHook.get_connection(catalog.CONNECTION_ID)
-    url = catalog.sqlalchemy_url(conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema, conn.extra_dejson)
-    return _engine(url)
-
-
 def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
               clean_recovery_checkpoints: bool = False, max_attempts: int = DEFAULT_JOB_ATTEMPTS) -> BackupSteps:
+    from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
+
     dag_run = context["dag_run"]
-    run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name)
+    run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name,
+                 windows.run_kind(dag_run.run_type))
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
                        run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts)
 

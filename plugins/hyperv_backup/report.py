@@ -1,9 +1,11 @@
 """The report's content: pure functions from catalog frames to report frames. No Airflow import.
 
-Everything is computed from the catalog (`vm_backups`) alone, vectorized with pandas, so the
-report of any past interval can be rebuilt and comes out the same every time. A row belongs to
-the interval its run was due in (`interval_end`, else the job's start, else its last update).
-Times are UTC throughout; a host's window is converted from its own time zone.
+Everything is computed from the catalog (`vm_backups`) alone, so the report of any past interval
+can be rebuilt and comes out the same every time. The catalog is asked only for what the report
+needs (`read`): the interval's rows, each VM's last good backup, and per-day, per-host totals of
+the trend, so a year of a large fleet costs about what one night costs. A row belongs to the
+interval its run was due in (`catalog.DUE`: `interval_end`, else the job's start, else its last
+update). Times are UTC throughout; a host's window is converted from its own time zone.
 """
 
 from __future__ import annotations
@@ -46,29 +48,37 @@ def file_prefix(interval: Interval) -> str:
     return f"hyperv-backup-to-{interval.end:%Y-%m-%dT%H%M}"
 
 
-def normalize(catalog: pd.DataFrame) -> pd.DataFrame:
-    """The catalog as read (any SQL backend) with UTC timestamps and the row's moment `due`."""
-    frame = catalog.copy()
-    for column in TIME_COLUMNS:
+TREND_DAYS = 30
+
+
+@dataclass
+class Inputs:
+    """What the report reads from the catalog (catalog.interval_rows, last_good_per_vm, daily_totals)."""
+
+    rows: pd.DataFrame  # the interval's rows, with `due`
+    vms: pd.DataFrame  # every VM known before the interval's end, with `last_good` (NaT: never)
+    days: pd.DataFrame  # per UTC day and host over the trend's days: vms, succeeded, first_start, last_end
+
+
+def read(engine, interval: Interval, days: int = TREND_DAYS) -> Inputs:
+    """Ask the catalog for what the report of `interval` needs, and nothing more."""
+    from . import catalog
+
+    return Inputs(catalog.interval_rows(engine, interval.start, interval.end), catalog.last_good_per_vm(engine, interval.end),
+                  catalog.daily_totals(engine, interval.end - timedelta(days=days), interval.end))
+
+
+def _utc(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """Times as read from any SQL backend (aware, naive or text) as UTC timestamps."""
+    frame = frame.copy()
+    for column in columns:
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="mixed")
-    if "missed" not in frame:
-        frame["missed"] = None
-    frame["due"] = frame["interval_end"].fillna(frame["job_started_at"]).fillna(frame["updated_at"])
     return frame
-
-
-def in_interval(frame: pd.DataFrame, interval: Interval) -> pd.DataFrame:
-    return frame[(frame["due"] >= interval.start) & (frame["due"] < interval.end)]
 
 
 def _reasons(series: pd.Series) -> pd.Series:
     return series.fillna("[]").map(lambda text: "; ".join(json.loads(text)) if text.startswith("[") else text)
-
-
-def _run_kind(rows: pd.DataFrame) -> pd.Series:
-    """scheduled / manual / backfill / ...: a run a backfill reprocessed keeps its `scheduled__` id but has `missed` set."""
-    return rows["run_id"].str.split("__", n=1).str[0].where(rows["missed"].isna(), "backfill")
 
 
 def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -79,7 +89,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
     copy_seconds = (rows["job_finished_at"] - rows["snapshot_at"]).dt.total_seconds()  # after the shadow copy: merge and copy
     gb = rows["bytes_copied"].fillna(0).astype(float) / 1024**3
     table = pd.DataFrame({
-        "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": _run_kind(rows),
+        "host": rows["host"], "vm_name": rows["vm_name"], "run_kind": rows["run_kind"],
         "status": rows["status"],
         "predicted_mode": rows["predicted_mode"], "mode": rows["mode"], "reasons": _reasons(rows["mode_reasons"]),
         "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
@@ -111,7 +121,7 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
     decision made at any hour, so it neither holds nor overruns one (`held` is None).
     """
     hosts = sorted(set(windows) | set(rows["host"]))
-    scheduled = _run_kind(rows) == "scheduled"
+    scheduled = rows["run_kind"] == "scheduled"
     due = rows[scheduled].groupby("host")["due"].min()
     ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
     records = []
@@ -131,13 +141,10 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
                                           "overran", "window"])
 
 
-def rpo_table(history: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], default_rpo: float = 24.0) -> pd.DataFrame:
-    """Every VM the catalog knows, with the age of its last good backup at `at`; past the RPO (or never) first."""
-    known = history[history["due"] < at]
-    vms = known[["host", "vm_name"]].drop_duplicates()
-    good = known[(known["status"] == "succeeded") & (known["job_started_at"] < at)]
-    last = good.groupby(["host", "vm_name"], as_index=False)["job_started_at"].max().rename(columns={"job_started_at": "last_good"})
-    table = vms.merge(last, on=["host", "vm_name"], how="left")
+def rpo_table(known: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], default_rpo: float = 24.0) -> pd.DataFrame:
+    """Every VM the catalog knows (`last_good_per_vm`), with the age of its last good backup at `at`; past the RPO
+    (or never backed up) first."""
+    table = _utc(known[["host", "vm_name", "last_good"]], ["last_good"])
     table["age_h"] = (pd.Timestamp(at) - table["last_good"]).dt.total_seconds() / 3600
     table["rpo_h"] = table["host"].map(rpo_hours).fillna(default_rpo).astype(float)
     table["breach"] = table["last_good"].isna() | (table["age_h"] > table["rpo_h"])
@@ -146,18 +153,17 @@ def rpo_table(history: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], 
     return table.drop(columns="sort_age").reset_index(drop=True)
 
 
-def trend_table(history: pd.DataFrame, at: datetime, days: int = 30) -> pd.DataFrame:
-    """The last `days` days up to `at`: VMs tried, succeeded, success rate, and the longest host window (hours)."""
+def trend_table(daily: pd.DataFrame, at: datetime, days: int = TREND_DAYS) -> pd.DataFrame:
+    """The last `days` days up to `at` (from `daily_totals`): VMs tried, succeeded, success rate, and the longest
+    host window (hours: its first job's start to its last job's end)."""
     since = pd.Timestamp(at) - pd.Timedelta(days=days)
-    recent = history[(history["due"] >= since) & (history["due"] < at) & ~history["status"].isin(["covered", "skipped", "running"])]
     day_index = pd.date_range((since + pd.Timedelta(days=1)).normalize(), pd.Timestamp(at).normalize(), freq="D", tz="UTC")
-    if recent.empty:
+    if daily.empty:
         return pd.DataFrame({"day": day_index, "vms": 0, "succeeded": 0, "success_rate": np.nan, "window_h": np.nan})
-    day = recent["due"].dt.floor("D")
-    counts = recent.assign(day=day, ok=recent["status"].eq("succeeded")).groupby("day").agg(vms=("ok", "size"), succeeded=("ok", "sum"))
-    spans = recent.assign(day=day).groupby(["day", "host"]).agg(first=("job_started_at", "min"), last=("job_finished_at", "max"))
-    longest = ((spans["last"] - spans["first"]).dt.total_seconds() / 3600).groupby(level="day").max()
-    table = counts.join(longest.rename("window_h")).reindex(day_index)
+    spans = _utc(daily, ["first_start", "last_end"]).assign(day=pd.to_datetime(daily["day"], utc=True))
+    spans["window_h"] = (spans["last_end"] - spans["first_start"]).dt.total_seconds() / 3600
+    table = spans.groupby("day").agg(vms=("vms", "sum"), succeeded=("succeeded", "sum"), window_h=("window_h", "max"))
+    table = table.reindex(day_index)
     table.index.name = "day"
     table[["vms", "succeeded"]] = table[["vms", "succeeded"]].fillna(0).astype(int)
     table["success_rate"] = table["succeeded"] / table["vms"].where(table["vms"] > 0)
@@ -225,12 +231,11 @@ class Report:
     impact: pd.DataFrame
 
 
-def build(catalog: pd.DataFrame, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float]) -> Report:
-    """The whole report of one interval, from the catalog rows up to its end."""
-    history = normalize(catalog)
-    rows = in_interval(history, interval)
+def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float]) -> Report:
+    """The whole report of one interval, from what `read` took from the catalog."""
+    rows = _utc(inputs.rows, (*TIME_COLUMNS, "due"))
     vms = vm_table(rows)
     hosts = window_table(vms, rows, windows)
-    rpo = rpo_table(history, interval.end, rpo_hours)
-    return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(history, interval.end),
+    rpo = rpo_table(inputs.vms, interval.end, rpo_hours)
+    return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(inputs.days, interval.end),
                   impact_table(vms))

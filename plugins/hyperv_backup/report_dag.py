@@ -13,35 +13,26 @@ from __future__ import annotations
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from . import catalog, mailer, render, report
-from .dag_factory import CATALOG_ASSET
+from . import settings
 from .inventory import load_inventory
-from .operators import catalog_engine
 from .windows import run_kind
+
+if TYPE_CHECKING:
+    from .report import Interval
 
 DAG_ID = "hyperv_backup_report"
 
 
-def _config(key: str, fallback: str) -> str:
-    from airflow.configuration import conf
+def _interval(context, params) -> Interval:
+    from . import report
 
-    return conf.get("hyperv_backup", key, fallback=fallback)
-
-
-def reports_location() -> str:
-    """Where report files go: `[hyperv_backup] reports_path`, a folder or an object storage URL (s3://...)."""
-    from airflow.configuration import AIRFLOW_HOME
-
-    return _config("reports_path", str(Path(AIRFLOW_HOME) / "hyperv-backup-reports"))
-
-
-def _interval(context, params) -> report.Interval:
     if params.get("interval_start") and params.get("interval_end"):
         start, end = (datetime.fromisoformat(params[k]).astimezone(UTC) for k in ("interval_start", "interval_end"))
         return report.Interval(start, end, nightly=False)
@@ -58,7 +49,7 @@ def build_report_dag() -> DAG:
     inventory stays the one import error of the backup DAG file and this DAG keeps loading."""
     with DAG(
         dag_id=DAG_ID,
-        schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"), assets=[CATALOG_ASSET]),
+        schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 7 * * *", timezone="UTC"), assets=[settings.catalog_asset()]),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         is_paused_upon_creation=False,  # deployed means wanted: not left paused in the UI
@@ -76,18 +67,20 @@ def build_report_dag() -> DAG:
         @task
         def build_report(params=None) -> dict:
             """Build from the catalog alone and write the files; returns what the mail needs."""
+            from . import render, report  # pandas and matplotlib: imported by the task, not by the DAG file
+
             context = get_current_context()
             interval = _interval(context, params)
             inventory = load_inventory()
             windows = {h.name: h.window for h in inventory.hosts}
             rpo = {h.name: h.rpo_hours for h in inventory.hosts}
-            built = report.build(catalog.frame(catalog_engine()), interval, windows, rpo)
+            built = report.build(report.read(settings.catalog_engine(), interval), interval, windows, rpo)
             prefix = report.file_prefix(interval)
             with tempfile.TemporaryDirectory(prefix="hyperv-report-") as staging:
                 rendered = render.render(built, Path(staging), prefix)
                 mail_html = rendered.html.with_suffix(".mail.html")
                 mail_html.write_text(rendered.email_html, encoding="utf-8")
-                folder = _publish([rendered.html, *rendered.attachments, mail_html], reports_location())
+                folder = _publish([rendered.html, *rendered.attachments, mail_html], settings.reports_folder())
             print(f"{built.summary.subject}\nwritten to {folder}")
             return {"key": f"{prefix}/{interval.start.isoformat()}/{interval.end.isoformat()}", "subject": built.summary.subject,
                     "folder": folder, "mail_html": mail_html.name, "attachments": [p.name for p in rendered.attachments]}
@@ -96,7 +89,7 @@ def build_report_dag() -> DAG:
         def send_report(built: dict, params=None) -> str:
             context = get_current_context()
             asset_triggered = run_kind(context["dag_run"].run_type) == "asset_triggered"
-            if not params.get("send_mail") or (asset_triggered and _config("mail_on_catalog_update", "False").lower() != "true"):
+            if not params.get("send_mail") or (asset_triggered and not settings.mail_on_catalog_update()):
                 raise AirflowSkipException("mail not wanted for this run; the report files are written")
             recipients = load_inventory().mail_to
             if not recipients:
@@ -107,15 +100,8 @@ def build_report_dag() -> DAG:
     return dag
 
 
-def storage(location: str):
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(location if "://" in location else f"file://{Path(location).resolve()}")
-
-
-def _publish(paths: list[Path], location: str) -> str:
+def _publish(paths: list[Path], target) -> str:
     """Copy the files to the reports location (a folder, or any ObjectStoragePath URL): the mail is sent from there."""
-    target = storage(location)
     target.mkdir(parents=True, exist_ok=True)
     for path in paths:
         (target / path.name).write_bytes(path.read_bytes())
@@ -124,7 +110,9 @@ def _publish(paths: list[Path], location: str) -> str:
 
 def _send_once(built: dict, recipients: list[str]) -> str:
     """Mail the report from the reports location: the provider attaches local files, so they are fetched first."""
-    folder = storage(built["folder"])
+    from . import mailer
+
+    folder = settings.storage(built["folder"])
     with tempfile.TemporaryDirectory(prefix="hyperv-mail-") as local:
         files = []
         for name in built["attachments"]:

@@ -17,13 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import catalog, hygiene, record, rules, windows
 from .errors import PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS, Mode
-from .hooks import HyperVHook
 from .parsers import parse_wbadmin_versions
+
+if TYPE_CHECKING:  # WinRM is imported by the task that talks to a host, not by the DAG file
+    from .hooks import HyperVHook
 
 TERMINAL = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -85,6 +87,7 @@ class RunKey:
     interval_end: datetime | None
     host: str
     vm_name: str
+    kind: str | None = None  # the run's kind (scheduled, manual, backfill, ...), recorded with each row
 
     def key(self) -> dict[str, Any]:
         return {"dag_id": self.dag_id, "run_id": self.run_id, "host": self.host, "vm_name": self.vm_name}
@@ -115,6 +118,8 @@ class BackupSteps:
 
     def record(self, **values: Any) -> None:
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
+        if self.run.kind:
+            base["run_kind"] = self.run.kind
         catalog.upsert(self.engine, self.run.key(), base | values, datetime.now(UTC))
 
     def fail(self, error: str, **values: Any) -> PermanentHostError:

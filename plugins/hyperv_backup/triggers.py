@@ -105,7 +105,7 @@ class BackupJobTrigger(BaseTrigger):
     def _prepare(self, hook) -> None:
         """What the wait needs from Airflow, fetched once before it matters (the triggerer answers a connection
         request in its own time): the host's connection, and the catalog's for a turn."""
-        from .operators import catalog_engine
+        from .settings import catalog_engine
 
         hook.get_conn()
         self._engine = catalog_engine() if self.turn or self.start else None
@@ -134,7 +134,7 @@ class BackupJobTrigger(BaseTrigger):
         limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
         answer = hook.run_script("Start-VMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
         if answer["started"]:
-            key = {k: self.start[k] for k in ("dag_id", "run_id", "host", "vm_name")}
+            key = {k: self.start[k] for k in catalog.KEY}
             catalog.upsert(self._engine, key, {"status": "running", "job_started_at": parse_time(answer["job"]["start_time_utc"])},
                            datetime.now(UTC))
             self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name,

@@ -1,0 +1,67 @@
+"""A throwaway PostgreSQL server for tests and benchmarks: the catalog's other backend, run for real.
+
+Uses Debian's server binaries (`make postgres` installs them). The cluster lives in a folder of
+its own, listens on 127.0.0.1 only, trusts local connections (nothing else can reach it), and is
+stopped and deleted by `stop()`. PostgreSQL refuses to run as root, so under root it runs as the
+`postgres` account the Debian package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def binaries() -> Path:
+    """The folder of `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/N/bin (newest)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not versions:
+        raise RuntimeError("PostgreSQL's server is not installed: run `make postgres` (apt-get install postgresql)")
+    return Path(versions[-1]).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    folder: Path
+    port: int
+    as_user: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, str(binaries() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start() -> Server:
+    folder = Path(tempfile.mkdtemp(prefix="hyperv-backup-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    bin_dir, port = binaries(), _free_port()
+    run = {"capture_output": True, "text": True, "check": True}
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust",
+                    "--encoding=UTF8", "--locale=C.UTF-8"], **run)
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c full_page_writes=off"
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-o", options, "-l", str(folder / "log"),
+                    "-w", "start"], **run)
+    return Server(folder, port, as_user)
