@@ -8,6 +8,7 @@ full target) then shows as that host's failed run, and the other hosts go on.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
 from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
@@ -20,14 +21,25 @@ from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOp
 from .settings import catalog_engine
 
 
+@cache
+def _schedule(schedule: str, timezone: str):
+    """The cron schedule in the host's time zone. One timetable per distinct (cron, zone), shared by the DAGs
+    that have it: building one describes the cron in words, 4 ms each, 0.4 s for a fleet of 100 hosts."""
+    return schedule if schedule.startswith("@") else CronTriggerTimetable(schedule, timezone=timezone)
+
+
+def dag_id(entry: HostEntry) -> str:
+    return f"hyperv_backup_{entry.name.lower()}"
+
+
 def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
     conn, target, host = entry.connection, entry.backup_target, entry.name
     doc = (f"### Hyper-V backups of {host}\n\nEach VM: probe → snapshot/checkpoint → verify merge → copy → verify, "
            f"one Windows Server Backup job at a time, to `{target}`. Window {entry.window.start}–{entry.window.end} "
            f"({entry.window.timezone}). Results go to the catalog (`vm_backups`); inventory: `{inventory.source}`.")
     with DAG(
-        dag_id=f"hyperv_backup_{host.lower()}",
-        schedule=CronTriggerTimetable(entry.schedule, timezone=entry.window.timezone) if not entry.schedule.startswith("@") else entry.schedule,
+        dag_id=dag_id(entry),
+        schedule=_schedule(entry.schedule, entry.window.timezone),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         is_paused_upon_creation=False,  # a host in the inventory is to be backed up, not left paused
