@@ -42,7 +42,7 @@ from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 
 POLL_SECONDS = 5.0  # the product's default `[hyperv_backup] poll_seconds`
-ONE_SHOT = ("Get-HostVMs", "Get-VMBackupProbe", "Start-VMBackup", "Get-VMBackupResult", "wbadmin get versions")
+ONE_SHOT = ("Get-HvbHostVMs", "Get-HvbVMBackupProbe", "Start-HvbVMBackup", "Get-HvbVMBackupResult", "wbadmin get versions")
 
 
 def scenario(hosts: int, vms: int, speed: float) -> dict:

@@ -1,6 +1,6 @@
 """What one remote shell per step saves: a shell per command against one shell for many.
 
-Runs the same script (Get-VMBackupStatus, the call every poll makes) N times through
+Runs the same script (Get-HvbVMBackupStatus, the call every poll makes) N times through
 HyperVHook against a simulated host over HTTPS, first with a shell per command (Create,
 Command, Receive, Signal, Delete, and a new TLS connection each time), then inside
 `HyperVHook.session()` (one shell, one kept-alive connection), side by side, and prints
@@ -35,16 +35,16 @@ def measure(running: harness.RunningSimulator, calls: int, session: bool) -> tup
     from hyperv_backup.hooks import HyperVHook
 
     hook = HyperVHook("winrm_hvbench")
-    vm_id = hook.run_script("Get-HostVMs")["vms"][0]["id"]
+    vm_id = hook.run_script("Get-HvbHostVMs")["vms"][0]["id"]
     before = running.state()["hosts"][0]["requests"]
     began = time.perf_counter()
     if session:
         with hook.session():
             for _ in range(calls):
-                hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+                hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
     else:
         for _ in range(calls):
-            hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
     elapsed = time.perf_counter() - began
     return (running.state()["hosts"][0]["requests"] - before) / calls, 1000 * elapsed / calls
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                        "one shell (session)": measure(running, args.calls, session=True)}
         finally:
             running.stop()
-    print(f"{args.calls} calls of Get-VMBackupStatus over HTTPS to a simulated 2019 host\n")
+    print(f"{args.calls} calls of Get-HvbVMBackupStatus over HTTPS to a simulated 2019 host\n")
     print(f"{'':22} {'HTTP requests/call':>19} {'ms/call':>8}")
     for name, (requests, ms) in results.items():
         print(f"{name:22} {requests:>19.2f} {ms:>8.1f}")

@@ -93,7 +93,7 @@ def classify(host: Host, command: str) -> Request:
     matches = host.find_vm(vm_id=vm_id) if vm_id else host.find_vm(name=vm_name) if vm_name else []
     request.vm = matches[0] if matches else None
     request.step = SCRIPT_STEPS.get(request.script or "")
-    if request.script == "Get-VMBackupStatus":  # a status poll belongs to the phase the job is in
+    if request.script == "Get-HvbVMBackupStatus":  # a status poll belongs to the phase the job is in
         job = host.last_job()
         operation = job.operation if job and request.vm and job.vm_id == request.vm.id else "done"
         request.step = {"snapshot": "snapshot", "merge": "merge", "copy": "copy"}.get(operation, "verify")
@@ -251,7 +251,7 @@ def _job_json(host: Host, job: Job) -> dict[str, Any]:
 
 
 def change_key(host: Host, vm: VM) -> str:
-    """What Get-VMBackupStatus -WaitSeconds watches for a change: the job holding the host (start, state,
+    """What Get-HvbVMBackupStatus -WaitSeconds watches for a change: the job holding the host (start, state,
     phase), the VM's checkpoints and disks, the host's boot. The caller only echoes it back."""
     running = next((j for j in host.jobs if j.state == "Running"), None)
     job = f"{iso(running.started)} {running.state} {running.operation}" if running else "-"
@@ -261,11 +261,11 @@ def change_key(host: Host, vm: VM) -> str:
 
 
 def status_wait(host: Host, request: Request) -> tuple[datetime, str] | None:
-    """Get-VMBackupStatus -WaitSeconds N -Seen KEY waits on the host until its change key differs from KEY or N
+    """Get-HvbVMBackupStatus -WaitSeconds N -Seen KEY waits on the host until its change key differs from KEY or N
     seconds (host time) pass, then answers: (until, seen), or None when this command does not wait."""
     params = request.params or {}
     seconds = float(params.get("WaitSeconds") or 0)
-    if request.script != "Get-VMBackupStatus" or seconds <= 0 or request.vm is None:
+    if request.script != "Get-HvbVMBackupStatus" or seconds <= 0 or request.vm is None:
         return None
     return host.now() + timedelta(seconds=seconds), str(params.get("Seen") or "")
 
@@ -359,12 +359,12 @@ def _remove_recovery(host: Host, request: Request) -> dict[str, Any]:
 
 
 SCRIPTS = {
-    "Get-VMBackupProbe": _probe,
-    "Start-VMBackup": _start,
-    "Get-VMBackupStatus": _status,
-    "Get-VMBackupResult": _result,
-    "Get-HostVMs": _host_vms,
-    "Remove-RecoveryCheckpoint": _remove_recovery,
+    "Get-HvbVMBackupProbe": _probe,
+    "Start-HvbVMBackup": _start,
+    "Get-HvbVMBackupStatus": _status,
+    "Get-HvbVMBackupResult": _result,
+    "Get-HvbHostVMs": _host_vms,
+    "Remove-HvbRecoveryCheckpoint": _remove_recovery,
 }
 
 

@@ -175,7 +175,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
         command.exit_code = outcome.exit_code
 
     def _run_pending(self, command: wsman.Command, timeout: float) -> bool:
-        """A command that waits on the host (Get-VMBackupStatus -WaitSeconds): True once it has answered, False
+        """A command that waits on the host (Get-HvbVMBackupStatus -WaitSeconds): True once it has answered, False
         when `timeout` real seconds passed first (Receive then answers TimedOut and the client asks again). A
         restart kills it with the connection, as it kills the shell."""
         request, until, seen, booted = command.pending

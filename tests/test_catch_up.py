@@ -142,8 +142,8 @@ def test_a_catch_up_waiting_for_the_host_never_lets_its_trigger_start_the_job(st
     waiting = _steps(engine, clock, 2)
     probe = waiting.probe()
     hook = HyperVHook("hv")
-    other = next(vm for vm in hook.run_script("Get-HostVMs")["vms"] if vm["name"] == "OTHER")
-    assert hook.run_script("Start-VMBackup", VMId=other["id"], BackupTarget="E:")["started"]  # the host is busy
+    other = next(vm for vm in hook.run_script("Get-HvbHostVMs")["vms"] if vm["name"] == "OTHER")
+    assert hook.run_script("Start-HvbVMBackup", VMId=other["id"], BackupTarget="E:")["started"]  # the host is busy
     wait = waiting.snapshot(probe, catch_up=True)
     assert isinstance(wait, Wait) and wait.until is not None and not wait.trigger_starts
     scheduled = waiting.snapshot(probe)

@@ -28,3 +28,16 @@ def test_the_contract_pages_exist_and_nothing_points_outside():
              *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py")]
     outside = [str(f.relative_to(ROOT)) for f in files if f != Path(__file__) and re.search(r"\b(CONTRACTS|DESIGN)\.md\b", f.read_text())]
     assert outside == []
+
+
+def test_every_setting_is_documented_with_its_default_and_nothing_else_is():
+    """settings.DEFAULTS declares the `[hyperv_backup]` keys; docs/inventory.md's table lists the same keys."""
+    from hyperv_backup import settings
+
+    table = (ROOT / "docs" / "inventory.md").read_text().split("## Settings", 1)[1]
+    documented = {key for row in re.findall(r"^\| (`[^|]+) \|", table, re.M) for key in re.findall(r"`(\w+)`", row)}
+    assert documented == set(settings.DEFAULTS)
+    for key, default in settings.DEFAULTS.items():
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            row = next(r for r in table.splitlines() if f"`{key}`" in r)
+            assert f"{default:g}" in row.split("|")[2], (key, row)

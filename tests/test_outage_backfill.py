@@ -71,7 +71,7 @@ def test_rerunning_a_failed_run_redid_only_the_failed_vm(outage):
     assert story["dags"]["hyperv_backup_hvout"]["failed_after_backfill"]
     # a VM is probed once per attempt: DC01 and WEB01 only in the first backfilled run (covered later, and
     # skipped as already succeeded in the rerun), DB01 in each backfilled run and once more in the rerun
-    probes = Counter(e["params"]["VMName"] for e in journal if e["event"] == "command" and e.get("script") == "Get-VMBackupProbe")
+    probes = Counter(e["params"]["VMName"] for e in journal if e["event"] == "command" and e.get("script") == "Get-HvbVMBackupProbe")
     assert probes == {"DC01": 1, "WEB01": 1, "DB01": len(db01) + 1}
 
 

@@ -118,3 +118,19 @@ def test_a_hostile_vm_name_reaches_the_host_as_data(script):
 def test_a_command_line_too_long_for_windows_is_refused():
     with pytest.raises(invocation.InvocationTooLong):
         invocation.encode_command(invocation.render_script("X", "param($A)\n$A", {"A": "y" * 20000}))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_is_an_advanced_script_with_help_for_every_parameter_and_its_output(script):
+    """After dbatools: [CmdletBinding()], .PARAMETER for each parameter, .OUTPUTS; a project noun (Hvb), so no
+    name reads like one of Hyper-V's cmdlets; what removes something supports -WhatIf and asks ShouldProcess."""
+    text = script.read_text()
+    help_block = text.split("#>", 1)[0]
+    assert re.search(r"^\[CmdletBinding\([^)]*\)\]\nparam\(", text, re.MULTILINE)
+    documented = set(re.findall(r"^\.PARAMETER (\w+)$", help_block, re.MULTILINE))
+    assert documented == set(invocation.declared_parameters(text))
+    assert re.search(r"^\.OUTPUTS\n\s+One JSON document", help_block, re.MULTILINE)
+    verb, _, noun = script.stem.partition("-")
+    assert noun.startswith("Hvb") and verb in {"Get", "Start", "Remove"}
+    removes = any(name.startswith("Remove-") for name, _, _ in _calls(text.encode()))
+    assert removes == ("SupportsShouldProcess" in text) == ("$PSCmdlet.ShouldProcess(" in text)

@@ -20,19 +20,19 @@ def _fleet(start_fleet, monkeypatch, faults, vm_faults=(), os_version="2022", sp
 
 
 def _probe(hook):
-    return hook.run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")
+    return hook.run_script("Get-HvbVMBackupProbe", VMName="VM1", BackupTarget="E:")
 
 
 def _start(hook):
     vm_id = _probe(hook)["vms"][0]["id"]
-    return vm_id, hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+    return vm_id, hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")
 
 
 def _wait(hook, vm_id, until=lambda s: s["job"]["job_state"] != "Running", timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status = hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            status = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
             if until(status):
                 return status
         except TransientHostError:
@@ -88,7 +88,7 @@ def test_target_full_fails_the_copy_with_0x80070070_and_backup_event_50(start_fl
     vm_id, started = _start(hook)
     status = _wait(hook, vm_id)
     assert (status["job"]["job_state"], status["job"]["hresult"]) == ("Failed", 0x80070070)
-    result = hook.run_script("Get-VMBackupResult", VMId=vm_id, VMName="VM1", SinceUtc=started["job"]["start_time_utc"])
+    result = hook.run_script("Get-HvbVMBackupResult", VMId=vm_id, VMName="VM1", SinceUtc=started["job"]["start_time_utc"])
     assert {50, 5} <= {e["id"] for e in result["events"]}
     assert result["versions"] == []
 
@@ -106,7 +106,7 @@ def test_job_running_makes_the_host_busy_until_the_other_job_ends(start_fleet, m
     vm_id, started = _start(hook)
     assert started["started"] is False and started["job"]["job_state"] == "Running"
     running.advance(200)  # the console job takes 120 simulated seconds
-    assert hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")["started"] is True
+    assert hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")["started"] is True
     assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
 
 
@@ -118,7 +118,7 @@ def test_a_second_job_while_one_runs_is_refused_and_counted(start_fleet, monkeyp
     assert started["started"]
     # What the script prevents, the host itself refuses: Start-WBBackup while a job runs.
     from simulator.model import JobAlreadyRunning  # noqa: F401 - documents which refusal this is
-    again = hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+    again = hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")
     assert again["started"] is False
     assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
 
@@ -137,7 +137,7 @@ def test_host_reboot_in_the_merge_makes_the_job_vanish_and_the_merge_resume_afte
     vm_id, _ = _start(hook)
     with pytest.raises(TransientHostError, match="connection lost"):
         for _ in range(200):  # poll through the snapshot into the merge, where the host restarts
-            hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+            hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
             time.sleep(0.02)
     status = _wait(hook, vm_id)  # the host answers again after its pause
     assert status["job"]["job_state"] == "Failed" and status["boot_time_utc"] > status["job"]["start_time_utc"]
@@ -161,7 +161,7 @@ def test_a_job_that_never_ends_is_given_up_at_its_limit_in_host_time_and_left_ru
     event = first_trigger_event(trigger)
     assert event["status"] == "error" and "longer than the 10 minutes allowed" in event["message"], event
     assert "wbadmin stop job" in event["message"] and 9 < time.monotonic() - began < 30
-    assert hook.run_script("Get-VMBackupStatus", VMId=vm_id)["job"]["job_state"] == "Running"  # never stopped for us
+    assert hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)["job"]["job_state"] == "Running"  # never stopped for us
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 
@@ -169,7 +169,7 @@ def test_vm_removed_after_the_probe_is_permanent(start_fleet, monkeypatch):
     running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "vm_removed", "at": "probe"}])
     vm_id = _probe(hook)["vms"][0]["id"]
     with pytest.raises(PermanentHostError, match="unable to find a virtual machine"):
-        hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")
+        hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")
 
 
 def test_busy_is_its_own_error_class():
@@ -177,16 +177,16 @@ def test_busy_is_its_own_error_class():
 
 
 def test_a_waiting_status_answers_when_the_host_changes_and_not_before(start_fleet, monkeypatch):
-    """Get-VMBackupStatus -WaitSeconds -Seen waits on the host (over WinRM's long-polled Receive): it answers as
+    """Get-HvbVMBackupStatus -WaitSeconds -Seen waits on the host (over WinRM's long-polled Receive): it answers as
     soon as what the caller saw changes, and otherwise after WaitSeconds of host time."""
     running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=20, speed=60)
     vm_id, _ = _start(hook)
-    seen = hook.run_script("Get-VMBackupStatus", VMId=vm_id)
+    seen = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
     began = time.monotonic()
-    changed = hook.run_script("Get-VMBackupStatus", VMId=vm_id, WaitSeconds=3600, Seen=seen["change_key"])
+    changed = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id, WaitSeconds=3600, Seen=seen["change_key"])
     assert changed["change_key"] != seen["change_key"] and time.monotonic() - began < 30  # the job's next phase, not an hour
     done = _wait(hook, vm_id)
     began = time.monotonic()
-    same = hook.run_script("Get-VMBackupStatus", VMId=vm_id, WaitSeconds=120, Seen=done["change_key"])  # 2 s real at 60x
+    same = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id, WaitSeconds=120, Seen=done["change_key"])  # 2 s real at 60x
     assert same["change_key"] == done["change_key"] and 1.5 < time.monotonic() - began < 15
-    assert [e for e in running.journal() if e["event"] == "command"][-1]["script"] == "Get-VMBackupStatus"
+    assert [e for e in running.journal() if e["event"] == "command"][-1]["script"] == "Get-HvbVMBackupStatus"

@@ -65,18 +65,18 @@ def fleet(tmp_path_factory):
 
 
 def _backup(hook: HyperVHook, name: str) -> dict:
-    probe = hook.run_script("Get-VMBackupProbe", VMName=name, BackupTarget="E:")
+    probe = hook.run_script("Get-HvbVMBackupProbe", VMName=name, BackupTarget="E:")
     vm = probe["vms"][0]
-    started = hook.run_script("Start-VMBackup", VMId=vm["id"], BackupTarget="E:")
+    started = hook.run_script("Start-HvbVMBackup", VMId=vm["id"], BackupTarget="E:")
     assert started["started"] is True
     deadline = time.monotonic() + 30
     while True:
-        status = hook.run_script("Get-VMBackupStatus", VMId=vm["id"])
+        status = hook.run_script("Get-HvbVMBackupStatus", VMId=vm["id"])
         if status["job"]["job_state"] != "Running":
             break
         assert time.monotonic() < deadline, "the job never finished"
         time.sleep(0.05)
-    result = hook.run_script("Get-VMBackupResult", VMId=vm["id"], VMName=name, SinceUtc=started["job"]["start_time_utc"])
+    result = hook.run_script("Get-HvbVMBackupResult", VMId=vm["id"], VMName=name, SinceUtc=started["job"]["start_time_utc"])
     return {"probe": vm, "status": status, "result": result, "start": started}
 
 

@@ -136,7 +136,7 @@ def _debris_fleet(start_fleet, monkeypatch):
 
 def test_audit_and_remediation_remove_only_the_recovery_checkpoint(start_fleet, monkeypatch):
     running, hook = _debris_fleet(start_fleet, monkeypatch)
-    findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
+    findings = hygiene.audit_host(hook.run_script("Get-HvbHostVMs"))
     assert sorted((f.vm_name, f.kind) for f in findings) == [
         ("DB01", hygiene.RECOVERY_LEFT), ("LAB01", hygiene.CHECKPOINTS_DISABLED),
         ("WEB01", hygiene.UNEXPLAINED_AVHDX), ("WEB01", hygiene.UNEXPLAINED_AVHDX)]
@@ -144,7 +144,7 @@ def test_audit_and_remediation_remove_only_the_recovery_checkpoint(start_fleet, 
     done = hygiene.remediate(hook.run_script, findings, poll=0.1, timeout=30)
     assert done == [{"vm_name": "DB01", "vm_id": done[0]["vm_id"], "removed": "DB01 - Backup - (11/20/2026 - 10:02:11 PM)",
                      "merged": True}]
-    after = {f.kind for f in hygiene.audit_host(hook.run_script("Get-HostVMs"))}
+    after = {f.kind for f in hygiene.audit_host(hook.run_script("Get-HvbHostVMs"))}
     assert after == {hygiene.CHECKPOINTS_DISABLED, hygiene.UNEXPLAINED_AVHDX}  # files and settings are reported, never touched
     db01 = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")
     assert [(c["name"], c["type"]) for c in db01["checkpoints"]] == [("before-upgrade", "Standard")]
@@ -154,10 +154,10 @@ def test_audit_and_remediation_remove_only_the_recovery_checkpoint(start_fleet, 
 
 def test_the_host_script_refuses_to_remove_a_users_checkpoint(start_fleet, monkeypatch):
     running, hook = _debris_fleet(start_fleet, monkeypatch)
-    db01 = next(vm for vm in hook.run_script("Get-HostVMs")["vms"] if vm["name"] == "DB01")
+    db01 = next(vm for vm in hook.run_script("Get-HvbHostVMs")["vms"] if vm["name"] == "DB01")
     standard = next(c for c in db01["checkpoints"] if c["type"] == "Standard")
     with pytest.raises(PermanentHostError, match="Standard checkpoint, not backup debris"):
-        hook.run_script("Remove-RecoveryCheckpoint", VMId=db01["id"], CheckpointId=standard["id"])
+        hook.run_script("Remove-HvbRecoveryCheckpoint", VMId=db01["id"], CheckpointId=standard["id"])
     assert len(next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "DB01")["checkpoints"]) == 2
 
 

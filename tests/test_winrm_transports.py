@@ -50,7 +50,7 @@ def test_plaintext_is_refused_without_the_opt_in(fleet, monkeypatch):
 def test_bad_credentials_are_refused_with_401(fleet, monkeypatch):
     use_connection(monkeypatch, "hv_bad", winrm_connection(fleet.endpoints["HVSSL"], fleet.ca_path, password="wrong"))
     with pytest.raises(PermanentHostError, match="refused the credentials") as caught:
-        HyperVHook("hv_bad").run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")
+        HyperVHook("hv_bad").run_script("Get-HvbVMBackupProbe", VMName="VM1", BackupTarget="E:")
     assert "wrong" not in str(caught.value)
     ok, message = WinRMHook(ssh_conn_id="hv_bad").test_connection()
     assert not ok and "credentials" in message
@@ -88,11 +88,11 @@ def test_a_session_runs_its_commands_on_one_shell_and_deletes_it(fleet, monkeypa
     hook = HyperVHook("hv_ssl")
     before = _host(fleet)["requests"]
     for _ in range(4):
-        hook.run_script("Get-HostVMs")
+        hook.run_script("Get-HvbHostVMs")
     alone = _host(fleet)["requests"] - before
     with hook.session():
         for _ in range(4):
-            hook.run_script("Get-HostVMs")
+            hook.run_script("Get-HvbHostVMs")
         assert _host(fleet)["open_shells"] == 1
     together = _host(fleet)["requests"] - before - alone
     assert (alone, together) == (4 * 5, 4 * 3 + 2)
@@ -106,7 +106,7 @@ def test_a_session_replaces_a_shell_the_host_lost(start_fleet, monkeypatch):
         {"name": "VM1", "disk_gb": 1, "faults": [{"kind": "soap_fault", "at": "snapshot"}]}]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     with HyperVHook("hv").session() as hook:
-        vm_id = hook.run_script("Get-VMBackupProbe", VMName="VM1", BackupTarget="E:")["vms"][0]["id"]
-        assert hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget="E:")["started"]
-    starts = [e for e in running.journal() if e["event"] == "command" and e.get("script") == "Start-VMBackup"]
+        vm_id = hook.run_script("Get-HvbVMBackupProbe", VMName="VM1", BackupTarget="E:")["vms"][0]["id"]
+        assert hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")["started"]
+    starts = [e for e in running.journal() if e["event"] == "command" and e.get("script") == "Start-HvbVMBackup"]
     assert len(starts) == 1 and _host(running, "HV01")["open_shells"] == 0

@@ -1,7 +1,7 @@
 """The daily checkpoint audit over the whole fleet, with opt-in remediation.
 
 One mapped task per host of the inventory (read when the DAG runs, so a wrong inventory does not
-stop this DAG from loading): Get-HostVMs, then `hygiene.audit_host`. With remediation on (Param
+stop this DAG from loading): Get-HvbHostVMs, then `hygiene.audit_host`. With remediation on (Param
 `remediate`, or `clean_recovery_checkpoints: true` on the host), the Recovery checkpoints a backup
 left are removed and merged; nothing else is ever touched. The findings and what was done are
 written as JSON to the reports location and returned (the task's XCom), and a host with findings
@@ -55,10 +55,10 @@ def build_audit_dag() -> DAG:
                       "remediated": [], "findings": [], "error": None}
             hook = HyperVHook(host["connection"], keep_shell=True)  # one shell for the audit, deleted at its end
             try:
-                findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
+                findings = hygiene.audit_host(hook.run_script("Get-HvbHostVMs"))
                 if params.get("remediate") or host["clean"]:
                     result["remediated"] = hygiene.remediate(hook.run_script, findings, poll=settings.poll_seconds())
-                    findings = hygiene.audit_host(hook.run_script("Get-HostVMs"))
+                    findings = hygiene.audit_host(hook.run_script("Get-HvbHostVMs"))
                 result["findings"] = [f.to_dict() for f in findings]
             except PermanentHostError as error:  # credentials, certificate: a retry cannot help
                 result["error"] = str(error)

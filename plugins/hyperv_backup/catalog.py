@@ -38,7 +38,6 @@ from sqlalchemy.sql.functions import FunctionElement
 from .facts import Status
 
 CONNECTION_ID = "hyperv_backup_catalog"
-STATUSES = tuple(Status)
 KEY = ("dag_id", "run_id", "host", "vm_name")  # one row per VM per run
 
 metadata = MetaData()
@@ -185,13 +184,13 @@ def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: dat
     unknown = set(values) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown catalog columns: {sorted(unknown)}")
-    if "status" in values and values["status"] not in STATUSES:
-        raise ValueError(f"status {values['status']!r} is not one of {STATUSES}")
+    if "status" in values and values["status"] not in set(Status):
+        raise ValueError(f"status {values['status']!r} is not one of {', '.join(Status)}")
     values, now = {k: _as_utc(v) if isinstance(v, datetime) else v for k, v in values.items()}, _as_utc(now)
     dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(engine.dialect.name)
     if dialect is None:
         raise ValueError(f"the catalog runs on SQLite or PostgreSQL, not {engine.dialect.name}")
-    statement = dialect.insert(vm_backups).values(**key, **{"status": Status.RUNNING.value} | values, updated_at=now)
+    statement = dialect.insert(vm_backups).values(**key, **{"status": Status.RUNNING} | values, updated_at=now)
     # one statement: two workers writing the same row at once cannot both insert it
     statement = statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now})
     with engine.begin() as db:
@@ -206,7 +205,7 @@ def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:
 def last_good(engine: Engine, host: str) -> dict[str, datetime]:
     """Each VM's newest successful backup on a host (job start, UTC)."""
     query = (select(vm_backups.c.vm_name, func.max(vm_backups.c.job_started_at))
-             .where(vm_backups.c.host == host, vm_backups.c.status == "succeeded").group_by(vm_backups.c.vm_name))
+             .where(vm_backups.c.host == host, vm_backups.c.status == Status.SUCCEEDED).group_by(vm_backups.c.vm_name))
     with engine.connect() as db:
         return {name: _utc(at) for name, at in db.execute(query) if at is not None}
 
@@ -214,7 +213,7 @@ def last_good(engine: Engine, host: str) -> dict[str, datetime]:
 def covering_backup(engine: Engine, host: str, vm_name: str, after: datetime) -> dict[str, Any] | None:
     """The newest successful backup of a VM whose job started at or after `after`: it covers every interval before."""
     query = (select(vm_backups).where(vm_backups.c.host == host, vm_backups.c.vm_name == vm_name,
-                                      vm_backups.c.status == "succeeded", vm_backups.c.job_started_at >= after)
+                                      vm_backups.c.status == Status.SUCCEEDED, vm_backups.c.job_started_at >= after)
              .order_by(vm_backups.c.job_started_at.desc()).limit(1))
     with engine.connect() as db:
         found = db.execute(query).first()
@@ -228,7 +227,7 @@ def backups_under_way(engine: Engine, host: str, vm_name: str, after: datetime, 
     wait for its result instead of starting a second job for the same VM.
     """
     query = (select(vm_backups).where(vm_backups.c.host == host, vm_backups.c.vm_name == vm_name,
-                                      vm_backups.c.status == "running", vm_backups.c.job_started_at >= after,
+                                      vm_backups.c.status == Status.RUNNING, vm_backups.c.job_started_at >= after,
                                       or_(vm_backups.c.dag_id != dag_id, vm_backups.c.run_id != run_id))
              .order_by(vm_backups.c.job_started_at))
     with engine.connect() as db:
@@ -291,7 +290,7 @@ def last_good_per_vm(engine: Engine, at: datetime):
     """Every VM with a row due before `at`, with its newest successful job start before `at` (NaT: none yet)."""
     import pandas as pd
 
-    good = (vm_backups.c.status == Status.SUCCEEDED.value) & (vm_backups.c.job_started_at < _as_utc(at))
+    good = (vm_backups.c.status == Status.SUCCEEDED) & (vm_backups.c.job_started_at < _as_utc(at))
     query = (select(vm_backups.c.host, vm_backups.c.vm_name,
                     func.max(case((good, vm_backups.c.job_started_at))).label("last_good"))
              .where(DUE < _as_utc(at)).group_by(vm_backups.c.host, vm_backups.c.vm_name))
@@ -304,10 +303,10 @@ def daily_totals(engine: Engine, since: datetime, at: datetime):
     running): how many, how many succeeded, the first job's start and the last job's end."""
     import pandas as pd
 
-    tried = vm_backups.c.status.not_in([Status.COVERED.value, Status.SKIPPED.value, Status.RUNNING.value])
+    tried = vm_backups.c.status.not_in([Status.COVERED, Status.SKIPPED, Status.RUNNING])
     day = utc_day(DUE).label("day")
     query = (select(day, vm_backups.c.host, func.count().label("vms"),
-                    func.sum(case((vm_backups.c.status == Status.SUCCEEDED.value, 1), else_=0)).label("succeeded"),
+                    func.sum(case((vm_backups.c.status == Status.SUCCEEDED, 1), else_=0)).label("succeeded"),
                     func.min(vm_backups.c.job_started_at).label("first_start"),
                     func.max(vm_backups.c.job_finished_at).label("last_end"))
              .where(DUE >= _as_utc(since), DUE < _as_utc(at), tried).group_by(day, vm_backups.c.host))
@@ -324,7 +323,7 @@ def _as_utc(moment: datetime) -> datetime:
 def past_their_turn(engine: Engine, dag_id: str, run_id: str) -> set[str]:
     """The VMs of a run that have had their turn for the host (their job started) or take none (they ended)."""
     query = select(vm_backups.c.vm_name).where(vm_backups.c.dag_id == dag_id, vm_backups.c.run_id == run_id,
-                                               vm_backups.c.job_started_at.is_not(None) | (vm_backups.c.status != "running"))
+                                               vm_backups.c.job_started_at.is_not(None) | (vm_backups.c.status != Status.RUNNING))
     with engine.connect() as db:
         return {row.vm_name for row in db.execute(query)}
 

@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from .facts import Status  # noqa: E402
+
 MODE_COLOURS = {"online": "#2e7d32", "checkpoint": "#1565c0", "saved": "#ef6c00", "offline": "#757575"}
 FAILED = "#c62828"
 WINDOW = "#fff3c4"
@@ -47,7 +49,7 @@ def legend_entries(ran: pd.DataFrame, window_drawn: bool) -> list[Patch]:
     """Only what the chart shows: the modes drawn, failed and open jobs if any, the window if one is shaded."""
     drawn = set(ran["mode"].fillna(ran["predicted_mode"]))
     entries = [Patch(color=c, label=m) for m, c in MODE_COLOURS.items() if m in drawn]
-    if (ran["status"] != "succeeded").any():
+    if (ran["status"] != Status.SUCCEEDED).any():
         entries.append(Patch(facecolor="white", edgecolor=FAILED, hatch="///", label="failed"))
     if ran["open"].any():
         entries.append(Patch(facecolor="white", edgecolor=OPEN, linestyle="--", label="no end recorded"))
@@ -94,7 +96,7 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
         labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
         y = top
         axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
-    for (failed, open_end), jobs in ran.groupby([ran["status"] != "succeeded", ran["open"]]):
+    for (failed, open_end), jobs in ran.groupby([ran["status"] != Status.SUCCEEDED, ran["open"]]):
         colours = jobs["mode"].fillna(jobs["predicted_mode"]).map(MODE_COLOURS).fillna("#9e9e9e")
         _bars(axis, lanes[jobs.index], jobs["started"], jobs["finished"], facecolors=list(colours),
               edgecolors=OPEN if open_end else FAILED if failed else "white", linewidths=1.5 if failed or open_end else 0.3,

@@ -16,6 +16,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from . import catalog, settings, windows
 from .errors import HostError
+from .facts import Status
 from .inventory import HostEntry, Inventory
 from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
 from .settings import catalog_engine
@@ -69,7 +70,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             try:
                 from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
 
-                listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HostVMs")["vms"]]
+                listed = [vm["name"] for vm in HyperVHook(conn).run_script("Get-HvbHostVMs")["vms"]]
             except HostError as error:
                 _host_failed(error)
                 raise
@@ -88,7 +89,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             error's own words (unreachable, refused credentials, untrusted certificate are different fixes)."""
             known = set(catalog.last_good(catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
             for vm_name in sorted(known):
-                _steps(vm_name).record(status="failed", error=f"the host's VMs could not be listed: {error}")
+                _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}")
 
         @task(map_index_template="{{ vm_name }}")
         def probe(vm_name: str, params=None) -> dict:
@@ -125,8 +126,8 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             (`--reprocess-behavior failed`) and alerting see it; the rerun then redoes only those VMs."""
             dag_run = get_current_context()["dag_run"]
             rows = catalog.rows(catalog_engine(), dag_id=dag_run.dag_id, run_id=dag_run.run_id)
-            failed = [f"{r['vm_name']}: {r['error']}" for r in rows if r["status"] in ("failed", "running")]
-            counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in catalog.STATUSES if any(r["status"] == s for r in rows))
+            failed = [f"{r['vm_name']}: {r['error']}" for r in rows if r["status"] in (Status.FAILED, Status.RUNNING)]
+            counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Status if any(r["status"] == s for r in rows))
             if failed:
                 raise AirflowFailException(f"{len(failed)} of {len(rows)} VMs not backed up ({counts}):\n" + "\n".join(failed))
             return counts or "no VM in this run"

@@ -164,12 +164,12 @@ DEFAULT_JOB_ATTEMPTS = 3
 # The project's PowerShell scripts and the backup step each serves. The simulator uses the
 # same map to decide where a scenario fault strikes.
 SCRIPT_STEPS: dict[str, str] = {
-    "Get-VMBackupProbe": "probe",
-    "Start-VMBackup": "snapshot",
-    "Get-VMBackupStatus": "copy",  # the simulator refines this by the job's phase
-    "Get-VMBackupResult": "verify",
-    "Get-HostVMs": "probe",
-    "Remove-RecoveryCheckpoint": "probe",  # clean-up happens before a backup, or in the audit
+    "Get-HvbVMBackupProbe": "probe",
+    "Start-HvbVMBackup": "snapshot",
+    "Get-HvbVMBackupStatus": "copy",  # the simulator refines this by the job's phase
+    "Get-HvbVMBackupResult": "verify",
+    "Get-HvbHostVMs": "probe",
+    "Remove-HvbRecoveryCheckpoint": "probe",  # clean-up happens before a backup, or in the audit
 }
 STEPS: tuple[str, ...] = ("probe", "snapshot", "merge", "copy", "verify")
 

@@ -5,7 +5,7 @@ behind, and the VM keeps writing to its .avhdx; every later backup of the VM the
 until someone removes it. A merge that died leaves .avhdx files outside every disk chain.
 A VM whose checkpoints are disabled cannot get the Recovery checkpoint a 2012 R2+ host
 needs when its guest cannot take part. This module finds all three in the answer of
-Get-HostVMs.ps1, and says which findings may be remediated automatically: only Recovery
+Get-HvbHostVMs.ps1, and says which findings may be remediated automatically: only Recovery
 checkpoints, and only while no backup job is using them. Standard, Production and Replica
 checkpoints belong to people and to Hyper-V Replica; files are never deleted by hand.
 """
@@ -47,7 +47,7 @@ def leftover_recovery_checkpoints(vm: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def audit_vm(vm: dict[str, Any], busy: bool = False) -> list[Finding]:
-    """The findings for one VM of Get-HostVMs; `busy` when a backup job holds it (its checkpoint is in use)."""
+    """The findings for one VM of Get-HvbHostVMs; `busy` when a backup job holds it (its checkpoint is in use)."""
     name, vm_id, findings = vm["name"], vm["id"], []
     if not busy:
         for checkpoint in leftover_recovery_checkpoints(vm):
@@ -71,13 +71,13 @@ def audit_vm(vm: dict[str, Any], busy: bool = False) -> list[Finding]:
 
 
 def audit_host(answer: dict[str, Any]) -> list[Finding]:
-    """Every finding on one host, from Get-HostVMs' answer."""
+    """Every finding on one host, from Get-HvbHostVMs' answer."""
     busy = set(answer.get("running_job_vms") or [])
     return [finding for vm in answer.get("vms", []) for finding in audit_vm(vm, vm["name"] in busy)]
 
 
 def merged(vm: dict[str, Any]) -> bool:
-    """Whether Hyper-V has merged every removed checkpoint of a VM of Get-HostVMs: each disk's chain
+    """Whether Hyper-V has merged every removed checkpoint of a VM of Get-HvbHostVMs: each disk's chain
     holds one .avhdx per remaining checkpoint and no more."""
     in_chain = sum(1 for path in vm.get("chain", []) if path.lower().endswith(".avhdx"))
     return in_chain <= len(vm.get("checkpoints", [])) * max(1, len(vm.get("disks", [])))
@@ -94,12 +94,12 @@ def remediate(run_script: Callable[..., dict[str, Any]], findings: list[Finding]
     done = []
     for finding in findings:
         if finding.removable and (vm_name is None or finding.vm_name == vm_name):
-            run_script("Remove-RecoveryCheckpoint", VMId=finding.vm_id, CheckpointId=finding.checkpoint_id)
+            run_script("Remove-HvbRecoveryCheckpoint", VMId=finding.vm_id, CheckpointId=finding.checkpoint_id)
             done.append({"vm_name": finding.vm_name, "vm_id": finding.vm_id, "removed": finding.subject, "merged": False})
     pending = {entry["vm_id"] for entry in done}
     deadline = time.monotonic() + timeout
     while pending:
-        answer = run_script("Get-HostVMs")
+        answer = run_script("Get-HvbHostVMs")
         vms = {vm["id"]: vm for vm in answer["vms"]}
         pending = {vm_id for vm_id in pending if vm_id in vms and not merged(vms[vm_id])}
         for entry in done:

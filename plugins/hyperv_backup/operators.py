@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleExcept
 
 from . import catalog, windows
 from .errors import HostError, PermanentHostError, TransientHostError
-from .facts import DEFAULT_JOB_ATTEMPTS
+from .facts import DEFAULT_JOB_ATTEMPTS, Status
 from .record import Until, parse_time
 from .settings import catalog_engine
 from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
@@ -88,10 +88,10 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
     except NotThisTime as reason:
         raise AirflowSkipException(str(reason)) from None
     except PermanentHostError as error:
-        steps.record(status="failed", error=str(error))
+        steps.record(status=Status.FAILED, error=str(error))
         raise AirflowFailException(str(error)) from None
     except HostError as error:
-        steps.record(status="failed", error=str(error))
+        steps.record(status=Status.FAILED, error=str(error))
         raise
 
 
@@ -197,7 +197,7 @@ class SnapshotOperator(HostStepOperator):
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         params = context["params"]
         if params.get("plan_only"):
-            steps.record(status="skipped", error="plan only: no job was started")
+            steps.record(status=Status.SKIPPED, error="plan only: no job was started")
             raise AirflowSkipException("plan only")
         last_start, window = self.last_start(context)
         catch_up = windows.run_kind(context["dag_run"].run_type) == windows.BACKFILL and not params.get("force")

@@ -3,7 +3,7 @@
 A backup's truth lives on the host: Windows Server Backup's job history (start, end, HResult),
 the host's boot time, and the event logs where Hyper-V writes when it saved or restored a VM and
 created or merged a checkpoint (ids in `facts.HostEvent`). This module types what
-Get-VMBackupStatus returns (`BackupStatus`, the one contract the hook's callers read and the
+Get-HvbVMBackupStatus returns (`BackupStatus`, the one contract the hook's callers read and the
 simulator builds) and decides from it, purely:
 
 - `decide`: what a VM backup does next (start a job, follow ours, take a new job after a transient
@@ -96,7 +96,7 @@ class EventRecord:
 
 @dataclass(frozen=True)
 class BackupStatus:
-    """Get-VMBackupStatus: where one VM's backup stands, in the host's words and times."""
+    """Get-HvbVMBackupStatus: where one VM's backup stands, in the host's words and times."""
 
     clock: datetime  # the host's clock when it answered
     boot_time: datetime  # Win32_OperatingSystem.LastBootUpTime
@@ -108,7 +108,7 @@ class BackupStatus:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> BackupStatus:
-        what = "Get-VMBackupStatus's answer"
+        what = "Get-HvbVMBackupStatus's answer"
         host_job = document.get("host_job")
         return cls(
             clock=parse_time(_need(document, "clock_utc", what)),

@@ -17,9 +17,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from .facts import Status
 from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
+STATUS_ORDER = (Status.SUCCEEDED, Status.FAILED, Status.DEFERRED, Status.COVERED, Status.SKIPPED, Status.RUNNING)  # the subject's
 TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
 VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
               "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted",
@@ -93,7 +95,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "status": rows["status"],
         "predicted_mode": rows["predicted_mode"], "mode": rows["mode"], "reasons": _reasons(rows["mode_reasons"]),
         "started": rows["job_started_at"], "finished": rows["job_finished_at"], "duration_s": duration, "gb": gb,
-        "mb_s": (gb * 1024 / copy_seconds.where(copy_seconds > 0)).where(rows["status"] == "succeeded"),
+        "mb_s": (gb * 1024 / copy_seconds.where(copy_seconds > 0)).where(rows["status"] == Status.SUCCEEDED),
         "offline_s": rows["offline_seconds"].astype(float), "uptime_reset": rows["uptime_reset"].astype("boolean"),
         "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
@@ -107,7 +109,7 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def surprises(table: pd.DataFrame) -> pd.Series:
     """Why a VM was backed up in another mode than the probe predicted (None where it was not): these come first."""
-    other = table["status"].eq("succeeded") & table["mode"].notna() & table["predicted_mode"].notna() \
+    other = table["status"].eq(Status.SUCCEEDED) & table["mode"].notna() & table["predicted_mode"].notna() \
         & table["mode"].ne(table["predicted_mode"])
     text = "backed up " + table["mode"].astype(str) + " where " + table["predicted_mode"].astype(str) + " was predicted: " \
         + table["reasons"].astype(str)
@@ -129,7 +131,7 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
         window = windows.get(host)
         planned = window.bounds(due[host].to_pydatetime()) if window is not None and host in due else (None, None)
         mine = vms[(vms["host"] == host) & (vms["run_kind"] == "scheduled")]
-        late = mine[(mine["finished"] > planned[1]) | (mine["status"] == "deferred")] if planned[1] is not None else mine.iloc[0:0]
+        late = mine[(mine["finished"] > planned[1]) | (mine["status"] == Status.DEFERRED)] if planned[1] is not None else mine.iloc[0:0]
         records.append({
             "host": host, "planned_start": planned[0], "planned_end": planned[1],
             "first_start": ran["first_start"].get(host, pd.NaT), "last_end": ran["last_end"].get(host, pd.NaT),
@@ -201,7 +203,7 @@ class Summary:
             parts = ["nothing ran"]
         else:
             parts = [f"{self.succeeded}/{self.total} succeeded"]
-            parts += [f"{self.by_status[s]} {s}" for s in ("failed", "deferred", "covered", "skipped", "running") if self.by_status.get(s)]
+            parts += [f"{self.by_status[s]} {s}" for s in STATUS_ORDER[1:] if self.by_status.get(s)]
         if self.overran:
             parts.append(f"window overran on {', '.join(self.overran)}")
         if self.breaches:
@@ -214,7 +216,7 @@ class Summary:
 def summarize(interval: Interval, vms: pd.DataFrame, windows: pd.DataFrame, rpo: pd.DataFrame) -> Summary:
     counts = vms["status"].value_counts()
     return Summary(
-        label=interval.label, total=len(vms), succeeded=int(counts.get("succeeded", 0)), failed=int(counts.get("failed", 0)),
+        label=interval.label, total=len(vms), succeeded=int(counts.get(Status.SUCCEEDED, 0)), failed=int(counts.get(Status.FAILED, 0)),
         by_status={str(k): int(v) for k, v in counts.items()},
         overran=sorted(windows.loc[windows["held"].eq(False), "host"]), breaches=int(rpo["breach"].sum()),
         surprises=int(vms["surprise"].notna().sum()))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import catalog, hygiene, record, rules, windows
 from .errors import PermanentHostError, TransientHostError
-from .facts import DEFAULT_JOB_ATTEMPTS, Mode
+from .facts import DEFAULT_JOB_ATTEMPTS, Mode, Status
 from .parsers import parse_wbadmin_versions
 
 if TYPE_CHECKING:  # WinRM is imported by the task that talks to a host, not by the DAG file
@@ -123,7 +123,7 @@ class BackupSteps:
         catalog.upsert(self.engine, self.run.key(), base | values, datetime.now(UTC))
 
     def fail(self, error: str, **values: Any) -> PermanentHostError:
-        self.record(status="failed", error=error, **values)
+        self.record(status=Status.FAILED, error=error, **values)
         return PermanentHostError(self.run.host, error, script=None)
 
     # -- before the probe: does this run back the VM up at all? ---------------------
@@ -136,7 +136,7 @@ class BackupSteps:
         by a good backup taken after it ended, if there is one (`force` takes a new one anyway).
         """
         existing = catalog.row(self.engine, self.run.key())
-        if existing and existing["status"] in ("succeeded", "covered"):
+        if existing and existing["status"] in (Status.SUCCEEDED, Status.COVERED):
             raise NotThisTime(f"{self.run.vm_name} is already {existing['status']} in this run")
         earlier = existing or {}
         missed = earlier.get("missed") or windows.missed_reason(run_type, earlier.get("status"), earlier.get("error"))
@@ -151,7 +151,7 @@ class BackupSteps:
         cover = catalog.covering_backup(self.engine, self.run.host, self.run.vm_name, self.run.interval_end)
         if cover:
             when = f"{cover['job_started_at']:%Y-%m-%d %H:%M} UTC"
-            self.record(status="covered", error=f"missed; covered by the backup of {when} (run {cover['run_id']}), no second job",
+            self.record(status=Status.COVERED, error=f"missed; covered by the backup of {when} (run {cover['run_id']}), no second job",
                         **{k: cover[k] for k in ("vm_id", "predicted_mode", "mode", "mode_reasons", "backup_version")})
             raise NotThisTime(f"covered by the backup of {when}")
 
@@ -182,7 +182,7 @@ class BackupSteps:
         return self._judge(result)
 
     def _probe_host(self) -> dict[str, Any]:
-        return self.hook.run_script("Get-VMBackupProbe", VMName=self.run.vm_name, BackupTarget=self.target)
+        return self.hook.run_script("Get-HvbVMBackupProbe", VMName=self.run.vm_name, BackupTarget=self.target)
 
     def _judge(self, result: dict[str, Any]) -> dict[str, Any]:
         os_version = rules.os_version_of(result["host"]["os_caption"])
@@ -206,7 +206,7 @@ class BackupSteps:
         if result["target"]["free_bytes"] < size:
             free_gb, need_gb = result["target"]["free_bytes"] / 1024**3, size / 1024**3
             raise self.fail(f"the backup target {self.target} has {free_gb:.1f} GB free; this VM needs {need_gb:.1f} GB", **values)
-        self.record(status="running", error=None, **values)
+        self.record(status=Status.RUNNING, error=None, **values)
         return {"vm_id": vm["id"], "os_version": os_version, "predicted_mode": prediction.mode.value,
                 "reasons": prediction.reasons, "uptime_seconds": vm["uptime_seconds"], "state": vm["state"],
                 "clock_utc": result["host"]["clock_utc"], "size_bytes": size}
@@ -214,12 +214,12 @@ class BackupSteps:
     # -- the host's record, and what it says to do -----------------------------------------
 
     def status(self, vm_id: str, since: str | None = None) -> record.BackupStatus:
-        """Get-VMBackupStatus, retried through transient failures (a dropped connection is not an answer;
+        """Get-HvbVMBackupStatus, retried through transient failures (a dropped connection is not an answer;
         a rebooting host answers again after its restart)."""
         params = {"VMId": vm_id} | ({"SinceUtc": since} if since else {})
         for attempt in range(6):
             try:
-                return record.BackupStatus.from_json(self.hook.run_script("Get-VMBackupStatus", **params))
+                return record.BackupStatus.from_json(self.hook.run_script("Get-HvbVMBackupStatus", **params))
             except TransientHostError:
                 if attempt == 5:
                     raise
@@ -237,7 +237,7 @@ class BackupSteps:
         return record.decide(ours, status.boot_time, status.host_job, self.max_attempts, self.run.host, self.run.vm_name)
 
     def _record_job(self, job: record.JobRecord, attempts: int, restarted: bool) -> None:
-        self.record(status="running", job_started_at=job.start, attempts=attempts, host_restarted=restarted or None)
+        self.record(status=Status.RUNNING, job_started_at=job.start, attempts=attempts, host_restarted=restarted or None)
 
     # -- snapshot / checkpoint ---------------------------------------------------------
 
@@ -280,19 +280,19 @@ class BackupSteps:
         return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
     def _try_start(self, vm_id: str, last_start: datetime | None, window: str) -> bool:
-        """One Start-VMBackup: True when the host took the job, False while another job holds it;
+        """One Start-HvbVMBackup: True when the host took the job, False while another job holds it;
         NotThisTime (recorded `deferred`) when the host's clock says the window has closed."""
         limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
-        started = self.hook.run_script("Start-VMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
+        started = self.hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
         if started["started"]:
-            self.record(status="running", job_started_at=_parse_time(started["job"]["start_time_utc"]))
+            self.record(status=Status.RUNNING, job_started_at=_parse_time(started["job"]["start_time_utc"]))
             return True
         if started.get("window_closed"):  # the host's clock decided, right before it would have started
             self._window_closed(window, _parse_time(started["clock_utc"]))
         return False
 
     def _window_closed(self, window: str, clock: datetime) -> None:
-        self.record(status="deferred", error=f"window closed: the backup window {window} ended before this "
+        self.record(status=Status.DEFERRED, error=f"window closed: the backup window {window} ended before this "
                     f"VM's turn (host clock {clock:%Y-%m-%dT%H:%M}Z); it goes first next time")
         raise NotThisTime("window closed")
 
@@ -329,7 +329,7 @@ class BackupSteps:
         (ours runs; another job holds the host before ours can start again), or ours once it
         succeeded. A job that failed for a reason a new job cures (0x800423F3, a host restart) gets
         a new one, up to `max_attempts` jobs in all; the Recovery checkpoint our cut job left behind
-        is removed first (Remove-RecoveryCheckpoint refuses any other kind)."""
+        is removed first (Remove-HvbRecoveryCheckpoint refuses any other kind)."""
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
         decision = self.decide(status, ours)
@@ -365,7 +365,7 @@ class BackupSteps:
         for checkpoint in rules.recovery_checkpoints(status.vm["checkpoints"]):
             created = _parse_time(checkpoint.get("created_utc"))
             if created is not None and created >= since:
-                self.hook.run_script("Remove-RecoveryCheckpoint", VMId=status.vm["id"], CheckpointId=checkpoint["id"])
+                self.hook.run_script("Remove-HvbRecoveryCheckpoint", VMId=status.vm["id"], CheckpointId=checkpoint["id"])
 
     # -- verify --------------------------------------------------------------------------
 
@@ -379,7 +379,7 @@ class BackupSteps:
         ours = [j for j in ours if j.start <= final.start] or [final]
         times = record.timings(ours, status.events, status.boot_time, probe["state"] == "Running",
                                _parse_time(snap.get("snapshot_seen_at")))
-        result = self.hook.run_script("Get-VMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
+        result = self.hook.run_script("Get-HvbVMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
                                       SinceUtc=final.start.isoformat())
         versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]
         if not versions:
@@ -394,7 +394,7 @@ class BackupSteps:
                                           times.saw_recovery_checkpoint)
         if times.host_restarted:
             reasons = [*reasons, f"the host restarted during the backup; it was backed up again ({len(ours)} jobs in all)"]
-        self.record(status="succeeded", error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
+        self.record(status=Status.SUCCEEDED, error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
                     job_started_at=times.job_started_at, job_finished_at=times.job_finished_at, snapshot_at=times.snapshot_at,
                     merged_at=times.merged_at, offline_seconds=times.offline_seconds, uptime_reset=times.uptime_reset,
                     host_restarted=times.host_restarted, attempts=len(ours))

@@ -3,7 +3,7 @@
 A step that must wait (for its turn and a free host, for its job's shadow copy, for the merge
 of the Recovery checkpoint, for the job's end) defers to this trigger, which polls until the
 host's record says the wait is over (`record.settled`) and then only says "look again": the
-step reads the record itself and decides. It only ever reads (Get-VMBackupStatus, and Airflow's
+step reads the record itself and decides. It only ever reads (Get-HvbVMBackupStatus, and Airflow's
 task states for the turn), on one remote shell kept for the whole wait: a lost connection, a
 restarted triggerer or a re-deferred task re-attaches and can never start a second job. The shell
 is deleted before the event is yielded (the triggerer may cancel a trigger right after its event,
@@ -27,6 +27,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from .facts import Status
 from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled
 
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
@@ -53,7 +54,7 @@ class BackupJobTrigger(BaseTrigger):
     later (the scheduler's round trip), and the host would idle meanwhile. Starting twice is not
     possible: the host refuses a job while one runs, and the wait ends once ours exists.
 
-    Between answers the host waits (`Get-VMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
+    Between answers the host waits (`Get-HvbVMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
     of host time, until what the last answer showed changes): a job's end is seen within a second
     of it, with one request a minute while nothing changes.
     """
@@ -123,7 +124,7 @@ class BackupJobTrigger(BaseTrigger):
 
     def _status(self, hook, seen: str) -> BackupStatus:
         wait = {"WaitSeconds": int(self.host_wait_seconds), "Seen": seen} if seen and self.host_wait_seconds >= 1 else {}
-        return BackupStatus.from_json(hook.run_script("Get-VMBackupStatus", VMId=self.vm_id, **wait))
+        return BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=self.vm_id, **wait))
 
     def _take_turn(self, hook) -> bool:
         """Start our job now (the host is free, the turn is ours); True once started or the window has closed."""
@@ -132,10 +133,10 @@ class BackupJobTrigger(BaseTrigger):
         from . import catalog
 
         limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
-        answer = hook.run_script("Start-VMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
+        answer = hook.run_script("Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
         if answer["started"]:
             key = {k: self.start[k] for k in catalog.KEY}
-            catalog.upsert(self._engine, key, {"status": "running", "job_started_at": parse_time(answer["job"]["start_time_utc"])},
+            catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(answer["job"]["start_time_utc"])},
                            datetime.now(UTC))
             self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name,
                           answer["job"]["start_time_utc"])

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from .facts import Status
+
 SCHEDULED, MANUAL, BACKFILL = "scheduled", "manual", "backfill"
 
 
@@ -69,6 +71,6 @@ def missed_reason(run_type: str, earlier_status: str | None = None, earlier_erro
     if run_type != BACKFILL:
         return None
     if earlier_error:
-        how = "failed" if earlier_status in (None, "failed", "running") else f"left it {earlier_status}"
+        how = "failed" if earlier_status in (None, Status.FAILED, Status.RUNNING) else f"left it {earlier_status}"
         return f"the scheduled run {how}: {earlier_error}"
     return "no run took place in this interval (Airflow was down or the DAG was paused)"

@@ -4,10 +4,22 @@
 .DESCRIPTION
     Windows runs one WSB job at a time; a second Start-WBBackup fails. The script looks first
     and reports the running job instead of starting, so the caller can wait. Start-WBBackup
-    -Async returns at once; the caller follows the job with Get-VMBackupStatus.
+    -Async returns at once; the caller follows the job with Get-HvbVMBackupStatus.
     With NotAfterUtc (the backup window's end plus grace) the host's own clock decides: past
     it, no job starts and the answer says the window closed.
+.PARAMETER VMId
+    The VM's id (Get-VM's Id).
+.PARAMETER BackupTarget
+    The backup target volume (E: or a volume path).
+.PARAMETER NotAfterUtc
+    The backup window's end plus grace (ISO 8601, UTC); past it on the host's clock, no job starts.
+    Empty: no limit (a manual run, or a forced one).
+.OUTPUTS
+    One JSON document: started (whether this call started the job); window_closed when NotAfterUtc had
+    passed; clock_utc; vm (state, uptime_seconds before the job); job (job_state, operation,
+    start_time_utc: the job this call started, or the one already holding the host).
 #>
+[CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $VMId,
     [Parameter(Mandatory)] [string] $BackupTarget,

@@ -6,7 +6,17 @@
     of that name is returned with its Id; the caller acts on the Id from then on.
     Enum values are sent as strings and times as ISO 8601 UTC, because ConvertTo-Json of
     Windows PowerShell 5.1 would send numbers and /Date()/.
+.PARAMETER VMName
+    The VM's name, matched exactly (case and all): a name with [ or * is a name, not a pattern.
+.PARAMETER BackupTarget
+    The backup target volume (E: or a volume path), checked for existence and free space.
+.OUTPUTS
+    One JSON document: host (computer_name, os_caption, os_version, culture, clock_utc); target (path,
+    exists, free_bytes); wsb_job (the running job, or null); vms, every VM of that name, each with id,
+    name, state, generation, uptime_seconds, checkpoint_type, guest_os, guest_volumes,
+    integration_services, checkpoints and disks (read by hyperv_backup.rules.predict).
 #>
+[CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $VMName,
     [Parameter(Mandatory)] [string] $BackupTarget
@@ -29,7 +39,10 @@ $drive = Get-PSDrive -Name $BackupTarget.TrimEnd(':', '\') -PSProvider FileSyste
         $kvp = Get-CimInstance -Namespace root\virtualization\v2 -ClassName Msvm_KvpExchangeComponent -Filter "SystemName='$($vm.Id)'"
         $items = @{}
         foreach ($x in @($kvp.GuestIntrinsicExchangeItems) + @($kvp.GuestExchangeItems)) {
-            if ($x) { $d = [xml]$x; $items[($d.SelectSingleNode("//PROPERTY[@NAME='Name']/VALUE")).InnerText] = ($d.SelectSingleNode("//PROPERTY[@NAME='Data']/VALUE")).InnerText }
+            if ($x) {
+                $d = [xml]$x
+                $items[($d.SelectSingleNode("//PROPERTY[@NAME='Name']/VALUE")).InnerText] = ($d.SelectSingleNode("//PROPERTY[@NAME='Data']/VALUE")).InnerText
+            }
         }
         @{
             id = "$($vm.Id)"; name = $vm.Name; state = "$($vm.State)"; generation = $vm.Generation

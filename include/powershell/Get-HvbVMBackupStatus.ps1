@@ -23,6 +23,7 @@
     One JSON document: clock_utc, boot_time_utc, host_job, job, jobs, vm, events, change_key
     (hyperv_backup.record.BackupStatus).
 #>
+[CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $VMId,
     [string] $SinceUtc = '',

@@ -4,7 +4,18 @@
 .DESCRIPTION
     A job that reports success can still have backed a VM up offline: Hyper-V-VMMS event 10150
     says the guest could not take part. The caller reads the events, not only the HResult.
+.PARAMETER VMId
+    The VM's id (Get-VM's Id).
+.PARAMETER VMName
+    The VM's name, to find it in event messages that name it rather than its id.
+.PARAMETER SinceUtc
+    The job's start (ISO 8601, UTC): versions and events from then on.
+.OUTPUTS
+    One JSON document: summary (last_backup_result_hr, last_successful_backup_time_utc); versions, each
+    with version_id, backup_time_utc, target and vms; events (log, id, time_utc, message) of
+    Hyper-V-VMMS 10150 for this VM and of Windows Server Backup (read by hyperv_backup.steps.verify).
 #>
+[CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $VMId,
     [Parameter(Mandatory)] [string] $VMName,
