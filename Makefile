@@ -46,6 +46,7 @@ bench: venv
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.scheduler
 	$(PY) -m bench.report
+	$(PY) -m bench.parse
 	$(PY) -m bench.winrm_session
 
 lint: venv

@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 from hyperv_backup import catalog, render, report  # noqa: E402
 from hyperv_backup.windows import Window  # noqa: E402
 
-LAST_NIGHT = datetime(2026, 11, 23, 21, 0, tzinfo=UTC)
+LAST_NIGHT = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
 
 
 def fleet_rows(vms: int, nights: int, seed: int = 1) -> pd.DataFrame:

@@ -24,7 +24,7 @@ OPEN = "#616e7c"
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    figure.savefig(buffer, format="png", dpi=110, metadata={"Software": None})  # the constrained layout fits it: one draw
     plt.close(figure)
     return buffer.getvalue()
 
@@ -58,13 +58,13 @@ def legend_entries(ran: pd.DataFrame, window_drawn: bool) -> list[Patch]:
     return entries
 
 
-def _bars(axis, lanes: pd.Series, starts: pd.Series, ends: pd.Series, **style) -> None:
+def _bars(axis, lanes: pd.Series, starts: pd.Series, ends: pd.Series, half_height=0.3, zorder=2, **style) -> None:
     """Many bars as one collection: a fleet's 2,000 jobs draw as fast as a handful (one Rectangle each would not)."""
     left, right = mdates.date2num(starts.dt.tz_convert("UTC").dt.tz_localize(None)), mdates.date2num(
         ends.dt.tz_convert("UTC").dt.tz_localize(None))
-    low, high = lanes.to_numpy() - 0.3, lanes.to_numpy() + 0.3
+    low, high = np.asarray(lanes - half_height, dtype=float), np.asarray(lanes + half_height, dtype=float)
     boxes = np.stack([np.column_stack(corner) for corner in ((left, low), (left, high), (right, high), (right, low))], axis=1)
-    axis.add_collection(PolyCollection(boxes, zorder=2, **style), autolim=True)
+    axis.add_collection(PolyCollection(boxes, zorder=zorder, **style), autolim=True)
 
 
 def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
@@ -82,20 +82,25 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
         axis.text(0.5, 0.5, "no backup job ran in this interval", ha="center", va="center", transform=axis.transAxes)
         axis.set_axis_off()
         return _png(figure)
-    labels, lanes, y, window_drawn = [], pd.Series(0, index=ran.index), 0, False
+    labels, lanes, tops, shaded = [], pd.Series(0, index=ran.index), [0], []
     for host in hosts:
         mine = ran[ran["host"] == host].sort_values("started")
         planned = windows.loc[windows["host"] == host]
-        top = y + (len(mine) if per_vm else 1)
+        y, top = tops[-1], tops[-1] + (len(mine) if per_vm else 1)
         if not planned.empty and pd.notna(planned["planned_start"].iloc[0]):
-            axis.fill_betweenx([y - 0.5, top - 0.5], planned["planned_start"].iloc[0], planned["planned_end"].iloc[0],
-                               color=WINDOW, zorder=0)
-            axis.vlines(planned["planned_end"].iloc[0], y - 0.5, top - 0.5, colors="#b8860b", linestyles="--", zorder=1)
-            window_drawn = True
+            shaded.append((planned["planned_start"].iloc[0], planned["planned_end"].iloc[0], y - 0.5, top - 0.5))
         lanes[mine.index] = range(y, top) if per_vm else y
         labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
-        y = top
-        axis.axhline(y - 0.5, color="#cccccc", linewidth=0.8)
+        tops.append(top)
+    # every host's window, window end and separator drawn at once: a collection each, not artists per host
+    if shaded:
+        starts, ends, lows, highs = (pd.Series(column) for column in zip(*shaded, strict=True))
+        _bars(axis, (lows + highs) / 2, pd.to_datetime(starts, utc=True), pd.to_datetime(ends, utc=True),
+              half_height=(highs - lows) / 2, facecolors=WINDOW, zorder=0)
+        axis.vlines(mdates.date2num(pd.to_datetime(ends, utc=True).dt.tz_localize(None)), lows, highs, colors="#b8860b",
+                    linestyles="--", zorder=1)
+    axis.hlines([top - 0.5 for top in tops[1:]], 0, 1, transform=axis.get_yaxis_transform(), colors="#cccccc", linewidth=0.8)
+    window_drawn = bool(shaded)
     for (failed, open_end), jobs in ran.groupby([ran["status"] != Status.SUCCEEDED, ran["open"]]):
         colours = jobs["mode"].fillna(jobs["predicted_mode"]).map(MODE_COLOURS).fillna("#9e9e9e")
         _bars(axis, lanes[jobs.index], jobs["started"], jobs["finished"], facecolors=list(colours),

@@ -81,8 +81,13 @@ def render(report: Report, folder: Path, prefix: str) -> Rendered:
               "windows": report.windows.to_dict("records"), "rpo": report.rpo.to_dict("records"),
               "impact": report.impact.to_dict("records")}
     html = folder / f"{prefix}.html"
-    html.write_text(template.render(values, images={k: p.name for k, p in paths.items()}), encoding="utf-8")
-    email_html = template.render(values, images={k: f"cid:{p.name}" for k, p in paths.items()})
+    page = template.render(values, images={k: p.name for k, p in paths.items()})
+    html.write_text(page, encoding="utf-8")
+    # rendered once (a fleet's table is most of the work): the mail's copy refers to each image by Content-ID;
+    # an attribute value is the only place `src="` can appear, since the page's text is escaped
+    email_html = page
+    for path in paths.values():
+        email_html = email_html.replace(f'src="{path.name}"', f'src="cid:{path.name}"')
     return Rendered(html, email_html, list(paths.values()), csv)
 
 
