@@ -62,3 +62,45 @@ def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path
     (path, error), = result["errors"].items()
     assert path.endswith("hyperv_backup.py")
     assert f"{inventory}, line 4: unknown key `windw` in a host" in error
+
+
+_IMPORTS = """
+import importlib.util, json, sys
+found = {{}}
+for path in {paths!r}:
+    spec = importlib.util.spec_from_file_location("dag_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found[path] = sorted(name for name in ("pandas", "matplotlib", "winrm", "numpy") if name in sys.modules)
+    built = sorted(v.dag_id for v in vars(module).values() if type(v).__name__ == "DAG")
+    found[path + " DAGs"] = built
+print("RESULT" + json.dumps(found))
+"""
+
+
+def _parse(tmp_path: Path, paths: list[str], **env_extra: str) -> dict:
+    import json
+
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01, vms: [A]}\n  - {name: HV02, connection: winrm_hv02}\n")
+    env = dict(os.environ, HYPERV_BACKUP_INVENTORY=str(inventory), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW_HOME=str(tmp_path), PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}", **env_extra)
+    done = subprocess.run([sys.executable, "-c", _IMPORTS.format(paths=paths)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def test_the_dag_files_import_nothing_heavy_when_parsed(tmp_path):
+    """WinRM, pandas and matplotlib are imported by the tasks that use them, not by each parse (Airflow imports Jinja)."""
+    paths = sorted(str(p) for p in (ROOT / "dags").glob("*.py"))
+    found = _parse(tmp_path, paths)
+    assert {path: found[path] for path in paths} == dict.fromkeys(paths, [])
+
+
+def test_a_task_start_builds_only_its_own_hosts_dag(tmp_path):
+    path = str(ROOT / "dags" / "hyperv_backup.py")
+    assert _parse(tmp_path, [path])[path + " DAGs"] == ["hyperv_backup_hv01", "hyperv_backup_hv02"]
+    found = _parse(tmp_path, [path], _AIRFLOW_PARSING_CONTEXT_DAG_ID="hyperv_backup_hv02",
+                   _AIRFLOW_PARSING_CONTEXT_TASK_ID="backup_vm.probe")
+    assert found[path + " DAGs"] == ["hyperv_backup_hv02"]
