@@ -192,7 +192,7 @@ def test_a_window_that_closes_mid_run_defers_the_rest(start_fleet, monkeypatch, 
     rows = {r["vm_name"]: r for r in catalog.rows(engine)}
     assert rows["SECOND"]["status"] == "deferred" and rows["SECOND"]["error"].startswith("window closed")
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["FIRST"]]
-    entry = HostEntry("HV01", "hv")
+    entry = HostEntry(name="HV01", connection="hv")
     assert entry.selected(["FIRST", "SECOND"], {"FIRST": clock}) == ["SECOND", "FIRST"]  # deferred goes first next time
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass, field
+import re
 from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated
 
-import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from .windows import Window
-from .yamlcheck import Ctx, YamlError, boolean, compose, mapping, name, number, sequence, string
+from .yamlcheck import YamlError, compose, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
 ENV_VAR = "HYPERV_BACKUP_INVENTORY"
@@ -26,17 +26,31 @@ class InventoryError(YamlError):
     pass
 
 
-@dataclass
-class HostEntry:
-    name: str
-    connection: str
+def _cron(value: str) -> str:
+    if not (value.startswith("@") or len(value.split()) == 5):
+        raise ValueError(f"{value!r} is not a cron expression (five fields) or a preset like @daily")
+    return value
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=re.compile(r"^[^\x00-\x1f]+$"))]
+Names = Annotated[list[Name], BeforeValidator(lambda value: [] if value is None else value)]  # `vms:` left empty
+FORBID = {"extra": "forbid", "str_strip_whitespace": False}
+
+
+class HostEntry(BaseModel):
+    """One host of the inventory. Each field is declared here once: its type, its bounds, its default."""
+
+    model_config = ConfigDict(**FORBID, title="a host")
+
+    name: Name
+    connection: Name
     backup_target: str = "E:"
-    schedule: str = "0 22 * * *"
-    window: Window = field(default_factory=lambda: Window("22:00", "06:00", "UTC"))
-    vms: list[str] = field(default_factory=list)  # names or fnmatch patterns
-    exclude: list[str] = field(default_factory=list)
-    priority: dict[str, int] = field(default_factory=dict)
-    rpo_hours: float = 24.0  # recovery-point objective: the oldest a VM's last good backup may be
+    schedule: Annotated[str, AfterValidator(_cron)] = "0 22 * * *"
+    window: Window = Window()
+    vms: Names = []  # names or fnmatch patterns
+    exclude: Names = []
+    priority: dict[str, Annotated[int, Field(ge=-1000, le=1000)]] = {}
+    rpo_hours: Annotated[float, Field(ge=1, le=24 * 366)] = 24.0  # recovery-point objective: the oldest a last good backup may be
     clean_recovery_checkpoints: bool = False  # let the probe remove a Recovery checkpoint a failed backup left
 
     @property
@@ -57,72 +71,41 @@ class HostEntry:
         return sorted(chosen, key=lambda n: (-self.priority.get(n, 0), last_good.get(n) or never, n))
 
 
-@dataclass
-class Inventory:
+class Mail(BaseModel):
+    model_config = ConfigDict(**FORBID, title="mail")
+
+    to: Names = []  # stakeholders: the backup report
+    admins: Names = []  # administrators: the checkpoint audit (default: to)
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(**FORBID, title="the inventory")
+
     source: str
-    hosts: list[HostEntry]
-    mail_to: list[str] = field(default_factory=list)  # stakeholders: the backup report
-    mail_admins: list[str] = field(default_factory=list)  # administrators: the checkpoint audit (default: mail_to)
+    hosts: Annotated[list[HostEntry], BeforeValidator(lambda value: [] if value is None else value)]
+    mail: Mail = Mail()
+
+    @model_validator(mode="after")
+    def _hosts_once(self) -> Inventory:
+        names = [h.name.upper() for h in self.hosts]
+        if len(names) != len(set(names)):
+            raise ValueError("a host is listed twice")
+        return self
+
+    @property
+    def mail_to(self) -> list[str]:
+        return self.mail.to
 
     @property
     def admin_recipients(self) -> list[str]:
-        return self.mail_admins or self.mail_to
-
-
-def _time(ctx: Ctx, node: yaml.Node, key: str) -> str:
-    value = string(ctx, node, key)
-    hours, _, minutes = value.partition(":")
-    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
-        raise ctx.fail(node, f"`{key}` is {value!r}; expected HH:MM")
-    return value
-
-
-def _timezone(ctx: Ctx, node: yaml.Node, key: str) -> str:
-    value = string(ctx, node, key)
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ctx.fail(node, f"`{key}` {value!r} is not a known time zone (IANA name, e.g. Europe/Berlin)") from None
-    return value
-
-
-def _schedule(ctx: Ctx, node: yaml.Node, key: str) -> str:
-    value = string(ctx, node, key)
-    if not (value.startswith("@") or len(value.split()) == 5):
-        raise ctx.fail(node, f"`{key}` {value!r} is not a cron expression (five fields) or a preset like @daily")
-    return value
-
-
-def _window(ctx: Ctx, node: yaml.Node, key: str) -> Window:
-    fields = {"start": _time, "end": _time, "timezone": _timezone, "grace_minutes": number(0, 24 * 60, integer=True)}
-    return Window(**{"start": "22:00", "end": "06:00", "timezone": "UTC"} | mapping(ctx, node, "a window", fields))
-
-
-def _priority(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, int]:
-    if not isinstance(node, yaml.MappingNode):
-        raise ctx.fail(node, "`priority` must map VM names to numbers")
-    return {k.value: number(-1000, 1000, integer=True)(ctx, v, k.value) for k, v in node.value}
-
-
-def _host(ctx: Ctx, node: yaml.Node, key: str) -> HostEntry:
-    fields = {"name": name, "connection": name, "backup_target": string, "schedule": _schedule, "window": _window,
-              "vms": sequence(name), "exclude": sequence(name), "priority": _priority,
-              "rpo_hours": number(1, 24 * 366), "clean_recovery_checkpoints": boolean}
-    return HostEntry(**mapping(ctx, node, "a host", fields, required=("name", "connection")))
+        return self.mail.admins or self.mail.to
 
 
 def parse_inventory(text: str, source: str) -> Inventory:
     ctx, root = compose(text, source, InventoryError)
     if root is None:
         raise InventoryError(f"{source}: the inventory is empty; it needs `hosts`")
-    mail_fields = lambda c, n, k: mapping(c, n, "mail", {"to": sequence(string), "admins": sequence(string)})  # noqa: E731
-    values = mapping(ctx, root, "the inventory", {"hosts": sequence(_host), "mail": mail_fields}, required=("hosts",))
-    hosts = values["hosts"]
-    seen = [h.name.upper() for h in hosts]
-    if len(seen) != len(set(seen)):
-        raise InventoryError(f"{source}: a host is listed twice")
-    mail = values.get("mail", {})
-    return Inventory(source, hosts, mail.get("to", []), mail.get("admins", []))
+    return validate(Inventory, ctx, root, "the inventory", source=source)
 
 
 def load_inventory(path: str | Path | None = None) -> Inventory:

@@ -13,9 +13,12 @@ backfilled run takes one catch-up backup per VM now, and every later missed inte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from .facts import Status
 
@@ -27,12 +30,32 @@ def run_kind(run_type: object) -> str:
     return str(getattr(run_type, "value", run_type))
 
 
-@dataclass(frozen=True)
+def _clock_time(value: str) -> str:
+    hours, _, minutes = value.partition(":")
+    if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
+        raise ValueError(f"{value!r} is not a time of day; expected HH:MM")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known time zone (IANA name, e.g. Europe/Berlin)") from None
+    return value
+
+
+ClockTime = Annotated[str, AfterValidator(_clock_time)]
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", title="a window"))
 class Window:
-    start: str  # HH:MM, host-local
-    end: str
-    timezone: str
-    grace_minutes: int = 0
+    """Declared once: the inventory reads a host's `window` into this (validated), the code builds it directly."""
+
+    start: ClockTime = "22:00"  # HH:MM, host-local
+    end: ClockTime = "06:00"
+    timezone: Annotated[str, AfterValidator(_time_zone)] = "UTC"
+    grace_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 0
 
     def bounds(self, moment: datetime) -> tuple[datetime, datetime]:
         """The window that opened last at or before `moment` (aware), as UTC (start, end)."""

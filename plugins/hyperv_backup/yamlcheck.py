@@ -6,6 +6,7 @@ Used by the simulator's scenario file and the backup inventory alike. Pure: no A
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -39,11 +40,17 @@ INTEGER = re.compile(r"^[-+]?[0-9]+$")
 FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 
 
+def _is_null(node: yaml.ScalarNode) -> bool:
+    """A plain (unquoted) null: `~`, `null`, or nothing at all. PyYAML marks a plain scalar's style None,
+    libyaml's parser ''; a quoted "" is a string."""
+    return not node.style and node.value in NULLS
+
+
 def scalar(ctx: Ctx, node: yaml.Node, key: str) -> str | None:
     """The scalar's text as written (None for a plain null)."""
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.fail(node, f"`{key}` must be a single value")
-    return None if node.style is None and node.value in NULLS else node.value
+    return None if _is_null(node) else node.value
 
 
 def string(ctx: Ctx, node: yaml.Node, key: str) -> str:
@@ -134,3 +141,84 @@ def compose(text: str, source: str, error: type[YamlError] = YamlError) -> tuple
         hint = ('; a value that ends in a colon, such as the drive E:, must be quoted: "E:"'
                 if "mapping values are not allowed" in str(problem) else "")
         raise error(f"{source}: not valid YAML: {problem}{hint}") from None
+
+
+# -- YAML into a pydantic model, errors still naming file, line and key ------------------------------
+
+
+def plain(ctx: Ctx, node: yaml.Node, lines: dict[tuple, int], path: tuple = ()) -> Any:
+    """The node as plain data, every scalar as the text written (None for a plain null), so the model's
+    types read it by what each key means (`Off` stays a name, `0123` a string, `22:00` a time).
+    `lines` gets each path's line; a duplicate key is an error here, where YAML would keep the last."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in out:
+                raise ctx.fail(key_node, f"`{key}` is given twice")
+            out[key] = plain(ctx, value_node, lines, (*path, key))
+            lines[(*path, key, "<key>")] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [plain(ctx, child, lines, (*path, index)) for index, child in enumerate(node.value)]
+    return None if _is_null(node) else node.value
+
+
+def _model_at(model: type, loc: tuple) -> type | None:
+    """The pydantic model (or pydantic dataclass) a location's last key belongs to."""
+    import typing
+
+    def unwrap(annotation: Any) -> Any:
+        while typing.get_origin(annotation) in (typing.Annotated, typing.Union, types.UnionType, list, dict):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0] if typing.get_origin(annotation) is typing.Annotated else args[-1]
+        return annotation
+
+    current: Any = model
+    for part in loc:
+        current = unwrap(current)
+        fields = getattr(current, "__pydantic_fields__", None)
+        if isinstance(part, int) or fields is None:
+            continue
+        if part not in fields:
+            return current
+        current = fields[part].annotation
+    return unwrap(current)
+
+
+def validate(model: type, ctx: Ctx, root: yaml.Node, what: str, **extra: Any):
+    """`model` from the YAML under `root`; the first error as the file, the line and the key, in words."""
+    from pydantic import ValidationError
+
+    lines: dict[tuple, int] = {}
+    data = plain(ctx, root, lines)
+    if not isinstance(data, dict):
+        raise ctx.error(f"{ctx.source}, line {lines[()]}: {what} must be a mapping of keys to values")
+    try:
+        return model.model_validate(data | extra)
+    except ValidationError as problem:
+        error = problem.errors()[0]
+        loc = tuple(error["loc"])
+        keys = [part for part in loc if isinstance(part, str)]
+        key = keys[-1] if keys else what
+        owner = _model_at(model, loc[:-1]) or model
+        title = (getattr(owner, "model_config", None) or getattr(owner, "__pydantic_config__", {})).get("title") or what
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            allowed = ", ".join(name for name in owner.__pydantic_fields__ if name not in extra)
+            message, line = f"unknown key `{key}` in {title}; allowed: {allowed}", lines.get((*loc, "<key>"))
+        elif error["type"] == "missing":
+            message, line = f"{title} needs `{key}`", lines.get(loc[:-1])
+        else:
+            text = error["msg"].removeprefix("Value error, ")
+            if not keys:  # about the whole file
+                message = text
+            elif error["type"] == "value_error":  # ours: the message names the value
+                message = f"`{key}` {text}"
+            else:
+                message = f"`{key}` is {error['input']!r}; {text[0].lower()}{text[1:]}"
+            line = lines.get(loc)
+        while line is None and loc:
+            loc = loc[:-1]
+            line = lines.get(loc)
+        raise ctx.error(f"{ctx.source}, line {line}: {message}") from None

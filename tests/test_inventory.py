@@ -1,0 +1,43 @@
+"""The inventory is a pydantic model read from YAML: each mistake is one error naming the file, the line
+and the key, and what is written is what is read (YAML 1.1 would mangle `Off`, `0123` and `22:00`)."""
+
+from __future__ import annotations
+
+import pytest
+from hyperv_backup.inventory import HostEntry, InventoryError, parse_inventory
+from hyperv_backup.windows import Window
+
+HOST = "hosts:\n  - name: HV01\n    connection: c\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (HOST + "    windw: {start: '22:00'}\n", r"line 4: unknown key `windw` in a host; allowed: name, connection,"),
+    ("hosts:\n  - name: HV01\n", r"line 2: a host needs `connection`"),
+    ("mail: {to: [a@b.test]}\n", r"line 1: the inventory needs `hosts`"),
+    (HOST + "    window: {grace_minutes: -5}\n", r"line 4: `grace_minutes` is '-5'; input should be greater than or equal to 0"),
+    (HOST + "    window:\n      start: 25:00\n", r"line 5: `start` '25:00' is not a time of day; expected HH:MM"),
+    (HOST + "    window: {timezone: Mars/Base}\n", r"line 4: `timezone` 'Mars/Base' is not a known time zone"),
+    (HOST + "    window: {start: '22:00', bogus: 1}\n", r"line 4: unknown key `bogus` in a window; allowed: start, end"),
+    (HOST + "    schedule: nightly\n", r"line 4: `schedule` 'nightly' is not a cron expression"),
+    (HOST + "    rpo_hours: lots\n", r"line 4: `rpo_hours` is 'lots'; input should be a valid number"),
+    (HOST + "    priority: {SQL01: 5000}\n", r"line 4: `SQL01` is '5000'; input should be less than or equal to 1000"),
+    (HOST + "    clean_recovery_checkpoints: maybe\n", r"line 4: `clean_recovery_checkpoints` is 'maybe'; input should be a valid boolean"),
+    (HOST + "    name: HV02\n", r"line 4: `name` is given twice"),
+    (HOST + "  - {name: hv01, connection: d}\n", r"line 1: a host is listed twice"),
+    (HOST + "mail: {to: [a@b.test], cc: [x]}\n", r"line 4: unknown key `cc` in mail; allowed: to, admins"),
+    ("- HV01\n", r"line 1: the inventory must be a mapping"),
+    ("", r"the inventory is empty"),
+])
+def test_a_mistake_names_the_file_the_line_and_the_key(text, expected):
+    with pytest.raises(InventoryError, match=r"^inv\.yaml(, |: )" + f".*{expected}"):
+        parse_inventory(text, "inv.yaml")
+
+
+def test_what_is_written_is_read_and_omitted_fields_take_their_declared_defaults():
+    inventory = parse_inventory(HOST + "    window: {start: 21:30, timezone: Europe/Berlin}\n    vms:\n    exclude: [Off, 0123]\n"
+                                "    rpo_hours: 1e1\n    clean_recovery_checkpoints: on\nmail: {to: [r@x.test]}\n", "inv.yaml")
+    (host,) = inventory.hosts
+    assert host.window == Window("21:30", "06:00", "Europe/Berlin") and host.vms == [] and host.exclude == ["Off", "0123"]
+    assert (host.rpo_hours, host.clean_recovery_checkpoints, host.schedule, host.backup_target) == (10.0, True, "0 22 * * *", "E:")
+    assert inventory.mail_to == inventory.admin_recipients == ["r@x.test"]
+    assert HostEntry(name="HV01", connection="c").window == Window()
