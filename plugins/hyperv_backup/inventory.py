@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .windows import Window
-from .yamlcheck import YamlError, compose, validate
+from .yamlcheck import YamlError, checked_name, compose, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
 ENV_VAR = "HYPERV_BACKUP_INVENTORY"
@@ -32,9 +31,9 @@ def _cron(value: str) -> str:
     return value
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=re.compile(r"^[^\x00-\x1f]+$"))]
+Name = Annotated[str, AfterValidator(checked_name)]
 Names = Annotated[list[Name], BeforeValidator(lambda value: [] if value is None else value)]  # `vms:` left empty
-FORBID = {"extra": "forbid", "str_strip_whitespace": False}
+FORBID = {"extra": "forbid"}  # an unknown key is a mistake, named with its line
 
 
 class HostEntry(BaseModel):

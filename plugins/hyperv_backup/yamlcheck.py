@@ -97,11 +97,19 @@ def boolean(ctx: Ctx, node: yaml.Node, key: str) -> bool:
 NAME_RE = re.compile(r"^[^\x00-\x1f]{1,100}$")
 
 
+def checked_name(value: str) -> str:
+    """A host, VM or connection name: 1 to 100 printable characters (what a pydantic field validates too)."""
+    if not NAME_RE.match(value):
+        raise ValueError("must be 1 to 100 printable characters")
+    return value
+
+
 def name(ctx: Ctx, node: yaml.Node, key: str) -> str:
     value = string(ctx, node, key)
-    if not NAME_RE.match(value):
-        raise ctx.fail(node, f"`{key}` must be 1 to 100 printable characters")
-    return value
+    try:
+        return checked_name(value)
+    except ValueError as problem:
+        raise ctx.fail(node, f"`{key}` {problem}") from None
 
 
 def mapping(ctx: Ctx, node: yaml.Node, what: str, fields: dict[str, Callable], required=()) -> dict[str, Any]:
