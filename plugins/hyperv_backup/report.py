@@ -1,4 +1,5 @@
-"""The report's content: pure functions from catalog frames to report frames. No Airflow import.
+"""The report's content: what it reads of the catalog (`read`), then pure functions from those frames to
+the report's frames. No Airflow import.
 
 Everything is computed from the catalog (`vm_backups`) alone, so the report of any past interval
 can be rebuilt and comes out the same every time. The catalog is asked only for what the report
