@@ -19,7 +19,6 @@ from .errors import HostError
 from .facts import Status
 from .inventory import HostEntry, Inventory
 from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
-from .settings import catalog_engine
 
 
 @cache
@@ -75,7 +74,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 _host_failed(error)
                 raise
             named = [v for v in entry.vms if v not in entry.patterns and v not in listed]  # probe records them as missing
-            chosen = entry.selected(listed + named, catalog.last_good(catalog_engine(), host))
+            chosen = entry.selected(listed + named, catalog.last_good(settings.catalog_engine(), host))
             wanted = params.get("vms") or []
             unknown = sorted(set(wanted) - set(chosen))
             if unknown:
@@ -87,7 +86,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def _host_failed(error: HostError) -> None:
             """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why, in the
             error's own words (unreachable, refused credentials, untrusted certificate are different fixes)."""
-            known = set(catalog.last_good(catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
+            known = set(catalog.last_good(settings.catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
             for vm_name in sorted(known):
                 _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}")
 
@@ -125,7 +124,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             """The run's verdict from the catalog: it fails when a VM failed, so the UI, a rerun of failed runs
             (`--reprocess-behavior failed`) and alerting see it; the rerun then redoes only those VMs."""
             dag_run = get_current_context()["dag_run"]
-            rows = catalog.rows(catalog_engine(), dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+            rows = catalog.rows(settings.catalog_engine(), dag_id=dag_run.dag_id, run_id=dag_run.run_id)
             failed = [f"{r['vm_name']}: {r['error']}" for r in rows if r["status"] in (Status.FAILED, Status.RUNNING)]
             counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Status if any(r["status"] == s for r in rows))
             if failed:

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .windows import Window
-from .yamlcheck import YamlError, checked_name, compose, validate
+from .yamlcheck import Boolean, Integer, Number, YamlError, checked_name, compose, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
 ENV_VAR = "HYPERV_BACKUP_INVENTORY"
@@ -48,9 +48,9 @@ class HostEntry(BaseModel):
     window: Window = Window()
     vms: Names = []  # names or fnmatch patterns
     exclude: Names = []
-    priority: dict[str, Annotated[int, Field(ge=-1000, le=1000)]] = {}
-    rpo_hours: Annotated[float, Field(ge=1, le=24 * 366)] = 24.0  # recovery-point objective: the oldest a last good backup may be
-    clean_recovery_checkpoints: bool = False  # let the probe remove a Recovery checkpoint a failed backup left
+    priority: dict[str, Annotated[Integer, Field(ge=-1000, le=1000)]] = {}
+    rpo_hours: Annotated[Number, Field(ge=1, le=24 * 366)] = 24.0  # recovery-point objective: the oldest a last good backup may be
+    clean_recovery_checkpoints: Boolean = False  # let the probe remove a Recovery checkpoint a failed backup left
 
     @property
     def patterns(self) -> list[str]:

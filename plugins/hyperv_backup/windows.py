@@ -21,6 +21,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
 from .facts import Status
+from .yamlcheck import Integer
 
 SCHEDULED, MANUAL, BACKFILL = "scheduled", "manual", "backfill"
 
@@ -55,7 +56,7 @@ class Window:
     start: ClockTime = "22:00"  # HH:MM, host-local
     end: ClockTime = "06:00"
     timezone: Annotated[str, AfterValidator(_time_zone)] = "UTC"
-    grace_minutes: Annotated[int, Field(ge=0, le=24 * 60)] = 0
+    grace_minutes: Annotated[Integer, Field(ge=0, le=24 * 60)] = 0
 
     def bounds(self, moment: datetime) -> tuple[datetime, datetime]:
         """The window that opened last at or before `moment` (aware), as UTC (start, end)."""
