@@ -68,7 +68,7 @@ vm_backups = Table(
     Column("missed", Text),  # extension: why this interval was not backed up on time (set by backfills)
     Column("attempts", Integer),  # Windows Server Backup jobs started for this row (a new one after a transient failure or a restart)
     Column("host_restarted", Boolean),  # the host restarted during the backup (its uptime reset is no checkpoint)
-    Column("run_kind", String(32)),  # scheduled, manual, backfill, asset_triggered: who asked for this backup
+    Column("run_kind", String(32)),  # scheduled, manual or backfill: who asked for this backup
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
 )
