@@ -1,7 +1,9 @@
 """A real Airflow on this machine: api-server, scheduler, dag-processor and triggerer as child
 processes sharing one AIRFLOW_HOME (SQLite metadata, LocalExecutor), for `make demo-outage` and
 the tests that need the real scheduler rather than `dags test`. Everything listens on 127.0.0.1;
-the log servers are skipped (the api-server reads the task logs from the same disk).
+the log servers are skipped (the api-server reads the task logs from the same disk). Runs are
+triggered and followed through the REST API (`api`), as the UI does: an `airflow` CLI command costs
+seconds of CPU to start, which a 2-core machine would take from the tasks.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every component waits up to 30 s for SQLite's one writer (sqlite3's default is 5 s): four processes share it.
 SQLITE_CONNECT_ARGS = {"timeout": 30}
+PASSWORDS = "simple_auth_manager_passwords.json.generated"  # written by the api-server's simple auth manager
 COMPONENTS = {
     "api-server": [],
     "scheduler": ["--skip-serve-logs"],
@@ -38,13 +42,13 @@ class AirflowCluster:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        self.api = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}"
         self.env = dict(os.environ) | env | {
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
@@ -52,9 +56,11 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
         }
         self.processes: dict[str, subprocess.Popen] = {}
+        self._token: str | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """An `airflow` command against this cluster. SQLite lets one writer in at a time, so a command that
@@ -78,7 +84,7 @@ class AirflowCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.api}/api/v2/monitor/health", timeout=5) as response:
+                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -90,32 +96,58 @@ class AirflowCluster:
             time.sleep(1)
         return self
 
-    def json(self, *args: str) -> list:
-        """An `airflow ... -o json` listing (Airflow prints warnings on stdout too: take the JSON line)."""
-        lines = [line for line in self.cli(*args, "-o", "json").stdout.splitlines() if line.startswith("[")]
-        return json.loads(lines[-1]) if lines else []
+    def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
+        """A call of Airflow's REST API (`/api/v2/...`) as the admin user, with the token the api-server gives for
+        the password it generated into the Airflow home."""
+        if self._token is None:
+            password = json.loads((self.home / PASSWORDS).read_text())["admin"]
+            self._token = self._call("/auth/token", {"username": "admin", "password": password})["access_token"]
+        return self._call(f"/api/v2/{path.lstrip('/')}", body, method, self._token)
+
+    def _call(self, path: str, body: dict | None = None, method: str | None = None, token: str | None = None) -> dict:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode() if body is not None else None,
+                                         method=method, headers={"Content-Type": "application/json"}
+                                         | ({"Authorization": f"Bearer {token}"} if token else {}))
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        """A manual run of the DAG now (unpaused first: a paused DAG's run would wait); its run id."""
+        self.api(f"dags/{dag_id}", {"is_paused": False}, "PATCH")
+        return self.api(f"dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api(f"dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}")["state"]
 
     def wait_for_dags(self, dag_ids: list[str], timeout: float = 180) -> None:
-        """Until the dag-processor has serialized these DAGs (the scheduler only sees those)."""
+        """Until the dag-processor has serialized these DAGs (the scheduler only sees those); a DAG file that
+        does not import is reported at once, in the dag-processor's words."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            listed = {d["dag_id"] for d in self.json("dags", "list")}
+            listed = {d["dag_id"] for d in self.api("dags?limit=1000")["dags"]}
             if set(dag_ids) <= listed:
                 return
+            errors = self.api("importErrors")["import_errors"]
+            if errors:
+                raise RuntimeError("DAG files do not import:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors))
             time.sleep(2)
         raise RuntimeError(f"DAGs not parsed in {timeout:.0f} s: {sorted(set(dag_ids) - listed)}")
 
     def runs(self, dag_id: str) -> list[dict]:
-        """The DAG's runs (`airflow dags list-runs`), oldest first."""
-        runs = self.json("dags", "list-runs", dag_id)
-        return sorted(runs, key=lambda r: r["logical_date"] or r["run_after"])
+        """The DAG's runs, oldest first, as the REST API lists them, each with its id also under `run_id`."""
+        runs = self.api(f"dags/{dag_id}/dagRuns?limit=1000")["dag_runs"]
+        return sorted(({"run_id": r["dag_run_id"], **r} for r in runs), key=lambda r: r["logical_date"] or r["run_after"])
 
     def wait(self, condition, what: str, timeout: float = 600, every: float = 3):
+        """Until `condition()` is true (its value), for up to `timeout` s; a component that died ends the wait."""
         deadline = time.monotonic() + timeout
         while True:
             value = condition()
             if value:
                 return value
+            dead = [name for name, process in self.processes.items() if process.poll() is not None]
+            if dead:
+                raise RuntimeError(f"Airflow's {', '.join(dead)} stopped while waiting for {what}; see {self.home}/*.log")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(every)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+FINISHED = ("success", "failed")
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
@@ -59,32 +59,43 @@ def inventory_for(scenario) -> dict:
     }
 
 
-def run_backups(scenario, running, report: bool = True) -> int:
-    """Run every host's backup DAG once on the embedded default (SQLite metadata, in-process), then the report."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    from airflow.dag_processing.dagbag import DagBag
+def run_backups(scenario, running, env: dict[str, str], home: Path, report: bool = True) -> int:
+    """Run every host's backup DAG once, side by side, on the real scheduler as users run it (api-server,
+    scheduler, dag-processor, triggerer; LocalExecutor, SQLite metadata in `home`), then the report DAG.
 
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    if bag.import_errors:
-        for path, error in bag.import_errors.items():
-            print(f"error: {path}: {error}", file=sys.stderr)
-        return 1
-    for host in scenario.hosts:
-        bag.get_dag(f"hyperv_backup_{host.name.lower()}").test()
-    if report:
+    The runs are manual, triggered through the REST API; the scheduler makes no run of its own
+    (`use_job_schedule` off: the inventory's 22:00 schedule would otherwise run last night's interval at once).
+    Each task writes its log into `home`, where `make ui` shows it."""
+    from datetime import UTC, datetime, timedelta
+
+    from include.cluster import AirflowCluster
+
+    dag_ids = [f"hyperv_backup_{host.name.lower()}" for host in scenario.hosts]
+    env = env | {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
+    with AirflowCluster(home, env) as cluster:
+        try:
+            cluster.wait_for_dags([*dag_ids, "hyperv_backup_report"])
+        except RuntimeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        runs = {dag_id: cluster.trigger(dag_id) for dag_id in dag_ids}
+        for dag_id, run_id in runs.items():  # a run that fails is a result (its VMs' rows say why), not the demo's failure
+            cluster.wait(lambda d=dag_id, r=run_id: cluster.run_state(d, r) in FINISHED, f"the run of {dag_id}", timeout=6 * 3600, every=1)
+        if not report:
+            return 0
         # Two clocks: a row belongs to its run's data interval, on Airflow's clock, while its job's times and the
         # recovery-point ages are the hosts', which run `speed` times faster. The report's interval starts 24 h
         # before now on Airflow's clock (every run the demo made is in it) and ends at the later of the two
         # clocks (every job has started by then), whatever the speed.
-        from datetime import UTC, datetime, timedelta
-
         now = datetime.now(UTC)
         fleet = datetime.fromisoformat(running.state()["clock_utc"].replace("Z", "+00:00"))
         interval = {"interval_start": (now - timedelta(days=1)).isoformat(),
                     "interval_end": (max(now, fleet) + timedelta(minutes=1)).isoformat()}
-        run = bag.get_dag("hyperv_backup_report").test(run_conf=interval)
-        if str(run.state) != "success":
-            print(f"error: the report run ended {run.state}", file=sys.stderr)
+        run_id = cluster.trigger("hyperv_backup_report", interval)
+        state = cluster.wait(lambda: (s := cluster.run_state("hyperv_backup_report", run_id)) in FINISHED and s,
+                             "the report", timeout=600, every=1)
+        if state != "success":
+            print(f"error: the report run ended {state}; its task logs are in {home}/logs", file=sys.stderr)
             return 1
     return 0
 
@@ -112,43 +123,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "include" / "demo-fleet.yaml"))
     parser.add_argument("--out", default=str(ROOT / "demo-output"))
     parser.add_argument("--no-report", action="store_true", help="run the backups only (the benchmarks use this)")
-    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.inside:
-        return _run(args, load_scenario(args.scenario), Path(args.out))
     try:
-        load_scenario(args.scenario)
+        scenario = load_scenario(args.scenario)
         out = prepare(Path(args.out))
     except (ScenarioError, ForeignFiles) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # The run itself is a child process: dag.test() runs tasks in its process, and Airflow's task runner takes
-    # SIGTERM for itself there (a task's on_kill). This process keeps the signals and stops the whole tree.
-    inside = [sys.executable, "-m", "include.demo", "--scenario", args.scenario, "--out", str(out), "--inside"]
     with stop_on_signals(f"the fleet and Airflow were; {out} holds what was written until then"):
-        return subprocess.call(inside + (["--no-report"] if args.no_report else []), cwd=ROOT)
+        return _run(args, scenario, out)
 
 
 def _run(args, scenario, out: Path) -> int:
     (out / "reports").mkdir()
     (out / "mail").mkdir()
-    os.environ["AIRFLOW_HOME"] = str(out / "airflow")  # the demo's Airflow lives with its output: `make ui` serves it
 
     import yaml
 
     inventory = out / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
-    os.environ["HYPERV_BACKUP_INVENTORY"] = str(inventory)
-    os.environ["AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"] = json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")})
-    os.environ["AIRFLOW__HYPERV_BACKUP__REPORTS_PATH"] = str(out / "reports")
+    env = {"HYPERV_BACKUP_INVENTORY": str(inventory),
+           "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
+           "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports")}
     from include.mailsink import MailSink
 
     running = harness.start(Path(args.scenario), out / "certs", dump=out)
     try:
         with MailSink(out / "mail") as mail:
-            os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = mail.connection()
-            os.environ.update(connection_env(scenario, running))
-            finished = run_backups(scenario, running, report=not args.no_report)
+            env |= {"AIRFLOW_CONN_SMTP_DEFAULT": mail.connection(), **connection_env(scenario, running)}
+            # the demo's Airflow lives with its output: `make ui` serves it
+            finished = run_backups(scenario, running, env, out / "airflow", report=not args.no_report)
     finally:
         code = running.stop()
     if code != 0 or finished != 0:

@@ -57,16 +57,19 @@ def remove(out: Path) -> None:
 @contextmanager
 def stop_on_signals(what: str) -> Iterator[None]:
     """Within: SIGTERM or SIGINT stops this run and everything it started, within seconds, and exits 128 + the
-    signal's number, as a shell reports it. Airflow's `dag.test()` runs tasks in this process and may catch
-    what a handler raises, so the handler does not rely on `finally` blocks: it stops the run's child processes
-    (the simulated fleet, Airflow's components) itself, then leaves."""
+    signal's number, as a shell reports it. The handler does not rely on `finally` blocks (code running at the
+    signal, an Airflow client call among them, may catch what it raises): it stops the run's child processes
+    (the simulated fleet, Airflow's components and their tasks) itself, then leaves."""
     def stop(signum, frame):
         import psutil
 
         print(f"stopped by {signal.Signals(signum).name}: {what} stopped with it", file=sys.stderr, flush=True)
         children = psutil.Process().children(recursive=True)
         for child in children:
-            child.terminate()
+            try:
+                child.terminate()
+            except psutil.NoSuchProcess:  # the signal went to the whole process group: it may have ended already
+                pass
         _, alive = psutil.wait_procs(children, timeout=5)
         for child in alive:
             child.kill()

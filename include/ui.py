@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PASSWORDS = "simple_auth_manager_passwords.json.generated"
+sys.path.insert(0, str(ROOT))
+
+from include.cluster import PASSWORDS  # noqa: E402
 
 
 def environment(home: Path, out: Path, port: int) -> dict[str, str]:

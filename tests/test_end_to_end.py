@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -99,6 +100,13 @@ def test_make_ui_serves_the_demos_runs_behind_a_login(demo):
         assert runs["total_entries"] >= 1
         dags = {d["dag_id"]: d for d in call("/api/v2/dags", token=token)["dags"]}
         assert not dags["hyperv_backup_hv2019"]["is_paused"]
+        # the task logs the UI shows: each task's, as the worker wrote it (the probe's return value is in it)
+        run_id = urllib.parse.quote(runs["dag_runs"][0]["dag_run_id"], safe="")
+        tasks = call(f"/api/v2/dags/hyperv_backup_hv2019/dagRuns/{run_id}/taskInstances?limit=100", token=token)["task_instances"]
+        probe = next(t for t in tasks if t["task_id"] == "backup_vm.probe")
+        log = call(f"/api/v2/dags/hyperv_backup_hv2019/dagRuns/{run_id}/taskInstances/backup_vm.probe/logs/"
+                   f"{probe['try_number']}?map_index={probe['map_index']}", token=token)
+        assert "predicted_mode" in json.dumps(log["content"]), log
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
