@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser postgres demo demo-outage ui test bench lint simulator clean
+.PHONY: venv browser postgres redis demo demo-cluster demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo-outage: venv
 
 demo: venv
 	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
+
+# The demo on the distributed engine: two Celery workers, Redis, PostgreSQL (metadata and catalog), on 127.0.0.1.
+demo-cluster: venv postgres redis
+	$(PY) -m include.demo --cluster --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
 
 # The Airflow UI over the demo's Airflow home (DEMO_OUT/airflow), on 127.0.0.1:$(UI_PORT).
 UI_PORT ?= 8080
@@ -38,7 +42,12 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql; }
 
-test: venv browser postgres
+# Debian's Redis server, the Celery broker of `make demo-cluster` (include/redis_server.py starts a throwaway one).
+redis:
+	@command -v redis-server >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; }
+
+test: venv browser postgres redis
 	$(PY) -m ruff check dags plugins include simulator tests bench
 	$(PY) -m pytest -q tests
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -36,7 +35,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
-from include.cluster import AirflowCluster  # noqa: E402
+from include import postgres  # noqa: E402
+from include.cluster import AirflowCluster, Topology  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
@@ -59,29 +59,37 @@ def _parse(value: str) -> datetime:
 class SlotSampler(threading.Thread):
     """Task instances in the `running` state (a worker slot each), sampled from the metadata database."""
 
-    def __init__(self, database: Path, every: float = 0.2):
+    def __init__(self, url: str, every: float = 0.2):
         super().__init__(daemon=True)
-        self.database, self.every, self.stop_at = database, every, threading.Event()
+        from sqlalchemy import create_engine
+
+        self.engine, self.every, self.stop_at = create_engine(url), every, threading.Event()
         self.slot_seconds: Counter = Counter()
 
     def run(self) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        query = text("SELECT task_id, COUNT(*) FROM task_instance WHERE state = 'running' AND dag_id LIKE 'hyperv_backup_hv%' "
+                     "GROUP BY task_id")
         while not self.stop_at.is_set():
             began = time.monotonic()
             try:
-                with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=1) as db:
-                    for task_id, count in db.execute("SELECT task_id, COUNT(*) FROM task_instance WHERE state = 'running' "
-                                                      "AND dag_id LIKE 'hyperv_backup_hv%' GROUP BY task_id"):
+                with self.engine.connect() as db:
+                    for task_id, count in db.execute(query):
                         self.slot_seconds[task_id.rpartition(".")[2]] += count * self.every
-            except sqlite3.Error:
-                pass  # a write held the database for a moment: that sample is lost, not counted
+            except SQLAlchemyError:
+                pass  # a write held SQLite for a moment (or the tables are not there yet): that sample is lost, not counted
             time.sleep(max(0.0, self.every - (time.monotonic() - began)))
+        self.engine.dispose()
 
 
-def run(hosts: int, vms: int, speed: float, out: Path) -> dict:
+def run(hosts: int, vms: int, speed: float, out: Path, metadata: str) -> dict:
     path = out / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario(hosts, vms, speed)))
     loaded = load_scenario(path)
     running = harness.start(path, out / "certs", dump=out)
+    database = postgres.start() if metadata == "postgresql" else None
     try:
         inventory = inventory_for(loaded)
         for host in inventory["hosts"]:  # last midnight's run, scheduled as soon as the DAGs are parsed, all in one file
@@ -92,9 +100,15 @@ def run(hosts: int, vms: int, speed: float, out: Path) -> dict:
             "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
         }
         dag_ids = [f"hyperv_backup_{h.name.lower()}" for h in loaded.hosts]
-        with AirflowCluster(out / "airflow", env) as cluster:
-            sampler = SlotSampler(out / "airflow" / "airflow.db")
+        topology = Topology()
+        if database:  # the catalog, too, where a deployment keeps it
+            topology = Topology(metadata_url=database.create_database("airflow"))
+            env["AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"] = json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": database.port,
+                                                                    "login": "postgres", "schema": database.create_database("hyperv_catalog") and "hyperv_catalog"})
+        with AirflowCluster(out / "airflow", env, topology) as cluster:
+            sampler = SlotSampler(topology.metadata_url or f"sqlite:///file:{out / 'airflow' / 'airflow.db'}?mode=ro&uri=true")
             sampler.start()
+            cluster.wait_for_dags(dag_ids)
             began = time.monotonic()
             states = {}
             for dag_id in dag_ids:
@@ -106,6 +120,8 @@ def run(hosts: int, vms: int, speed: float, out: Path) -> dict:
             sampler.join()
     finally:
         running.stop()
+        if database:
+            database.stop()
     return {"states": states, "wall": wall, "slots": dict(sampler.slot_seconds)}
 
 
@@ -149,15 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--vms", type=int, default=12)
     parser.add_argument("--speed", type=float, default=10)
+    parser.add_argument("--metadata", choices=("postgresql", "sqlite"), default="postgresql",
+                        help="Airflow's metadata database: PostgreSQL, as deployments run it (default), or SQLite, the embedded default")
     parser.add_argument("--keep", metavar="DIR", help="keep the run's files (catalog, journal, Airflow home and logs) in DIR")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         out = Path(args.keep or tmp)
         out.mkdir(parents=True, exist_ok=True)
-        result = run(args.hosts, args.vms, args.speed, out)
+        result = run(args.hosts, args.vms, args.speed, out, args.metadata)
         f = figures(out, result, args.vms)
     print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
-          f"(LocalExecutor, SQLite), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
+          f"(LocalExecutor, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
     print(f"{'host':>6} {'jobs':>5} {'job time (host s)':>18} {'idle (host s)':>14} {'idle gap/busy':>14}")
     for host, h in f["hosts"].items():
         print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")

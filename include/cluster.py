@@ -1,6 +1,8 @@
 """A real Airflow on this machine: api-server, scheduler, dag-processor and triggerer as child
-processes sharing one AIRFLOW_HOME (SQLite metadata, LocalExecutor), for `make demo-outage` and
-the tests that need the real scheduler rather than `dags test`. Everything listens on 127.0.0.1;
+processes sharing one AIRFLOW_HOME, for `make demo`, `make demo-outage` and the tests that need the
+real scheduler rather than `dags test`. By default SQLite metadata and the LocalExecutor (the
+embedded default); with a `Topology` of Celery workers, a broker and a PostgreSQL metadata
+database, the distributed engine users grow into (`make demo-cluster`). Everything listens on 127.0.0.1;
 the log servers are skipped (the api-server reads the task logs from the same disk). Runs are
 triggered and followed through the REST API (`api`), as the UI does: an `airflow` CLI command costs
 seconds of CPU to start, which a 2-core machine would take from the tasks.
@@ -15,8 +17,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +35,30 @@ COMPONENTS = {
 }
 
 
+WORKER_NAME = "HYPERV_BACKUP_WORKER_NAME"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which engine runs the tasks: the LocalExecutor on SQLite (the default), or Celery `workers` (their names)
+    taking tasks from `broker_url` (Redis), with Airflow's metadata at `metadata_url` (PostgreSQL)."""
+
+    metadata_url: str | None = None
+    broker_url: str | None = None
+    workers: tuple[str, ...] = ()
+    concurrency: int = 8  # task slots per Celery worker
+
+    @property
+    def executor(self) -> str:
+        return "CeleryExecutor" if self.workers else "LocalExecutor"
+
+
+def worker_name() -> str:
+    """`[core] hostname_callable` of the demo's Celery workers: each records its own name on the task instances it
+    runs (they share this machine, where workers of a real cluster would each have their own)."""
+    return os.environ.get(WORKER_NAME) or socket.getfqdn()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -38,8 +66,8 @@ def free_port() -> int:
 
 
 class AirflowCluster:
-    def __init__(self, home: Path, env: dict[str, str]):
-        self.home = Path(home)
+    def __init__(self, home: Path, env: dict[str, str], topology: Topology = Topology()):
+        self.home, self.topology = Path(home), topology
         self.home.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -47,18 +75,25 @@ class AirflowCluster:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": topology.executor,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "include.cluster.SQLITE_CONNECT_ARGS",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
         }
+        if topology.metadata_url:
+            self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = topology.metadata_url
+        else:
+            self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "include.cluster.SQLITE_CONNECT_ARGS"
+        if topology.workers:
+            self.env |= {"AIRFLOW__CELERY__BROKER_URL": topology.broker_url or "",
+                         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(topology.concurrency),
+                         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "include.cluster.worker_name"}
         self.processes: dict[str, subprocess.Popen] = {}
         self._token: str | None = None
 
@@ -77,9 +112,9 @@ class AirflowCluster:
 
     def start(self, timeout: float = 120) -> AirflowCluster:
         self.cli("db", "migrate")
-        for name, extra in COMPONENTS.items():
+        for name, command, env in self._components():
             log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-            self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", name, *extra], env=self.env, cwd=ROOT,
+            self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", *command], env=self.env | env, cwd=ROOT,
                                                     stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
@@ -96,6 +131,12 @@ class AirflowCluster:
             time.sleep(1)
         return self
 
+    def _components(self) -> list[tuple[str, list[str], dict[str, str]]]:
+        """(name, `airflow` arguments, extra environment) of each process: Airflow's four, and the Celery workers."""
+        components = [(name, [name, *extra], {}) for name, extra in COMPONENTS.items()]
+        return components + [(f"worker-{name}", ["celery", "worker", "--celery-hostname", f"{name}@%h", "--skip-serve-logs"],
+                              {WORKER_NAME: name}) for name in self.topology.workers]
+
     def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
         """A call of Airflow's REST API (`/api/v2/...`) as the admin user, with the token the api-server gives for
         the password it generated into the Airflow home."""
@@ -105,11 +146,20 @@ class AirflowCluster:
         return self._call(f"/api/v2/{path.lstrip('/')}", body, method, self._token)
 
     def _call(self, path: str, body: dict | None = None, method: str | None = None, token: str | None = None) -> dict:
+        """One request; a server error is asked again a few times (SQLite lets one writer in at a time, and an
+        api-server request that met the scheduler's write fails with 500)."""
         request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode() if body is not None else None,
                                          method=method, headers={"Content-Type": "application/json"}
                                          | ({"Authorization": f"Bearer {token}"} if token else {}))
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"{}")
+        for attempt in range(6):
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return json.loads(response.read() or b"{}")
+            except urllib.error.HTTPError as error:
+                if error.code < 500 or attempt == 5:
+                    raise
+                time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
 
     def trigger(self, dag_id: str, conf: dict | None = None) -> str:
         """A manual run of the DAG now (unpaused first: a paused DAG's run would wait); its run id."""

@@ -12,10 +12,12 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = ("success", "failed")
+WORKERS = ("worker1", "worker2")  # the Celery workers of `make demo-cluster`
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
@@ -59,20 +61,21 @@ def inventory_for(scenario) -> dict:
     }
 
 
-def run_backups(scenario, running, env: dict[str, str], home: Path, report: bool = True) -> int:
+def run_backups(scenario, running, env: dict[str, str], home: Path, topology=None, report: bool = True) -> int:
     """Run every host's backup DAG once, side by side, on the real scheduler as users run it (api-server,
-    scheduler, dag-processor, triggerer; LocalExecutor, SQLite metadata in `home`), then the report DAG.
+    scheduler, dag-processor, triggerer; LocalExecutor and SQLite metadata in `home`, or the `topology`'s
+    Celery workers and PostgreSQL), then the report DAG.
 
     The runs are manual, triggered through the REST API; the scheduler makes no run of its own
     (`use_job_schedule` off: the inventory's 22:00 schedule would otherwise run last night's interval at once).
     Each task writes its log into `home`, where `make ui` shows it."""
     from datetime import UTC, datetime, timedelta
 
-    from include.cluster import AirflowCluster
+    from include.cluster import AirflowCluster, Topology
 
     dag_ids = [f"hyperv_backup_{host.name.lower()}" for host in scenario.hosts]
     env = env | {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
-    with AirflowCluster(home, env) as cluster:
+    with AirflowCluster(home, env, topology or Topology()) as cluster:
         try:
             cluster.wait_for_dags([*dag_ids, "hyperv_backup_report"])
         except RuntimeError as error:
@@ -100,6 +103,45 @@ def run_backups(scenario, running, env: dict[str, str], home: Path, report: bool
     return 0
 
 
+def _engine(services: ExitStack, out: Path, cluster: bool):
+    """The engine the demo runs on, and the catalog's connection: the embedded default (LocalExecutor, SQLite
+    in DEMO_OUT), or with `cluster` two Celery workers, Redis as their broker, and PostgreSQL for Airflow's
+    metadata and the catalog, each started here on 127.0.0.1 and stopped with the demo."""
+    from include.cluster import Topology
+
+    if not cluster:
+        return Topology(), {"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}
+    from include import postgres, redis_server
+
+    database = postgres.start()
+    services.callback(database.stop)
+    broker = redis_server.start()
+    services.callback(broker.stop)
+    topology = Topology(metadata_url=database.create_database("airflow"), broker_url=broker.url, workers=WORKERS)
+    database.create_database("hyperv_catalog")
+    return topology, {"conn_type": "postgres", "host": "127.0.0.1", "port": database.port, "login": "postgres",
+                      "schema": "hyperv_catalog"}
+
+
+def _cluster_files(out: Path, topology, catalog_conn: dict) -> None:
+    """After a cluster demo: the PostgreSQL catalog exported to `catalog.sqlite` (same table and columns), and
+    `cluster.json`, read from Airflow's metadata (the worker each task instance ran on)."""
+    from hyperv_backup import catalog
+    from sqlalchemy import create_engine, text
+
+    source = catalog.engine_for(catalog.sqlalchemy_url("postgres", catalog_conn["host"], "postgres", None, catalog_conn["port"],
+                                                       catalog_conn["schema"], {}))
+    catalog.export(source, str(out / "catalog.sqlite"))
+    source.dispose()
+    metadata = create_engine(topology.metadata_url)
+    with metadata.connect() as db:
+        by_worker = dict(db.execute(text("SELECT hostname, COUNT(*) FROM task_instance WHERE hostname <> '' GROUP BY hostname")).all())
+    metadata.dispose()
+    (out / "cluster.json").write_text(json.dumps({
+        "executor": topology.executor, "metadata_db": "postgresql", "catalog_db": "postgresql", "workers": list(topology.workers),
+        "task_instances_by_worker": {name: by_worker.get(name, 0) for name in topology.workers}}, indent=2) + "\n")
+
+
 def summary(catalog_path: Path) -> list[tuple]:
     import sqlite3
 
@@ -123,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "include" / "demo-fleet.yaml"))
     parser.add_argument("--out", default=str(ROOT / "demo-output"))
     parser.add_argument("--no-report", action="store_true", help="run the backups only (the benchmarks use this)")
+    parser.add_argument("--cluster", action="store_true", help="run on Celery workers, Redis and PostgreSQL (make demo-cluster)")
     args = parser.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario)
@@ -140,24 +183,27 @@ def _run(args, scenario, out: Path) -> int:
 
     import yaml
 
-    inventory = out / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
-    env = {"HYPERV_BACKUP_INVENTORY": str(inventory),
-           "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
-           "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports")}
     from include.mailsink import MailSink
 
-    running = harness.start(Path(args.scenario), out / "certs", dump=out)
-    try:
-        with MailSink(out / "mail") as mail:
-            env |= {"AIRFLOW_CONN_SMTP_DEFAULT": mail.connection(), **connection_env(scenario, running)}
-            # the demo's Airflow lives with its output: `make ui` serves it
-            finished = run_backups(scenario, running, env, out / "airflow", report=not args.no_report)
-    finally:
-        code = running.stop()
-    if code != 0 or finished != 0:
-        print(f"error: the run did not finish (simulator exit {code})", file=sys.stderr)
-        return 1
+    inventory = out / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
+    env = {"HYPERV_BACKUP_INVENTORY": str(inventory), "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports")}
+    with ExitStack() as services:
+        topology, catalog_conn = _engine(services, out, args.cluster)
+        running = harness.start(Path(args.scenario), out / "certs", dump=out)
+        try:
+            with MailSink(out / "mail") as mail:
+                env |= {"AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps(catalog_conn), "AIRFLOW_CONN_SMTP_DEFAULT": mail.connection(),
+                        **connection_env(scenario, running)}
+                # the demo's Airflow lives with its output: `make ui` serves it
+                finished = run_backups(scenario, running, env, out / "airflow", topology, report=not args.no_report)
+        finally:
+            code = running.stop()
+        if code != 0 or finished != 0:
+            print(f"error: the run did not finish (simulator exit {code})", file=sys.stderr)
+            return 1
+        if args.cluster:
+            _cluster_files(out, topology, catalog_conn)
     rows = summary(out / "catalog.sqlite")
     width = max((len(r[1]) for r in rows), default=4)
     print(f"\n{'HOST':10} {'VM':{width}} {'MODE':10} {'STATUS':10} {'DURATION':9} {'GB':>6}  ERROR")
