@@ -21,11 +21,11 @@ demo-outage: venv
 	$(PY) -m include.outage --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
 
 demo: venv
-	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
+	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
 
 # The demo on the distributed engine: two Celery workers, Redis, PostgreSQL (metadata and catalog), on 127.0.0.1.
 demo-cluster: venv postgres redis
-	$(PY) -m include.demo --cluster --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
+	$(PY) -m include.demo --cluster --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
 
 # The Airflow UI over the demo's Airflow home (DEMO_OUT/airflow), on 127.0.0.1:$(UI_PORT).
 UI_PORT ?= 8080

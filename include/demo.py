@@ -23,6 +23,8 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__HYPERV_BACKUP__POLL_SECONDS", "0.5")  # the simulator's clock runs 60x faster than a host's
 
+from hyperv_backup.inventory import InventoryError, load_inventory  # noqa: E402
+
 from include.demo_out import ForeignFiles, prepare, stop_on_signals  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import ScenarioError, load_scenario  # noqa: E402
@@ -61,7 +63,7 @@ def inventory_for(scenario) -> dict:
     }
 
 
-def run_backups(scenario, running, env: dict[str, str], home: Path, topology=None, report: bool = True) -> int:
+def run_backups(dag_ids: list[str], running, env: dict[str, str], home: Path, topology=None, report: bool = True) -> int:
     """Run every host's backup DAG once, side by side, on the real scheduler as users run it (api-server,
     scheduler, dag-processor, triggerer; LocalExecutor and SQLite metadata in `home`, or the `topology`'s
     Celery workers and PostgreSQL), then the report DAG.
@@ -73,7 +75,6 @@ def run_backups(scenario, running, env: dict[str, str], home: Path, topology=Non
 
     from include.cluster import AirflowCluster, Topology
 
-    dag_ids = [f"hyperv_backup_{host.name.lower()}" for host in scenario.hosts]
     env = env | {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
     with AirflowCluster(home, env, topology or Topology()) as cluster:
         try:
@@ -101,6 +102,13 @@ def run_backups(scenario, running, env: dict[str, str], home: Path, topology=Non
             print(f"error: the report run ended {state}; its task logs are in {home}/logs", file=sys.stderr)
             return 1
     return 0
+
+
+def _dag_ids(inventory: Path) -> list[str]:
+    """The backup DAGs of the inventory's hosts."""
+    from hyperv_backup.dag_factory import dag_id
+
+    return [dag_id(entry) for entry in load_inventory(inventory).hosts]
 
 
 def _engine(services: ExitStack, out: Path, cluster: bool):
@@ -165,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default=str(ROOT / "include" / "demo-fleet.yaml"))
     parser.add_argument("--out", default=str(ROOT / "demo-output"))
     parser.add_argument("--no-report", action="store_true", help="run the backups only (the benchmarks use this)")
+    parser.add_argument("--inventory", help="back up with this inventory instead of the one derived from the scenario "
+                                            "(its hosts' connections are winrm_<host in lower case>)")
     parser.add_argument("--cluster", action="store_true", help="run on Celery workers, Redis and PostgreSQL (make demo-cluster)")
     args = parser.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario)
+        if args.inventory:
+            load_inventory(args.inventory)  # a mistake is said before anything starts, with its file, line and key
         out = prepare(Path(args.out))
-    except (ScenarioError, ForeignFiles) as error:
+    except (ScenarioError, InventoryError, ForeignFiles) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     with stop_on_signals(f"the fleet and Airflow were; {out} holds what was written until then"):
@@ -186,7 +198,11 @@ def _run(args, scenario, out: Path) -> int:
     from include.mailsink import MailSink
 
     inventory = out / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
+    if args.inventory:  # the administrator's own, as written (its comments too): the DAG files and `make ui` read it
+        inventory.write_text(Path(args.inventory).read_text(encoding="utf-8"), encoding="utf-8")
+    else:
+        inventory.write_text(yaml.safe_dump(inventory_for(scenario), allow_unicode=True), encoding="utf-8")
+    dag_ids = _dag_ids(inventory)
     env = {"HYPERV_BACKUP_INVENTORY": str(inventory), "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports")}
     with ExitStack() as services:
         topology, catalog_conn = _engine(services, out, args.cluster)
@@ -196,7 +212,7 @@ def _run(args, scenario, out: Path) -> int:
                 env |= {"AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps(catalog_conn), "AIRFLOW_CONN_SMTP_DEFAULT": mail.connection(),
                         **connection_env(scenario, running)}
                 # the demo's Airflow lives with its output: `make ui` serves it
-                finished = run_backups(scenario, running, env, out / "airflow", topology, report=not args.no_report)
+                finished = run_backups(dag_ids, running, env, out / "airflow", topology, report=not args.no_report)
         finally:
             code = running.stop()
         if code != 0 or finished != 0:

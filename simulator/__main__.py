@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
 
+from . import ntlm  # noqa: E402
 from .certs import make_certificates  # noqa: E402
 from .model import Fleet  # noqa: E402
 from .scenario import ScenarioError, load_scenario  # noqa: E402
@@ -55,13 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(cert, key)
 
+    # the NTLM hosts' accounts, for pyspnego's acceptor: a private temporary file (never in DEMO_OUT), removed on exit
+    ntlm_users = ntlm.credential_file(scenario.hosts)
     servers = []
     try:
         for spec in scenario.hosts:
-            if spec.transport == "ntlm":
-                print(f"error: host {spec.name}: the ntlm transport is not implemented by this simulator; "
-                      "use ssl (Basic over HTTPS) or plaintext", file=sys.stderr)
-                return 2
             server = serve_host(fleet.host(spec.name), spec.port, tls if spec.transport == "ssl" else None)
             servers.append(server)
             port = server.server_address[1]
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     for server in servers:
         server.shutdown()
+    if ntlm_users:
+        Path(ntlm_users).unlink(missing_ok=True)
     if args.dump:
         dump(fleet, Path(args.dump))
     return 0

@@ -208,6 +208,14 @@ def parse_scenario(text: str, source: str = "<scenario>") -> Scenario:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ScenarioError(f"{source}: host name(s) given more than once: {', '.join(duplicates)}")
+    passwords: dict[str, set[str]] = {}
+    for host in scenario.hosts:
+        if host.transport == "ntlm":
+            passwords.setdefault(host.username.lower(), set()).add(host.password)
+    clashing = sorted(user for user, given in passwords.items() if len(given) > 1)
+    if clashing:  # one NTLM account store serves the whole simulated fleet, as one domain would
+        raise ScenarioError(f"{source}: ntlm hosts share the user name(s) {', '.join(clashing)} with different passwords; "
+                            "give them one password (a domain account) or different user names")
     return scenario
 
 

@@ -1,7 +1,8 @@
 """HTTP(S) listeners: one WinRM endpoint per simulated host, and the control port.
 
-Each host listens on 127.0.0.1 with its own transport: `plaintext` (Basic over HTTP) or
-`ssl` (Basic over HTTPS). Scenario faults that live in the protocol (dropped connections,
+Each host listens on 127.0.0.1 with its own transport: `plaintext` (Basic over HTTP), `ssl`
+(Basic over HTTPS) or `ntlm` (NTLM over HTTP, each connection authenticated once and its messages
+sealed: `ntlm.py`). Scenario faults that live in the protocol (dropped connections,
 slow replies, SOAP faults, refused credentials, a rebooting host) are delivered here, at
 the step the command belongs to.
 """
@@ -21,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 from hyperv_backup import invocation
 
-from . import commands, wsman
+from . import commands, ntlm, wsman
 from .model import Fleet, Host
 
 
@@ -59,7 +60,14 @@ class WinRMHandler(BaseHTTPRequestHandler):
             if urlparse(self.path).path.lower() != "/wsman":
                 self._send(404, b"", "text/html")
                 return
-            if not self._authenticated():
+            if self.host.spec.transport == "ntlm":
+                payload = self._ntlm_request(payload)
+                if payload is None:  # answered: the server's challenge, or a refusal
+                    return
+                if not payload:  # the empty request that set the connection's context up
+                    self._send(200, b"")
+                    return
+            elif not self._authenticated():
                 self._unauthorized()
                 return
             message = wsman.parse(payload)
@@ -88,14 +96,39 @@ class WinRMHandler(BaseHTTPRequestHandler):
         given = user.split("\\")[-1].lower()
         return hmac.compare_digest(given, spec.username.lower()) & hmac.compare_digest(password, spec.password)
 
-    def _unauthorized(self) -> None:
+    def _ntlm_request(self, payload: bytes) -> bytes | None:
+        """The SOAP message of a request to an NTLM host (b"" for none), or None once answered: a handshake's
+        401 with the server's challenge, or a refusal (401 for a failed logon, 400 for an unsealed message)."""
+        session = self.__dict__.setdefault("ntlm", ntlm.Session())  # one per connection, as Windows keeps it
+        try:
+            header = self.headers.get("Authorization")
+            if header:
+                challenge = session.authenticate(header)
+                if challenge is not None:
+                    self._unauthorized(challenge)
+                    return None
+            return session.unseal(payload, self.headers.get("Content-Type", ""))
+        except ntlm.Refused as refused:
+            if refused.status == 401:
+                self._unauthorized(refused.challenge)
+            else:
+                self._send(refused.status, refused.reason.encode(), "text/plain")
+            return None
+
+    def _unauthorized(self, challenge: str | None = None) -> None:
+        if challenge is None:
+            self.__dict__.pop("ntlm", None)  # a refused connection authenticates again from the start
         self.send_response(401)
-        self.send_header("WWW-Authenticate", "Negotiate")
-        self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
+        self.send_header("WWW-Authenticate", challenge or "Negotiate")
+        if self.host.spec.transport != "ntlm":
+            self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def _send(self, status: int, body: bytes, content_type: str = "application/soap+xml;charset=UTF-8") -> None:
+        session = self.__dict__.get("ntlm")
+        if session is not None and session.authenticated and body and content_type.startswith("application/soap+xml"):
+            body, content_type = session.seal(body), ntlm.CONTENT_TYPE
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

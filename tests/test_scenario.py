@@ -80,3 +80,11 @@ def test_an_inventory_with_such_names_and_an_unquoted_window_reads_as_written(tm
     entry = parse_inventory(text, "inventory.yaml").hosts[0]
     assert (entry.name, entry.window.start, entry.window.end) == ("NO", "22:00", "06:00")
     assert entry.vms == ["Off", "0123", "on"] and entry.priority == {"Off": 1}
+
+
+def test_ntlm_hosts_that_share_a_user_name_must_share_its_password():
+    host = "  - {{name: {name}, transport: ntlm, username: backup-svc, password: '{password}'}}\n"
+    same = "hosts:\n" + host.format(name="A", password="x1") + host.format(name="B", password="x1")
+    assert [h.transport for h in parse_scenario(same, "s.yaml").hosts] == ["ntlm", "ntlm"]
+    with pytest.raises(ScenarioError, match="share the user name.*backup-svc"):
+        parse_scenario("hosts:\n" + host.format(name="A", password="x1") + host.format(name="B", password="x2"), "s.yaml")

@@ -15,6 +15,7 @@ SCENARIO = {
     "hosts": [
         {"name": "HVSSL", "os": "2022", "transport": "ssl", "vms": [{"name": "VM1", "disk_gb": 1}]},
         {"name": "HVPLAIN", "os": "2016", "transport": "plaintext", "password": "Pl@in'\"pass", "vms": [{"name": "VM1", "disk_gb": 1}]},
+        {"name": "HVNTLM", "os": "2019", "transport": "ntlm", "vms": [{"name": "VM1", "disk_gb": 1}]},
     ],
 }
 
@@ -110,3 +111,57 @@ def test_a_session_replaces_a_shell_the_host_lost(start_fleet, monkeypatch):
         assert hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")["started"]
     starts = [e for e in running.journal() if e["event"] == "command" and e.get("script") == "Start-HvbVMBackup"]
     assert len(starts) == 1 and _host(running, "HV01")["open_shells"] == 0
+
+
+def test_ntlm_over_http_seals_every_message_and_runs_the_scripts(fleet, monkeypatch):
+    """NTLM (Negotiate) with message encryption over HTTP, as most Windows hosts speak it: the real client
+    (the provider's hook, pywinrm, requests-ntlm) authenticates the connection once and seals each message."""
+    endpoint = fleet.endpoints["HVNTLM"]
+    assert endpoint.transport == "ntlm" and endpoint.url.startswith("http://")
+    use_connection(monkeypatch, "hv_ntlm", winrm_connection(endpoint, None))
+    hook = HyperVHook("hv_ntlm")
+    with hook.session():
+        assert hook.run_text("hostname")[1].strip() == "HVNTLM"
+        probe = hook.run_script("Get-HvbVMBackupProbe", VMName="VM1", BackupTarget="E:")
+    assert probe["vms"][0]["name"] == "VM1"
+    assert WinRMHook(ssh_conn_id="hv_ntlm").test_connection() == (True, "Connection successful.")
+    host = next(h for h in fleet.state()["hosts"] if h["name"] == "HVNTLM")
+    assert host["open_shells"] == 0
+
+
+def test_ntlm_refuses_a_wrong_password_basic_and_unsealed_messages(fleet, monkeypatch):
+    endpoint = fleet.endpoints["HVNTLM"]
+    use_connection(monkeypatch, "hv_ntlm_bad", winrm_connection(endpoint, None, password="wrong"))
+    with pytest.raises(PermanentHostError, match="refused the credentials") as caught:
+        HyperVHook("hv_ntlm_bad").run_text("hostname")
+    assert "wrong" not in str(caught.value)
+    # Basic is not accepted on a Negotiate-only listener (opted in to plaintext, the password would be sent: refused)
+    use_connection(monkeypatch, "hv_ntlm_basic", winrm_connection(endpoint, None, transport="plaintext", allow_plaintext=True))
+    with pytest.raises(PermanentHostError, match="refused the credentials"):
+        HyperVHook("hv_ntlm_basic").run_text("hostname")
+    # NTLM without sealing over HTTP: the hook refuses it before sending anything, unless opted in; the host refuses it then
+    requests_before = next(h for h in fleet.state()["hosts"] if h["name"] == "HVNTLM")["requests"]
+    use_connection(monkeypatch, "hv_ntlm_clear", winrm_connection(endpoint, None, message_encryption="never"))
+    with pytest.raises(PermanentHostError, match="unencrypted over HTTP"):
+        HyperVHook("hv_ntlm_clear").run_text("hostname")
+    assert next(h for h in fleet.state()["hosts"] if h["name"] == "HVNTLM")["requests"] == requests_before
+    use_connection(monkeypatch, "hv_ntlm_clear", winrm_connection(endpoint, None, message_encryption="never", allow_plaintext=True))
+    with pytest.raises(PermanentHostError):
+        HyperVHook("hv_ntlm_clear").run_text("hostname")
+
+
+@pytest.mark.parametrize(("transport", "endpoint", "encryption", "risk"), [
+    ("ssl", "https://hv01:5986/wsman", "auto", None),
+    ("ntlm", "https://hv01:5986/wsman", "never", None),  # TLS protects it
+    ("ntlm", "http://hv01:5985/wsman", "auto", None),  # sealed with the logon's keys
+    ("kerberos", "http://hv01:5985/wsman", "always", None),
+    ("ntlm", "http://hv01:5985/wsman", "never", "every WinRM message"),
+    ("plaintext", "http://hv01:5985/wsman", "auto", "credentials"),
+    ("basic", "", "auto", "credentials"),
+    ("ssl", "http://hv01:5985/wsman", "auto", "credentials"),  # Basic, whatever the name says, over HTTP
+])
+def test_what_a_connection_would_expose_in_clear_text(transport, endpoint, encryption, risk):
+    from hyperv_backup.hooks import plaintext_risk
+
+    found = plaintext_risk(transport, endpoint, encryption)
+    assert (found is None) if risk is None else found.startswith(risk)

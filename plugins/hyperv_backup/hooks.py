@@ -36,6 +36,23 @@ PLAINTEXT_OPT_IN = "allow_plaintext"
 SHELL_NOT_FOUND = 2150858843  # WSManFault code: the ShellId is unknown to the host
 
 
+SEALING = ("ntlm", "kerberos", "credssp")  # the transports that seal WinRM messages over HTTP themselves
+
+
+def plaintext_risk(transport: str, endpoint: str, message_encryption: str = "auto") -> str | None:
+    """What a connection would expose in clear text, or None. Over HTTPS nothing is; over HTTP, Basic sends
+    the password and every message as they are, while NTLM, Kerberos and CredSSP seal each message with the
+    logon's keys unless `message_encryption` is "never" (pywinrm's "auto" seals over HTTP)."""
+    over_http = transport in ("plaintext", "basic") or endpoint.lower().startswith("http:")
+    if not over_http:
+        return None
+    if transport not in SEALING:
+        return f"credentials over unencrypted HTTP (transport {transport!r})"
+    if message_encryption.lower() == "never":
+        return f"every WinRM message unencrypted over HTTP (transport {transport!r} with message_encryption 'never')"
+    return None
+
+
 class HyperVHook(WinRMHook):
     """One Hyper-V host, reached through the Airflow connection `winrm_conn_id` (type winrm)."""
 
@@ -55,14 +72,13 @@ class HyperVHook(WinRMHook):
         if self.winrm_protocol is None:
             connection = self.get_connection(self.winrm_conn_id)
             extra = connection.extra_dejson
-            transport = str(extra.get("transport", "plaintext"))
-            endpoint = str(extra.get("endpoint", ""))
-            opted_in = str(extra.get(PLAINTEXT_OPT_IN, "false")).lower() == "true"
-            if (transport in ("plaintext", "basic") or endpoint.startswith("http:")) and transport != "ntlm" and not opted_in:
+            risk = plaintext_risk(str(extra.get("transport", "plaintext")), str(extra.get("endpoint", "")),
+                                  str(extra.get("message_encryption", "auto")))
+            if risk and str(extra.get(PLAINTEXT_OPT_IN, "false")).lower() != "true":
                 raise PermanentHostError(
-                    connection.host or self.winrm_conn_id,
-                    f"connection {self.winrm_conn_id!r} would send credentials over unencrypted HTTP (transport {transport!r})",
-                    'use transport "ssl" with "ca_trust_path", or set "allow_plaintext": true in the extra if you accept the risk',
+                    connection.host or self.winrm_conn_id, f"connection {self.winrm_conn_id!r} would send {risk}",
+                    'use transport "ssl" with "ca_trust_path", or "ntlm" or "kerberos" with message encryption; or set '
+                    '"allow_plaintext": true in the extra if you accept the risk',
                 )
         return super().get_conn()
 
@@ -180,6 +196,10 @@ class HyperVHook(WinRMHook):
             return TransientHostError(host, "connection lost (refused, cut or timed out)",
                                       f"check that the host is up, that its WinRM service runs (Test-WSMan from another machine) "
                                       f"and that {self._endpoint_words()} is open in its firewall", label)
+        if isinstance(error, WinRMTransportError) and error.code == 400:
+            return PermanentHostError(host, "the host refused the request (HTTP 400)",
+                                      "a host refuses unencrypted messages over HTTP (WinRM's AllowUnencrypted is false by default): "
+                                      'leave the connection\'s "message_encryption" at "auto", or use HTTPS', label)
         if isinstance(error, (WinRMTransportError, WinRMError)):
             return TransientHostError(host, f"WinRM answered with an error: {error}",
                                       "see the host's Microsoft-Windows-WinRM/Operational event log", label)

@@ -18,6 +18,7 @@ SECTION = "hyperv_backup"
 DEFAULTS: dict[str, float | int | bool | str | None] = {
     "poll_seconds": 5.0,
     "host_wait_seconds": 60.0,
+    "task_states_seconds": 30.0,
     "retries": 2,
     "retry_delay_seconds": 30,
     "job_attempts": DEFAULT_JOB_ATTEMPTS,
@@ -53,6 +54,14 @@ def host_wait() -> timedelta:
     """How long the host waits for a change before it answers a waiting step anyway (host time): the longer,
     the fewer requests; 0 makes the waits poll every `poll_seconds`."""
     return timedelta(seconds=_get("host_wait_seconds"))
+
+
+def task_states_seconds() -> float:
+    """How often a VM waiting for its turn asks Airflow for the task states of the VMs before it (real seconds).
+    The catalog, which says when an earlier VM's job started or its backup ended, is read at every poll;
+    Airflow's states only tell an earlier VM whose task died without a word, and every question goes
+    through the triggerer's one channel to the api-server, which a fleet's waits would otherwise flood."""
+    return _get("task_states_seconds")
 
 
 def retry_policy() -> dict:

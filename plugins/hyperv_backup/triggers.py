@@ -69,7 +69,7 @@ class BackupJobTrigger(BaseTrigger):
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
-        self.prepared, self._engine = False, None
+        self.prepared, self._engine, self._states, self._states_every = False, None, (-float("inf"), {}), 0.0  # set by _prepare
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -106,10 +106,11 @@ class BackupJobTrigger(BaseTrigger):
     def _prepare(self, hook) -> None:
         """What the wait needs from Airflow, fetched once before it matters (the triggerer answers a connection
         request in its own time): the host's connection, and the catalog's for a turn."""
-        from .settings import catalog_engine
+        from .settings import catalog_engine, task_states_seconds
 
         hook.get_conn()
         self._engine = catalog_engine() if self.turn or self.start else None
+        self._states_every = task_states_seconds()
 
     def _my_turn(self) -> tuple[bool, str | None]:
         """Whether every VM earlier in the run's order has had its turn (operators.current_turn); else the one
@@ -119,7 +120,15 @@ class BackupJobTrigger(BaseTrigger):
         from .operators import current_turn
         from .steps import Turn
 
-        turn, waiting_for = current_turn(self.turn, RuntimeTaskInstance.get_task_states, self._engine)
+        def task_states(*args, **kwargs) -> dict:
+            """Airflow's task states, asked at most every `[hyperv_backup] task_states_seconds` (the catalog is read
+            at every poll)."""
+            asked, _ = self._states
+            if time.monotonic() - asked >= self._states_every:
+                self._states = time.monotonic(), RuntimeTaskInstance.get_task_states(*args, **kwargs)
+            return self._states[1]
+
+        turn, waiting_for = current_turn(self.turn, task_states, self._engine)
         return turn == Turn.NOW, waiting_for[0] if len(waiting_for) == 1 else None
 
     def _status(self, hook, seen: str) -> BackupStatus:
