@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser postgres redis demo demo-cluster demo-outage ui test bench lint simulator clean
+.PHONY: venv browser postgres redis compose demo demo-cluster demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,12 @@ redis:
 	@command -v redis-server >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; }
 
-test: venv browser postgres redis
+# Debian's docker-compose (1.29), a real Compose implementation to validate docker-compose.yaml with (no engine needed).
+compose:
+	@command -v docker-compose >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends docker-compose; }
+
+test: venv browser postgres redis compose
 	$(PY) -m ruff check dags plugins include simulator tests bench
 	$(PY) -m pytest -q tests
 
