@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser postgres redis compose demo demo-cluster demo-outage ui test bench lint simulator clean
+.PHONY: venv browser postgres redis compose demo preflight demo-cluster demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo-outage: venv
 
 demo: venv
 	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
+
+# Every host of the fleet (or of INVENTORY) checked before its first backup: DEMO_OUT/preflight.json; exit 1 when a check fails.
+preflight: venv
+	$(PY) -m include.demo --preflight --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
 
 # The demo on the distributed engine: two Celery workers, Redis, PostgreSQL (metadata and catalog), on 127.0.0.1.
 demo-cluster: venv postgres redis

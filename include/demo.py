@@ -23,6 +23,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ.setdefault("AIRFLOW__HYPERV_BACKUP__POLL_SECONDS", "0.5")  # the simulator's clock runs 60x faster than a host's
 
+from hyperv_backup import catalog  # noqa: E402
 from hyperv_backup.inventory import InventoryError, load_inventory  # noqa: E402
 
 from include.demo_out import ForeignFiles, prepare, stop_on_signals  # noqa: E402
@@ -104,6 +105,34 @@ def run_backups(dag_ids: list[str], running, env: dict[str, str], home: Path, to
     return 0
 
 
+PREFLIGHT = "hyperv_backup_preflight"
+
+
+def run_preflight(running, env: dict[str, str], home: Path, out: Path) -> int:
+    """`make preflight`: the preflight DAG once on the real scheduler; every host's checks (the tasks' XCom)
+    to `out/preflight.json` and a table. 0 when no check failed, 1 when one did."""
+    import urllib.parse
+
+    from include.cluster import AirflowCluster
+
+    with AirflowCluster(home, env | {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}) as cluster:
+        cluster.wait_for_dags([PREFLIGHT])
+        run_id = cluster.trigger(PREFLIGHT)
+        cluster.wait(lambda: cluster.run_state(PREFLIGHT, run_id) in FINISHED, "the preflight", timeout=1800, every=1)
+        run = f"dags/{PREFLIGHT}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        checks = []
+        for ti in sorted(cluster.api(f"{run}/taskInstances?task_id=check&limit=1000")["task_instances"], key=lambda t: t["map_index"]):
+            value = cluster.api(f"{run}/taskInstances/check/xcomEntries/checks?map_index={ti['map_index']}")["value"]
+            checks += json.loads(value) if isinstance(value, str) else value
+    (out / "preflight.json").write_text(json.dumps(checks, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{'HOST':10} {'CHECK':22} {'STATUS':6} DETAIL")
+    for c in checks:
+        print(f"{c['host']:10} {c['check']:22} {c['status']:6} {c['detail']}" + (f"\n{'':41}fix: {c['fix']}" if c["fix"] else ""))
+    failed = sorted({c["host"] for c in checks if c["status"] == "fail"})
+    print(f"\n{len(checks)} checks: " + (f"not ready: {', '.join(failed)}" if failed else "every host is ready") + f" ({out / 'preflight.json'})")
+    return 1 if failed else 0
+
+
 def _dag_ids(inventory: Path) -> list[str]:
     """The backup DAGs of the inventory's hosts."""
     from hyperv_backup.dag_factory import dag_id
@@ -175,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true", help="run the backups only (the benchmarks use this)")
     parser.add_argument("--inventory", help="back up with this inventory instead of the one derived from the scenario "
                                             "(its hosts' connections are winrm_<host in lower case>)")
+    parser.add_argument("--preflight", action="store_true", help="check every host instead of backing up (make preflight)")
     parser.add_argument("--cluster", action="store_true", help="run on Celery workers, Redis and PostgreSQL (make demo-cluster)")
     args = parser.parse_args(argv)
     try:
@@ -211,6 +241,9 @@ def _run(args, scenario, out: Path) -> int:
             with MailSink(out / "mail") as mail:
                 env |= {"AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps(catalog_conn), "AIRFLOW_CONN_SMTP_DEFAULT": mail.connection(),
                         **connection_env(scenario, running)}
+                if args.preflight:
+                    catalog.engine_for(f"sqlite:///{out / 'catalog.sqlite'}").dispose()  # DEMO_OUT's files: an empty catalog
+                    return run_preflight(running, env, out / "airflow", out)
                 # the demo's Airflow lives with its output: `make ui` serves it
                 finished = run_backups(dag_ids, running, env, out / "airflow", topology, report=not args.no_report)
         finally:

@@ -30,7 +30,7 @@ def make_certificates(directory: Path, host_names: list[str]) -> tuple[Path, Pat
         x509.CertificateBuilder()
         .subject_name(_name("Hyper-V simulator CA")).issuer_name(_name("Hyper-V simulator CA"))
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
@@ -45,7 +45,7 @@ def make_certificates(directory: Path, host_names: list[str]) -> tuple[Path, Pat
         x509.CertificateBuilder()
         .subject_name(_name("localhost")).issuer_name(ca_cert.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -10,9 +10,10 @@ script's ConvertTo-Json would render it. Anything else fails as on Windows.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -109,7 +110,7 @@ def execute(host: Host, request: Request) -> Outcome:
         return Outcome(host.name + "\r\n")
     if command.lower() == "cd":
         return Outcome(f"C:\\Users\\{host.spec.username}\r\n")
-    if word in ("wbadmin", "wbadmin.exe"):
+    if word in ("wbadmin", "wbadmin.exe") and host.spec.wsb_installed:  # without the feature, there is no wbadmin
         return _wbadmin(host, command)
     if word in ("powershell", "powershell.exe"):
         return Outcome("", "The term is not recognized as the name of a cmdlet, function, script file, or operable program.\r\n", 1)
@@ -131,10 +132,35 @@ def _run_script(host: Host, request: Request) -> Outcome:
             f"A parameter cannot be found that matches parameter name '{unknown[0]}'.", "InvalidArgument",
             error_id="NamedParameterNotFound"))
     try:
+        _may_run(host, request.body or "")
         result = handler(host, request)
     except ScriptError as error:
         return _error_outcome(request, error)
     return Outcome(json.dumps(result, ensure_ascii=False, separators=(",", ":")), script=request.script, params=request.params)
+
+
+# What a script's cmdlets need on the host: their module (the Windows Server Backup feature) and the account's rights.
+_WSB_CMDLET = re.compile(r"\b(?:Get|Start|Stop|New|Add|Set|Remove)-WB\w+")
+_HYPERV_CMDLET = re.compile(r"\b(?:Get|Remove|Checkpoint|Start|Stop)-VM\w*|\bGet-VHD\b")
+POWERSHELL_VERSIONS = {"2008 R2": "2.0", "2012": "3.0", "2012 R2": "4.0", "2016": "5.1.14393.0", "2019": "5.1.17763.1",
+                       "2022": "5.1.20348.1", "2025": "5.1.26100.1"}  # Windows PowerShell as each release ships it
+
+
+def _may_run(host: Host, body: str) -> None:
+    """Raise what PowerShell says when a script's cmdlets cannot run here: the WindowsServerBackup module is
+    missing without the feature; Hyper-V's cmdlets need Administrators or Hyper-V Administrators, WSB's
+    Administrators or Backup Operators."""
+    groups = set(host.spec.account_groups)
+    wsb = _WSB_CMDLET.search(body)
+    if wsb and not host.spec.wsb_installed:
+        raise ScriptError(f"The term '{wsb.group(0)}' is not recognized as the name of a cmdlet, function, script file, or "
+                          "operable program.", "ObjectNotFound", error_id="CommandNotFoundException")
+    if wsb and not groups & {"Administrators", "Backup Operators"}:
+        raise ScriptError("Access is denied.", "PermissionDenied", hresult=-2147024891, error_id="UnauthorizedAccessException")
+    if _HYPERV_CMDLET.search(body) and not groups & {"Administrators", "Hyper-V Administrators"}:
+        raise ScriptError("You do not have the required permission to complete this task. Contact the administrator of the "
+                          "authorization policy for the computer.", "PermissionDenied", hresult=-2147024891,
+                          error_id="InvalidOperation,Microsoft.HyperV.PowerShell.Commands.GetVM")
 
 
 def _error_outcome(request: Request, error: ScriptError) -> Outcome:
@@ -330,6 +356,26 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
     }
 
 
+def _readiness(host: Host, request: Request) -> dict[str, Any]:
+    spec = host.spec
+    target = (request.params or {}).get("BackupTarget", "")
+    share = target.startswith("\\\\")
+    exists = target.rstrip(":\\").upper() == spec.backup_target.rstrip(":\\").upper()
+    return {
+        "host": {"computer_name": host.name, "os_caption": OS_CAPTIONS[spec.os][0], "ps_version": POWERSHELL_VERSIONS[spec.os],
+                 # the host's wall clock: the real time plus its skew (the accelerated clock of jobs and events is
+                 # the simulation's compression of time, not a clock a host would show)
+                 "clock_utc": iso(datetime.now(UTC) + timedelta(seconds=spec.clock_skew_seconds))},
+        "features": {"hyperv": True, "windows_server_backup": spec.wsb_installed},
+        "account": {"name": f"{host.name}\\{spec.username}",
+                    "groups": [g for g in ("Administrators", "Hyper-V Administrators", "Backup Operators") if g in spec.account_groups]},
+        "winrm": {"max_shells_per_user": spec.winrm["max_shells_per_user"], "max_memory_per_shell_mb": spec.winrm["max_memory_per_shell_mb"],
+                  "idle_timeout_ms": spec.winrm["idle_timeout_s"] * 1000},
+        "target": {"path": target, "kind": "share" if share else "volume", "exists": exists,
+                   "free_bytes": host.target_free_bytes if exists and not share else None},
+    }
+
+
 def _host_vms(host: Host, request: Request) -> dict[str, Any]:
     job = host.running_job()
     return {
@@ -359,6 +405,7 @@ def _remove_recovery(host: Host, request: Request) -> dict[str, Any]:
 
 
 SCRIPTS = {
+    "Get-HvbHostReadiness": _readiness,
     "Get-HvbVMBackupProbe": _probe,
     "Start-HvbVMBackup": _start,
     "Get-HvbVMBackupStatus": _status,

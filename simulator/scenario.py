@@ -34,6 +34,9 @@ GUEST_VSS = ("ok", "missing", "fails")
 FILE_SYSTEMS = ("NTFS", "ReFS", "FAT32", "FAT", "exFAT", "ext4", "ext3", "xfs", "btrfs", "ufs", "zfs")
 
 
+WINRM_DEFAULTS = {"max_shells_per_user": 30, "max_memory_per_shell_mb": 1024, "idle_timeout_s": 7200}  # Windows' defaults
+
+
 class ScenarioError(YamlError):
     """A scenario file that cannot be used; the message names the file, line and key."""
 
@@ -89,6 +92,12 @@ class HostSpec:
     timezone: str = "UTC"
     faults: list[Fault] = field(default_factory=list)
     vms: list[VMSpec] = field(default_factory=list)
+    # what the preflight reads (CONTRACTS 5.1): the WSB feature, the host's clock against the real one, the
+    # account's groups, and WinRM's limits
+    wsb_installed: bool = True
+    clock_skew_seconds: float = 0.0
+    account_groups: list[str] = field(default_factory=lambda: ["Administrators"])
+    winrm: dict[str, int] = field(default_factory=lambda: dict(WINRM_DEFAULTS))
 
 
 @dataclass
@@ -144,6 +153,10 @@ def _integration_services(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, bool
     return {"vss": True, "heartbeat": True} | values
 
 
+def _winrm(ctx: Ctx, node: yaml.Node, key: str) -> dict[str, int]:
+    return WINRM_DEFAULTS | mapping(ctx, node, "winrm", {name: number(1, integer=True) for name in WINRM_DEFAULTS})
+
+
 def _vm(ctx: Ctx, node: yaml.Node, key: str) -> tuple[VMSpec, yaml.Node]:
     fields = {
         "name": name,
@@ -177,6 +190,10 @@ def _host(ctx: Ctx, node: yaml.Node, key: str) -> HostSpec:
         "timezone": string,
         "faults": sequence(_fault),
         "vms": sequence(_vm),
+        "wsb_installed": boolean,
+        "clock_skew_seconds": number(-10**9),
+        "account_groups": sequence(string),
+        "winrm": _winrm,
     }
     values = mapping(ctx, node, "a host", fields, required=("name",))
     vms_with_nodes = values.pop("vms", [])

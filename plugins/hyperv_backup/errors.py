@@ -8,10 +8,11 @@ from __future__ import annotations
 
 
 class HostError(Exception):
-    """A failure talking to, or on, a Hyper-V host. `advice` tells an admin what to do."""
+    """A failure talking to, or on, a Hyper-V host. `advice` tells an admin what to do; `cause` names a failure
+    to reach the host at all (`unreachable`, `tls`, `credentials`, `refused`), for the preflight's checks."""
 
-    def __init__(self, host: str, message: str, advice: str = "", script: str | None = None):
-        self.host, self.message, self.advice, self.script = host, message, advice, script
+    def __init__(self, host: str, message: str, advice: str = "", script: str | None = None, cause: str | None = None):
+        self.host, self.message, self.advice, self.script, self.cause = host, message, advice, script, cause
         where = f"{host}" + (f" ({script})" if script else "")
         super().__init__(f"{where}: {message}" + (f". {advice}" if advice else ""))
 

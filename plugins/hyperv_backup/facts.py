@@ -169,6 +169,7 @@ SCRIPT_STEPS: dict[str, str] = {
     "Get-HvbVMBackupStatus": "copy",  # the simulator refines this by the job's phase
     "Get-HvbVMBackupResult": "verify",
     "Get-HvbHostVMs": "probe",
+    "Get-HvbHostReadiness": "probe",  # the preflight's
     "Remove-HvbRecoveryCheckpoint": "probe",  # clean-up happens before a backup, or in the audit
 }
 STEPS: tuple[str, ...] = ("probe", "snapshot", "merge", "copy", "verify")

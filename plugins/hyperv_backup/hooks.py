@@ -188,18 +188,19 @@ class HyperVHook(WinRMHook):
         host = self.host_label
         if isinstance(error, requests.exceptions.SSLError):
             return PermanentHostError(host, f"TLS verification failed: {error}",
-                                      'put the CA that signed the host\'s WinRM HTTPS certificate in the connection extra "ca_trust_path"', label)
+                                      'put the CA that signed the host\'s WinRM HTTPS certificate in the connection extra "ca_trust_path"', label,
+                                      cause="tls")
         if isinstance(error, InvalidCredentialsError):
             return PermanentHostError(host, "the host refused the credentials",
-                                      f"check the login and password of connection {self.winrm_conn_id!r}", label)
+                                      f"check the login and password of connection {self.winrm_conn_id!r}", label, cause="credentials")
         if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
             return TransientHostError(host, "connection lost (refused, cut or timed out)",
                                       f"check that the host is up, that its WinRM service runs (Test-WSMan from another machine) "
-                                      f"and that {self._endpoint_words()} is open in its firewall", label)
+                                      f"and that {self._endpoint_words()} is open in its firewall", label, cause="unreachable")
         if isinstance(error, WinRMTransportError) and error.code == 400:
             return PermanentHostError(host, "the host refused the request (HTTP 400)",
                                       "a host refuses unencrypted messages over HTTP (WinRM's AllowUnencrypted is false by default): "
-                                      'leave the connection\'s "message_encryption" at "auto", or use HTTPS', label)
+                                      'leave the connection\'s "message_encryption" at "auto", or use HTTPS', label, cause="refused")
         if isinstance(error, (WinRMTransportError, WinRMError)):
             return TransientHostError(host, f"WinRM answered with an error: {error}",
                                       "see the host's Microsoft-Windows-WinRM/Operational event log", label)
