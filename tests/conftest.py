@@ -36,6 +36,18 @@ def winrm_connection(endpoint: harness.Endpoint, ca_path: str | None, *, passwor
     return json.dumps({"conn_type": "winrm", "host": "127.0.0.1", "login": username, "password": password, "extra": options})
 
 
+def run_demo(tmp_path: Path, scenario: dict, *options: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, Path]:
+    """`make demo`'s program (with `options`: --cluster, --preflight, --inventory FILE, ...) on `scenario`, into
+    tmp_path/out: (the finished process, DEMO_OUT)."""
+    root = Path(__file__).resolve().parent.parent
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "include.demo", *options, "--scenario", str(path), "--out", str(out)], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=f"{root / 'plugins'}:{root}"), capture_output=True, text=True, timeout=timeout)
+    return done, out
+
+
 def use_connection(monkeypatch, conn_id: str, value: str) -> str:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
     return conn_id

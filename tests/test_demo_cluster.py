@@ -5,15 +5,10 @@ catalog (Debian's servers, started on 127.0.0.1 and stopped with the demo)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_demo
 
 
 def test_the_demo_runs_on_two_celery_workers_with_redis_and_postgresql(tmp_path):
@@ -21,11 +16,7 @@ def test_the_demo_runs_on_two_celery_workers_with_redis_and_postgresql(tmp_path)
         {"name": "HVC1", "os": "2019", "transport": "ssl", "vms": [{"name": f"C1-{i}", "disk_gb": 5} for i in range(3)]},
         {"name": "HVC2", "os": "2012 R2", "transport": "ssl", "vms": [{"name": f"C2-{i}", "disk_gb": 5} for i in range(3)]},
     ]}
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "include.demo", "--cluster", "--scenario", str(path), "--out", str(out)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}"), capture_output=True, text=True, timeout=900)
+    done, out = run_demo(tmp_path, scenario, "--cluster")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     cluster = json.loads((out / "cluster.json").read_text())

@@ -4,16 +4,12 @@ the one derived from the scenario; a wrong inventory is refused before anything 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
-import yaml
+from tests.conftest import run_demo
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}")
 SCENARIO = {"seed": 2, "speed": 300, "hosts": [{"name": "HVI1", "os": "2019", "transport": "ssl",
                                                 "vms": [{"name": n, "disk_gb": 5} for n in ("APP-1", "APP-2", "LAB-1")]}]}
 INVENTORY = """# the administrator's own inventory: only the APP VMs, APP-2 first
@@ -29,13 +25,8 @@ mail:
 
 
 def _demo(tmp_path: Path, inventory: str) -> tuple[subprocess.CompletedProcess, Path]:
-    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(SCENARIO))
     (tmp_path / "inventory.yaml").write_text(inventory)
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "include.demo", "--scenario", str(tmp_path / "scenario.yaml"), "--inventory",
-                           str(tmp_path / "inventory.yaml"), "--out", str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=900)
-    return done, out
+    return run_demo(tmp_path, SCENARIO, "--inventory", str(tmp_path / "inventory.yaml"))
 
 
 def test_the_demo_backs_up_what_the_given_inventory_selects_in_its_order(tmp_path):

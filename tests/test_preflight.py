@@ -4,18 +4,14 @@ and hosts that are not, through the real scheduler and the real client."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import yaml
 from hyperv_backup import preflight
 from hyperv_backup.errors import PermanentHostError, TransientHostError
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_demo
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
@@ -86,11 +82,7 @@ def test_make_preflight_says_which_host_is_ready_and_what_to_fix_on_the_others(t
             {"name": "LNX1", "generation": 1, "guest": "linux", "disk_gb": 10},
             {"name": "DB1", "generation": 1, "disk_gb": 10, "checkpoints": [{"name": "Backup checkpoint", "type": "Recovery"}]}]},
     ]}
-    path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "include.demo", "--preflight", "--scenario", str(path), "--out", str(out)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=f"{ROOT / 'plugins'}:{ROOT}"), capture_output=True, text=True, timeout=600)
+    done, out = run_demo(tmp_path, scenario, "--preflight", timeout=600)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     checks = json.loads((out / "preflight.json").read_text())
     assert all(set(c) == {"host", "check", "status", "detail", "fix"} for c in checks)
