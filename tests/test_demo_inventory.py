@@ -47,3 +47,38 @@ def test_a_wrong_inventory_is_refused_before_anything_starts(tmp_path):
     assert done.returncode == 2
     assert "inventory.yaml" in done.stderr and "line 5" in done.stderr and "backup_targit" in done.stderr, done.stderr
     assert not out.exists()  # nothing was started or written
+
+
+POLICY_SCENARIO = {"seed": 6, "speed": 300, "hosts": [
+    {"name": "HVOLD", "os": "2012", "transport": "ssl",
+     "vms": [{"name": "LNX-1", "generation": 1, "guest": "linux", "disk_gb": 5}, {"name": "WIN-1", "generation": 1, "disk_gb": 5}]},
+    {"name": "HVNEW", "os": "2019", "transport": "ssl", "vms": [{"name": "SQL-1", "guest_vss": "fails", "disk_gb": 5}]},
+]}
+POLICY_INVENTORY = """hosts:
+  - name: HVOLD
+    connection: winrm_hvold
+    require: {"LNX-*": [online, checkpoint], "*": [online, checkpoint, offline]}
+  - name: HVNEW
+    connection: winrm_hvnew
+    require: {SQL-1: [online]}
+mail:
+  to: [owners@example.test]
+"""
+
+
+def test_the_consistency_policy_skips_what_it_forbids_and_reports_what_broke_it_first(tmp_path):
+    (tmp_path / "inventory.yaml").write_text(POLICY_INVENTORY)
+    done, out = run_demo(tmp_path, POLICY_SCENARIO, "--inventory", str(tmp_path / "inventory.yaml"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with sqlite3.connect(out / "catalog.sqlite") as db:
+        rows = {r[0]: r[1:] for r in db.execute("SELECT vm_name, status, predicted_mode, mode, error FROM vm_backups")}
+    # Linux on 2012 would be put in Saved state: the policy forbids it, so no job, and the row says what to change
+    assert rows["LNX-1"][:3] == ("skipped", "saved", None)
+    assert "would be put in Saved state" in rows["LNX-1"][3] and "allow `saved` for it" in rows["LNX-1"][3]
+    assert rows["WIN-1"][:3] == ("succeeded", "online", "online") and rows["WIN-1"][3] is None
+    # the guest's VSS failed: a checkpoint where online was predicted and is the only mode allowed
+    assert rows["SQL-1"][:3] == ("succeeded", "online", "checkpoint") and "does not allow" in rows["SQL-1"][3]
+    journal = [json.loads(line) for line in (out / "sim-journal.jsonl").read_text().splitlines() if line]
+    assert sorted(e["vms"][0] for e in journal if e["event"] == "job_started") == ["SQL-1", "WIN-1"]
+    csv = next((out / "reports").glob("*.csv")).read_text().splitlines()
+    assert "SQL-1" in csv[1] and "against the consistency policy" in csv[1]  # the breach comes first

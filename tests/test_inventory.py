@@ -46,3 +46,13 @@ def test_what_is_written_is_read_and_omitted_fields_take_their_declared_defaults
     assert (host.rpo_hours, host.clean_recovery_checkpoints, host.schedule, host.backup_target) == (10.0, True, "0 22 * * *", "E:")
     assert inventory.mail_to == inventory.admin_recipients == ["r@x.test"]
     assert HostEntry(name="HV01", connection="c").window == Window()
+
+
+def test_require_gives_each_vm_the_modes_every_matching_pattern_allows():
+    entry = parse_inventory("hosts:\n  - name: HV1\n    connection: c\n    require: {'SQL*': [online, checkpoint], SQL01: [online],"
+                            " NO: [saved]}\n", "i.yaml").hosts[0]
+    assert entry.allowed_modes("SQL01") == ["online"] and entry.allowed_modes("SQL02") == ["online", "checkpoint"]
+    assert entry.allowed_modes("NO") == ["saved"]  # a YAML 1.1 boolean word stays a VM name
+    assert entry.allowed_modes("WEB") is None  # not named: any mode
+    with pytest.raises(InventoryError, match=r"i.yaml, line 4: `SQL` is 'fast'"):
+        parse_inventory("hosts:\n  - name: HV1\n    connection: c\n    require: {SQL: [fast]}\n", "i.yaml")

@@ -61,7 +61,8 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def _steps(vm_name: str):
             context = get_current_context()
             context["vm_name"] = vm_name  # for map_index_template: the UI shows the VM's name
-            return steps_for(context, host, conn, target, vm_name, settings.poll_seconds(), entry.clean_recovery_checkpoints)
+            return steps_for(context, host, conn, target, vm_name, settings.poll_seconds(), entry.clean_recovery_checkpoints,
+                             allowed_modes=entry.allowed_modes(vm_name))
 
         @task
         def select_vms(params=None) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from .facts import Mode
 from .windows import Window
 from .yamlcheck import Boolean, Integer, Number, YamlError, checked_name, compose, validate
 
@@ -51,10 +52,18 @@ class HostEntry(BaseModel):
     priority: dict[str, Annotated[Integer, Field(ge=-1000, le=1000)]] = {}
     rpo_hours: Annotated[Number, Field(ge=1, le=24 * 366)] = 24.0  # recovery-point objective: the oldest a last good backup may be
     clean_recovery_checkpoints: Boolean = False  # let the probe remove a Recovery checkpoint a failed backup left
+    # the consistency policy: VM names or patterns -> the modes their backups may be taken in (docs/inventory.md)
+    require: dict[Name, Annotated[list[Mode], Field(min_length=1)]] = {}
 
     @property
     def patterns(self) -> list[str]:
         return [p for p in self.vms or ["*"] if any(ch in p for ch in "*?[")]
+
+    def allowed_modes(self, vm_name: str) -> list[Mode] | None:
+        """The modes `require` allows this VM's backup to be taken in (every pattern that matches it applies: the
+        modes all of them allow), or None when no pattern names it (any mode)."""
+        matching = [set(modes) for pattern, modes in self.require.items() if fnmatch.fnmatchcase(vm_name, pattern)]
+        return [m for m in Mode if all(m in allowed for allowed in matching)] if matching else None
 
     def selected(self, names: list[str], last_good: dict[str, datetime] | None = None) -> list[str]:
         """The VM names this entry backs up, in the order their jobs should run.

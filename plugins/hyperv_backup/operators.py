@@ -23,14 +23,16 @@ from .triggers import BackupJobTrigger, seen_at
 
 
 def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
-              clean_recovery_checkpoints: bool = False, max_attempts: int = DEFAULT_JOB_ATTEMPTS) -> BackupSteps:
+              clean_recovery_checkpoints: bool = False, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
+              allowed_modes: list | None = None) -> BackupSteps:
     from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
 
     dag_run = context["dag_run"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name,
                  windows.run_kind(dag_run.run_type))
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
-                       run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts)
+                       run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts,
+                       allowed_modes=allowed_modes)
 
 
 def _turn(ti) -> Callable[[], Turn]:

@@ -8,8 +8,6 @@ host; `preflight_dag` asks, these decide.
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,14 +123,6 @@ def readiness(host: str, answer: dict[str, Any], now: datetime, need_bytes: int)
                         "" if not low else f"raise them: Set-Item WSMan:\\localhost\\Shell\\MaxShellsPerUser {SHELLS_A_NIGHT * 10}; "
                         "Set-Item WSMan:\\localhost\\Shell\\MaxMemoryPerShellMB 1024"))
     return checks
-
-
-def selected(patterns: Iterable[str], exclude: Iterable[str], listed: list[str]) -> tuple[list[str], list[str]]:
-    """The VMs the inventory selects among those the host lists, and the names it gives that the host lacks."""
-    patterns, exclude = list(patterns) or ["*"], list(exclude)
-    chosen = [v for v in listed if any(fnmatch.fnmatchcase(v, p) for p in patterns) and not any(fnmatch.fnmatchcase(v, x) for x in exclude)]
-    missing = [p for p in patterns if not any(c in p for c in "*?[") and p not in listed]
-    return chosen, missing
 
 
 def vms(host: str, chosen: list[str], missing: list[str], listed: list[dict[str, Any]], probes: dict[str, dict[str, Any]]) -> list[Check]:

@@ -52,7 +52,8 @@ def check_host(entry, hook, now: datetime) -> list[preflight.Check]:
         return checks + preflight.readiness(entry.name, answer, now, 0) + [
             preflight.Check(entry.name, "inventory_vms", preflight.FAIL, f"the host's VMs could not be listed: {error.message}",
                             "fix the checks above that failed, then run the preflight again")]
-    chosen, missing = preflight.selected(entry.vms, entry.exclude, [vm["name"] for vm in listed])
+    names = [vm["name"] for vm in listed]
+    chosen, missing = entry.selected(names), [v for v in entry.vms if v not in entry.patterns and v not in names]
     probes, size = {}, 0
     for name in chosen:
         try:

@@ -109,12 +109,15 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def surprises(table: pd.DataFrame) -> pd.Series:
-    """Why a VM was backed up in another mode than the probe predicted (None where it was not): these come first."""
+    """Why a VM was backed up in another mode than the probe predicted, or in one the inventory's `require`
+    forbids (a succeeded row with an error says so); None where neither: these come first."""
     other = table["status"].eq(Status.SUCCEEDED) & table["mode"].notna() & table["predicted_mode"].notna() \
         & table["mode"].ne(table["predicted_mode"])
     text = "backed up " + table["mode"].astype(str) + " where " + table["predicted_mode"].astype(str) + " was predicted: " \
         + table["reasons"].astype(str)
-    return text.where(other, None)
+    breach = table["status"].eq(Status.SUCCEEDED) & table["error"].notna()
+    return ("against the consistency policy: " + table["error"].astype(str) + "; " + table["reasons"].astype(str)).where(
+        breach, text.where(other, None))
 
 
 def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Window]) -> pd.DataFrame:

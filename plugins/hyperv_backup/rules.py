@@ -106,6 +106,26 @@ def _old_host_volume_reasons(vm: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def policy_refusal(prediction: Prediction, allowed: list[Mode] | None) -> str | None:
+    """Why the inventory's consistency policy (`require`) forbids this backup, in words that say what to change;
+    None when it allows the predicted mode. The prediction decides before any job: the policy is only as
+    good as the prediction (an actual mode that differs is reported by `policy_breach`)."""
+    if allowed is None or prediction.mode in allowed:
+        return None
+    how = {Mode.SAVED: "put in Saved state (offline) for its snapshot", Mode.CHECKPOINT: "backed up crash-consistent from a Recovery checkpoint",
+           Mode.OFFLINE: "backed up while off", Mode.ONLINE: "backed up online"}[prediction.mode]
+    return (f"no job: it would be {how} ({'; '.join(prediction.reasons)}), and the inventory's `require` allows only "
+            f"{', '.join(allowed)} for it; allow `{prediction.mode}` for it, or change what the reasons name")
+
+
+def policy_breach(mode: Mode, predicted: Mode, allowed: list[Mode] | None) -> str | None:
+    """The words for a backup that happened in a mode the policy forbids (the prediction said otherwise), or None."""
+    if allowed is None or mode in allowed:
+        return None
+    return (f"backed up {mode}, which the inventory's `require` does not allow for it (only {', '.join(allowed)}); "
+            f"the probe predicted {predicted}: see the mode's reasons")
+
+
 def recovery_checkpoints(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in checkpoints if c.get("type") == CheckpointType.RECOVERY]
 

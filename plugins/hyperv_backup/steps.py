@@ -105,15 +105,17 @@ class BackupSteps:
 
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
                  clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None,
-                 turn: Callable[[], Turn] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS):
+                 turn: Callable[[], Turn] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
+                 allowed_modes: list[Mode] | None = None):
         """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
         a run that died (a killed worker) must not keep this run waiting for its backup. `turn()` says
-        where this VM stands in its run's order (`turn_of`): the host goes to earlier VMs first."""
+        where this VM stands in its run's order (`turn_of`): the host goes to earlier VMs first. `allowed_modes`:
+        the modes the inventory's `require` allows this VM's backup in (None: any)."""
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
         self.clean = clean_recovery_checkpoints
         self.run_alive = run_alive or (lambda dag_id, run_id: True)
         self.turn = turn or (lambda: Turn.NOW)
-        self.max_attempts = max_attempts
+        self.max_attempts, self.allowed_modes = max_attempts, allowed_modes
         self.log = logging.getLogger(__name__)
 
     def record(self, **values: Any) -> None:
@@ -194,6 +196,10 @@ class BackupSteps:
         vm = vms[0]
         prediction = rules.predict_mode(os_version, vm)
         values = {"vm_id": vm["id"], "predicted_mode": prediction.mode.value, "mode_reasons": json.dumps(prediction.reasons)}
+        refusal = rules.policy_refusal(prediction, self.allowed_modes)
+        if refusal:
+            self.record(status=Status.SKIPPED, error=refusal, **values)
+            raise NotThisTime(refusal)
         leftovers = rules.recovery_checkpoints(vm["checkpoints"])
         if leftovers:
             names = ", ".join(repr(c["name"]) for c in leftovers)
@@ -394,7 +400,8 @@ class BackupSteps:
                                           times.saw_recovery_checkpoint)
         if times.host_restarted:
             reasons = [*reasons, f"the host restarted during the backup; it was backed up again ({len(ours)} jobs in all)"]
-        self.record(status=Status.SUCCEEDED, error=None, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
+        breach = rules.policy_breach(mode, prediction.mode, self.allowed_modes)  # a succeeded backup the policy forbids
+        self.record(status=Status.SUCCEEDED, error=breach, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
                     job_started_at=times.job_started_at, job_finished_at=times.job_finished_at, snapshot_at=times.snapshot_at,
                     merged_at=times.merged_at, offline_seconds=times.offline_seconds, uptime_reset=times.uptime_reset,
                     host_restarted=times.host_restarted, attempts=len(ours))
