@@ -349,6 +349,7 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
         "summary": {"last_backup_result_hr": last_job.hresult if last_job else 0,
                     "last_successful_backup_time_utc": iso(last_ok) if last_ok else None},
         "versions": [v.to_json() for v in host.versions if v.backup_time >= since],
+        "restore_points": [{"version_id": v.version_id, "backup_time_utc": iso(v.backup_time)} for v in host.versions if vm_name in v.vms],
         "events": [
             _event_json(e) for e in host.events
             if e.time >= since and (e.id != 10150 or vm_id in e.message or vm_name in e.message)

@@ -491,6 +491,8 @@ class Host:
         existing = {v.version_id for v in self.versions}
         while (version_id := moment.strftime("%m/%d/%Y-%H:%M")) in existing:
             moment += timedelta(minutes=1)  # WSB versions are per minute; never reuse one
+        if self.spec.backup_target.startswith("\\\\"):  # a network share keeps one version: each backup replaces the last
+            self.versions = [v for v in self.versions if v.target != self.spec.backup_target]
         self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name]))
         return version_id
 

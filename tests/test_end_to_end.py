@@ -36,6 +36,7 @@ def test_every_vm_is_backed_up_in_the_mode_its_host_and_guest_allow(demo):
     for name, row in rows.items():
         assert row["backup_version"] and row["job_started_at"] < row["job_finished_at"], name
         assert row["bytes_copied"] > 0 and json.loads(row["mode_reasons"]), name
+        assert row["restore_points"] == 1 and row["oldest_restore_point"], name  # one version of it on the target
     assert rows["APP-LEGACY"]["offline_seconds"] > 0 and rows["APP-LEGACY"]["uptime_reset"]
     assert rows["CACHE-LNX"]["uptime_reset"] and rows["CACHE-LNX"]["offline_seconds"] == 0
     assert not rows["DC01"]["uptime_reset"]

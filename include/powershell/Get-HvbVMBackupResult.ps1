@@ -12,8 +12,9 @@
     The job's start (ISO 8601, UTC): versions and events from then on.
 .OUTPUTS
     One JSON document: summary (last_backup_result_hr, last_successful_backup_time_utc); versions, each
-    with version_id, backup_time_utc, target and vms; events (log, id, time_utc, message) of
-    Hyper-V-VMMS 10150 for this VM and of Windows Server Backup (read by hyperv_backup.steps.verify).
+    with version_id, backup_time_utc, target and vms; restore_points, every version on the targets
+    that holds this VM (version_id, backup_time_utc), whenever it was taken; events (log, id, time_utc,
+    message) of Hyper-V-VMMS 10150 for this VM and of Windows Server Backup (read by hyperv_backup.steps.verify).
 #>
 [CmdletBinding()]
 param(
@@ -23,15 +24,19 @@ param(
 )
 $since = ([datetime]::Parse($SinceUtc, [Globalization.CultureInfo]::InvariantCulture, [Globalization.DateTimeStyles]::AdjustToUniversal)).ToLocalTime()
 $summary = Get-WBSummary
+$sets = @(Get-WBBackupSet)
+$vmsOf = { param($set) @($set.Application | Where-Object { "$($_.Identifier)" -eq 'Hyper-V' } | ForEach-Object { $_.Component } | ForEach-Object { $_.Name }) }
 $events = @(
     Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Hyper-V-VMMS-Admin'; Id = 10150; StartTime = $since } -ErrorAction SilentlyContinue
     Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Backup'; Id = 1, 4, 5, 14, 50; StartTime = $since } -ErrorAction SilentlyContinue
 )
 @{
     summary = @{ last_backup_result_hr = $summary.LastBackupResultHR; last_successful_backup_time_utc = $summary.LastSuccessfulBackupTime.ToUniversalTime().ToString('o') }
-    versions = @(Get-WBBackupSet | Where-Object { $_.BackupTime -ge $since } | ForEach-Object {
+    versions = @($sets | Where-Object { $_.BackupTime -ge $since } | ForEach-Object {
         @{ version_id = $_.VersionId; backup_time_utc = $_.BackupTime.ToUniversalTime().ToString('o'); target = "$($_.BackupTarget)"
-           vms = @($_.Application | Where-Object { "$($_.Identifier)" -eq 'Hyper-V' } | ForEach-Object { $_.Component } | ForEach-Object { $_.Name }) } })
+           vms = & $vmsOf $_ } })
+    restore_points = @($sets | Where-Object { (& $vmsOf $_) -contains $VMName } | ForEach-Object {
+        @{ version_id = $_.VersionId; backup_time_utc = $_.BackupTime.ToUniversalTime().ToString('o') } })
     events = @($events | Where-Object { $_.Id -ne 10150 -or $_.Message.Contains($VMId) -or $_.Message.Contains($VMName) } | ForEach-Object {
         @{ log = $_.LogName; id = $_.Id; time_utc = $_.TimeCreated.ToUniversalTime().ToString('o'); message = $_.Message } })
 }

@@ -69,6 +69,8 @@ vm_backups = Table(
     Column("attempts", Integer),  # Windows Server Backup jobs started for this row (a new one after a transient failure or a restart)
     Column("host_restarted", Boolean),  # the host restarted during the backup (its uptime reset is no checkpoint)
     Column("run_kind", String(32)),  # scheduled, manual or backfill: who asked for this backup
+    Column("restore_points", Integer),  # backup versions holding the VM on its target after this backup (the host's list)
+    Column("oldest_restore_point", DateTime(timezone=True)),  # the oldest of them
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
 )
@@ -117,6 +119,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, ()),  # the first catalog (docs/catalog.md, up to `missed`)
     (2, ("attempts", "host_restarted")),
     (3, ("run_kind",)),  # and INDEXES; rows of earlier versions get their run's kind from the run id
+    (4, ("restore_points", "oldest_restore_point")),
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 

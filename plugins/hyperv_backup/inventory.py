@@ -54,6 +54,7 @@ class HostEntry(BaseModel):
     clean_recovery_checkpoints: Boolean = False  # let the probe remove a Recovery checkpoint a failed backup left
     # the consistency policy: VM names or patterns -> the modes their backups may be taken in (docs/inventory.md)
     require: dict[Name, Annotated[list[Mode], Field(min_length=1)]] = {}
+    min_restore_points: Annotated[Integer, Field(ge=0, le=10000)] = 1  # fewer versions holding a VM on its target: flagged
 
     @property
     def patterns(self) -> list[str]:

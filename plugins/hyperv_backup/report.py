@@ -23,10 +23,11 @@ from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
 STATUS_ORDER = (Status.SUCCEEDED, Status.FAILED, Status.DEFERRED, Status.COVERED, Status.SKIPPED, Status.RUNNING)  # the subject's
-TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at")
+TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finished_at", "snapshot_at", "merged_at", "updated_at",
+                "oldest_restore_point")
 VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
               "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted",
-              "surprise"]
+              "restore_points", "oldest_restore_point", "few_restore_points", "surprise"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,9 @@ def _reasons(series: pd.Series) -> pd.Series:
     return series.fillna("[]").map(lambda text: "; ".join(json.loads(text)) if text.startswith("[") else text)
 
 
-def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per VM backup of the interval: mode (predicted and actual, why), time, size, speed, impact, outcome."""
+def vm_table(rows: pd.DataFrame, min_restore_points: dict[str, int] | None = None) -> pd.DataFrame:
+    """One line per VM backup of the interval: mode (predicted and actual, why), time, size, speed, impact, outcome,
+    and the restore points on the target after it (`few_restore_points`: fewer than the host's `min_restore_points`)."""
     if rows.empty:
         return pd.DataFrame(columns=VM_COLUMNS)
     duration = (rows["job_finished_at"] - rows["job_started_at"]).dt.total_seconds()
@@ -101,7 +103,11 @@ def vm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
         "attempts": rows["attempts"].astype("Int64"), "host_restarted": rows["host_restarted"].astype("boolean"),
+        "restore_points": rows["restore_points"].astype("Int64"), "oldest_restore_point": rows["oldest_restore_point"],
     })
+    least = rows["host"].map(min_restore_points or {}).fillna(1)
+    table["few_restore_points"] = rows["status"].eq(Status.SUCCEEDED) & table["restore_points"].notna() \
+        & (table["restore_points"].astype(float) < least)
     table["surprise"] = surprises(table)
     table["_first"] = table["surprise"].isna()
     return (table.sort_values(["_first", "host", "started", "vm_name"], na_position="last")
@@ -237,10 +243,11 @@ class Report:
     impact: pd.DataFrame
 
 
-def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float]) -> Report:
+def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float],
+          min_restore_points: dict[str, int] | None = None) -> Report:
     """The whole report of one interval, from what `read` took from the catalog."""
     rows = _utc(inputs.rows, (*TIME_COLUMNS, "due"))
-    vms = vm_table(rows)
+    vms = vm_table(rows, min_restore_points)
     hosts = window_table(vms, rows, windows)
     rpo = rpo_table(inputs.vms, interval.end, rpo_hours)
     return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(inputs.days, interval.end),

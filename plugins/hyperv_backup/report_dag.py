@@ -74,7 +74,8 @@ def build_report_dag() -> DAG:
             inventory = load_inventory()
             windows = {h.name: h.window for h in inventory.hosts}
             rpo = {h.name: h.rpo_hours for h in inventory.hosts}
-            built = report.build(report.read(settings.catalog_engine(), interval), interval, windows, rpo)
+            built = report.build(report.read(settings.catalog_engine(), interval), interval, windows, rpo,
+                                 {h.name: h.min_restore_points for h in inventory.hosts})
             prefix = report.file_prefix(interval)
             with tempfile.TemporaryDirectory(prefix="hyperv-report-") as staging:
                 rendered = render.render(built, Path(staging), prefix)

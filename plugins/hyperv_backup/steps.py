@@ -401,7 +401,9 @@ class BackupSteps:
         if times.host_restarted:
             reasons = [*reasons, f"the host restarted during the backup; it was backed up again ({len(ours)} jobs in all)"]
         breach = rules.policy_breach(mode, prediction.mode, self.allowed_modes)  # a succeeded backup the policy forbids
-        self.record(status=Status.SUCCEEDED, error=breach, mode=mode.value, mode_reasons=json.dumps(reasons), backup_version=version_id,
+        points = sorted(_parse_time(p["backup_time_utc"]) for p in result.get("restore_points", []))  # the host's list, all of it
+        self.record(status=Status.SUCCEEDED, error=breach, mode=mode.value, restore_points=len(points),
+                    oldest_restore_point=points[0] if points else None, mode_reasons=json.dumps(reasons), backup_version=version_id,
                     job_started_at=times.job_started_at, job_finished_at=times.job_finished_at, snapshot_at=times.snapshot_at,
                     merged_at=times.merged_at, offline_seconds=times.offline_seconds, uptime_reset=times.uptime_reset,
                     host_restarted=times.host_restarted, attempts=len(ours))
