@@ -63,6 +63,10 @@ def test_the_connection_checks_name_what_failed():
     assert _statuses(preflight.connection("HV1", refused, "http://hv1:5985/wsman", None, NOW))["credentials"] == "fail"
     soon = preflight.connection("HV1", None, "https://hv1:5986/wsman", NOW + timedelta(days=10), NOW)
     assert _statuses(soon) == {"reachable": "ok", "tls": "warn", "credentials": "ok"}
+    unsealed = PermanentHostError("HV1", "the host refused the request (HTTP 400)", "leave message_encryption at auto", cause="refused")
+    assert _statuses(preflight.connection("HV1", unsealed, "http://hv1:5985/wsman", None, NOW)) == {"reachable": "ok", "tls": "fail"}
+    script = PermanentHostError("HV1", "Access is denied.", "PowerShell error category PermissionDenied")
+    assert _statuses(preflight.connection("HV1", script, "http://hv1:5985/wsman", None, NOW))["powershell"] == "fail"
 
 
 def test_a_name_the_host_lacks_fails_the_inventory_check():

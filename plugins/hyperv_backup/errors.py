@@ -9,7 +9,7 @@ from __future__ import annotations
 
 class HostError(Exception):
     """A failure talking to, or on, a Hyper-V host. `advice` tells an admin what to do; `cause` names a failure
-    to reach the host at all (`unreachable`, `tls`, `credentials`, `refused`), for the preflight's checks."""
+    to reach the host at all (`unreachable`, `tls`, `credentials`, `refused`, `plaintext`), for the preflight's checks."""
 
     def __init__(self, host: str, message: str, advice: str = "", script: str | None = None, cause: str | None = None):
         self.host, self.message, self.advice, self.script, self.cause = host, message, advice, script, cause

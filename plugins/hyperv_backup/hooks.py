@@ -78,7 +78,7 @@ class HyperVHook(WinRMHook):
                 raise PermanentHostError(
                     connection.host or self.winrm_conn_id, f"connection {self.winrm_conn_id!r} would send {risk}",
                     'use transport "ssl" with "ca_trust_path", or "ntlm" or "kerberos" with message encryption; or set '
-                    '"allow_plaintext": true in the extra if you accept the risk',
+                    '"allow_plaintext": true in the extra if you accept the risk', cause="plaintext",
                 )
         return super().get_conn()
 

@@ -37,18 +37,16 @@ class Check:
 
 def connection(host: str, error: HostError | None, endpoint: str, certificate_expires: datetime | None, now: datetime) -> list[Check]:
     """`reachable`, `tls` and `credentials` from the first call's outcome (`error`, None when it answered) and,
-    over HTTPS, the host certificate's expiry."""
+    over HTTPS, the host certificate's expiry; the checks stop at the first that fails. A script that failed
+    once logged on fails `powershell`."""
     cause = error.cause if error is not None else None
-    https = endpoint.lower().startswith("https:")
     if cause == "unreachable":
         return [Check(host, "reachable", FAIL, error.message, error.advice)]
     checks = [Check(host, "reachable", OK, f"WinRM answers at {endpoint or 'the connection endpoint'}")]
-    if cause == "tls":
+    if cause in ("tls", "refused", "plaintext"):  # untrusted certificate; unsealed messages refused, or about to be sent
         return [*checks, Check(host, "tls", FAIL, error.message, error.advice)]
-    if not https:
-        checks.append(Check(host, "tls", OK if cause != "refused" else FAIL,
-                            "HTTP: the WinRM messages are sealed by NTLM or Kerberos, not TLS" if cause != "refused" else error.message,
-                            "" if cause != "refused" else error.advice))
+    if not endpoint.lower().startswith("https:"):
+        checks.append(Check(host, "tls", OK, "HTTP: NTLM or Kerberos seal every WinRM message"))
     elif certificate_expires is not None:
         days = (certificate_expires - now).days
         status = FAIL if days < 0 else WARN if days < TLS_WARN_DAYS else OK
@@ -59,10 +57,10 @@ def connection(host: str, error: HostError | None, endpoint: str, certificate_ex
         checks.append(Check(host, "tls", OK, "the certificate is trusted"))
     if cause == "credentials":
         return [*checks, Check(host, "credentials", FAIL, error.message, error.advice)]
-    if error is not None and cause != "refused":
-        return [*checks, Check(host, "credentials", FAIL, f"the host answered with an error: {error.message}", error.advice)]
-    return [*checks, Check(host, "credentials", OK if error is None else FAIL, "the account logs on" if error is None else
-                           "not tried: the host refused the connection", "")]
+    checks.append(Check(host, "credentials", OK, "the account logs on"))
+    if error is not None:
+        checks.append(Check(host, "powershell", FAIL, f"the preflight's script failed: {error.message}", error.advice))
+    return checks
 
 
 def _version(text: str) -> tuple[int, ...]:
