@@ -140,10 +140,10 @@ def _dag_ids(inventory: Path) -> list[str]:
     return [dag_id(entry) for entry in load_inventory(inventory).hosts]
 
 
-def _engine(services: ExitStack, out: Path, cluster: bool):
+def _engine(services: ExitStack, out: Path, cluster: bool, stoppers: list):
     """The engine the demo runs on, and the catalog's connection: the embedded default (LocalExecutor, SQLite
     in DEMO_OUT), or with `cluster` two Celery workers, Redis as their broker, and PostgreSQL for Airflow's
-    metadata and the catalog, each started here on 127.0.0.1 and stopped with the demo."""
+    metadata and the catalog, each started here on 127.0.0.1 and stopped with the demo (`stoppers`: also on a signal)."""
     from include.cluster import Topology
 
     if not cluster:
@@ -152,6 +152,7 @@ def _engine(services: ExitStack, out: Path, cluster: bool):
 
     database = postgres.start()
     services.callback(database.stop)
+    stoppers.append(database.stop)  # PostgreSQL detaches from this process: a signal's handler must stop it too
     broker = redis_server.start()
     services.callback(broker.stop)
     topology = Topology(metadata_url=database.create_database("airflow"), broker_url=broker.url, workers=WORKERS)
@@ -215,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, InventoryError, ForeignFiles) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    with stop_on_signals(f"the fleet and Airflow were; {out} holds what was written until then"):
-        return _run(args, scenario, out)
+    with stop_on_signals(f"the fleet and Airflow were; {out} holds what was written until then") as stoppers:
+        return _run(args, scenario, out, stoppers)
 
 
-def _run(args, scenario, out: Path) -> int:
+def _run(args, scenario, out: Path, stoppers: list) -> int:
     (out / "reports").mkdir()
     (out / "mail").mkdir()
 
@@ -235,7 +236,7 @@ def _run(args, scenario, out: Path) -> int:
     dag_ids = _dag_ids(inventory)
     env = {"HYPERV_BACKUP_INVENTORY": str(inventory), "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports")}
     with ExitStack() as services:
-        topology, catalog_conn = _engine(services, out, args.cluster)
+        topology, catalog_conn = _engine(services, out, args.cluster, stoppers)
         running = harness.start(Path(args.scenario), out / "certs", dump=out)
         try:
             with MailSink(out / "mail") as mail:

@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,11 +55,13 @@ def remove(out: Path) -> None:
 
 
 @contextmanager
-def stop_on_signals(what: str) -> Iterator[None]:
+def stop_on_signals(what: str) -> Iterator[list[Callable[[], None]]]:
     """Within: SIGTERM or SIGINT stops this run and everything it started, within seconds, and exits 128 + the
     signal's number, as a shell reports it. The handler does not rely on `finally` blocks (code running at the
     signal, an Airflow client call among them, may catch what it raises): it stops the run's child processes
-    (the simulated fleet, Airflow's components and their tasks) itself, then leaves."""
+    (the simulated fleet, Airflow's components and their tasks) itself, and runs the stoppers the run added
+    to the list it is given (servers that detach from their parent, as PostgreSQL's does), then leaves."""
+    stoppers: list[Callable[[], None]] = []
     def stop(signum, frame):
         import psutil
 
@@ -73,11 +75,16 @@ def stop_on_signals(what: str) -> Iterator[None]:
         _, alive = psutil.wait_procs(children, timeout=5)
         for child in alive:
             child.kill()
+        for stopper in stoppers:
+            try:
+                stopper()
+            except Exception:  # noqa: BLE001 - the others still run; the exit follows
+                pass
         os._exit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stoppers
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
