@@ -183,10 +183,15 @@ class AirflowCluster:
             time.sleep(2)
         raise RuntimeError(f"DAGs not parsed in {timeout:.0f} s: {sorted(set(dag_ids) - listed)}")
 
+    def json(self, *args: str) -> list:
+        """An `airflow ... -o json` listing (Airflow prints warnings on stdout too: take the JSON line)."""
+        lines = [line for line in self.cli(*args, "-o", "json").stdout.splitlines() if line.startswith("[")]
+        return json.loads(lines[-1]) if lines else []
+
     def runs(self, dag_id: str) -> list[dict]:
-        """The DAG's runs, oldest first, as the REST API lists them, each with its id also under `run_id`."""
-        runs = self.api(f"dags/{dag_id}/dagRuns?limit=1000")["dag_runs"]
-        return sorted(({"run_id": r["dag_run_id"], **r} for r in runs), key=lambda r: r["logical_date"] or r["run_after"])
+        """The DAG's runs (`airflow dags list-runs`, as `make demo-outage` has always followed them), oldest first."""
+        runs = self.json("dags", "list-runs", dag_id)
+        return sorted(runs, key=lambda r: r["logical_date"] or r["run_after"])
 
     def wait(self, condition, what: str, timeout: float = 600, every: float = 3):
         """Until `condition()` is true (its value), for up to `timeout` s; a component that died ends the wait."""
