@@ -103,8 +103,9 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str) -> dict:
         topology = Topology()
         if database:  # the catalog, too, where a deployment keeps it
             topology = Topology(metadata_url=database.create_database("airflow"))
+            database.create_database("hyperv_catalog")
             env["AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"] = json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": database.port,
-                                                                    "login": "postgres", "schema": database.create_database("hyperv_catalog") and "hyperv_catalog"})
+                                                                    "login": "postgres", "schema": "hyperv_catalog"})
         with AirflowCluster(out / "airflow", env, topology) as cluster:
             sampler = SlotSampler(topology.metadata_url or f"sqlite:///file:{out / 'airflow' / 'airflow.db'}?mode=ro&uri=true")
             sampler.start()

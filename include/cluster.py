@@ -3,9 +3,10 @@ processes sharing one AIRFLOW_HOME, for `make demo`, `make demo-outage` and the 
 real scheduler rather than `dags test`. By default SQLite metadata and the LocalExecutor (the
 embedded default); with a `Topology` of Celery workers, a broker and a PostgreSQL metadata
 database, the distributed engine users grow into (`make demo-cluster`). Everything listens on 127.0.0.1;
-the log servers are skipped (the api-server reads the task logs from the same disk). Runs are
-triggered and followed through the REST API (`api`), as the UI does: an `airflow` CLI command costs
-seconds of CPU to start, which a 2-core machine would take from the tasks.
+the log servers are skipped (the api-server reads the task logs from the same disk). The demo's
+runs are triggered and followed through the REST API (`trigger`, `run_state`), as the UI does: an
+`airflow` CLI command costs seconds of CPU to start, which a 2-core machine would take from the
+tasks. `runs` still lists a DAG's runs with the CLI, as `make demo-outage` was validated with.
 """
 
 from __future__ import annotations
