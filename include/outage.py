@@ -1,6 +1,8 @@
 """`make demo-outage`: an outage and its backfill, on the real Airflow scheduler.
 
-1. Airflow runs for real (api-server, scheduler, dag-processor, triggerer; SQLite, LocalExecutor),
+1. Airflow runs for real (api-server, scheduler, dag-processor, triggerer; LocalExecutor, its metadata on
+   PostgreSQL: on SQLite, `airflow backfill create` racing the scheduler's writes fails half-way and leaves
+   an empty backfill that blocks the next one until the scheduler closes it),
    the backup DAGs scheduled every minute, while the fleet is unreachable (its hosts do not listen):
    a few scheduled runs fail, and the catalog records each VM's failure and why.
 2. The fleet comes back. The administrator pauses the schedule and backfills the failed intervals:
@@ -18,6 +20,8 @@ import os
 import sqlite3
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
-from include.cluster import AirflowCluster, free_port  # noqa: E402
+from include import postgres  # noqa: E402
+from include.cluster import AirflowCluster, Topology, free_port  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
 from include.demo_out import ForeignFiles, prepare, stop_on_signals  # noqa: E402
 from include.mailsink import MailSink  # noqa: E402
@@ -67,6 +72,20 @@ def _compressed_schedule(intervals: int) -> tuple[list[datetime], str]:
     return fires, f"{fires[0].minute}-{fires[-1].minute} {first.hour} {first.day} {first.month} *"
 
 
+@contextmanager
+def _metadata_database(stoppers: list, dump: Path) -> Iterator[Topology]:
+    """Airflow's metadata on a PostgreSQL server of its own, for the story's length, then dumped to `dump` (plain
+    SQL: what the scheduler recorded, kept). PostgreSQL detaches from this process: its stop is also added to
+    `stoppers`, which a signal's handler runs."""
+    database = postgres.start()
+    stoppers.append(database.stop)
+    try:
+        yield Topology(metadata_url=database.create_database("airflow"))
+        database.dump("airflow", dump)
+    finally:
+        database.stop()
+
+
 def _finished(cluster: AirflowCluster, dag_id: str, count: int, run_type: str | None = None):
     runs = [r for r in cluster.runs(dag_id) if run_type is None or r["run_id"].startswith(f"{run_type}__")]
     done = [r for r in runs if r["state"] in FINISHED]
@@ -77,7 +96,7 @@ def _say(text: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {text}", flush=True)
 
 
-def play(scenario_path: Path, out: Path, intervals: int) -> dict:
+def play(scenario_path: Path, out: Path, intervals: int, stoppers: list) -> dict:
     scenario = load_scenario(scenario_path)
     (out / "reports").mkdir()
     ports = _scenario_with_ports(scenario_path, out / "scenario.yaml")
@@ -95,9 +114,9 @@ def play(scenario_path: Path, out: Path, intervals: int) -> dict:
         "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports"),
     }
     story: dict = {"dags": {}}
-    with MailSink(out / "mail") as mail:
+    with _metadata_database(stoppers, out / "airflow" / "metadata.sql") as topology, MailSink(out / "mail") as mail:
         env["AIRFLOW_CONN_SMTP_DEFAULT"] = mail.connection()
-        with AirflowCluster(out / "airflow", env) as cluster:
+        with AirflowCluster(out / "airflow", env, topology) as cluster:
             cluster.wait_for_dags([*dag_ids, "hyperv_backup_report"])
             if datetime.now(UTC) > fires[0]:
                 raise RuntimeError("Airflow took more than 2 minutes to start; the outage's schedule has passed")
@@ -183,14 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["AIRFLOW_HOME"] = str(out / "airflow")
     try:
-        with stop_on_signals("the fleet and Airflow's components were"):
-            story = play(Path(args.scenario), out, args.intervals)
+        with stop_on_signals("the fleet, Airflow's components and their database were") as stoppers:
+            story = play(Path(args.scenario), out, args.intervals, stoppers)
     except RuntimeError as error:
         print(f"error: the outage story did not finish: {error}", file=sys.stderr)
         return 1
     (out / "outage-story.json").write_text(json.dumps(story, indent=2))
     print("\n" + summary(out))
-    print(f"\nwritten to {out}: catalog.sqlite, sim-state.json, sim-journal.jsonl, reports/, mail/, outage-story.json")
+    print(f"\nwritten to {out}: catalog.sqlite, sim-state.json, sim-journal.jsonl, reports/, mail/, outage-story.json, "
+          "airflow/ (logs, and metadata.sql: Airflow's metadata)")
     return 0
 
 

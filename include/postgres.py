@@ -22,7 +22,7 @@ def binaries() -> Path:
     """The folder of `initdb` and `pg_ctl`: on PATH, else Debian's /usr/lib/postgresql/N/bin (newest)."""
     found = shutil.which("initdb")
     if found:
-        return Path(found).parent
+        return Path(found).resolve().parent  # a link on PATH: its folder holds the other binaries (pg_dump)
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     if not versions:
         raise RuntimeError("PostgreSQL's server is not installed: run `make postgres` (apt-get install postgresql)")
@@ -60,6 +60,12 @@ class Server:
         finally:
             connection.close()
         return self.url_for(name)
+
+    def dump(self, database: str, path: Path) -> None:
+        """A database as plain SQL (pg_dump): what it held, kept after the throwaway server is gone."""
+        done = subprocess.run([str(binaries() / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database],
+                              capture_output=True, check=True)
+        path.write_bytes(done.stdout)
 
     def stop(self) -> None:
         subprocess.run([*self.as_user, str(binaries() / "pg_ctl"), "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
