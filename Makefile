@@ -7,7 +7,7 @@ SCENARIO ?= include/demo-fleet.yaml
 DEMO_OUT ?= ./demo-output
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: venv browser postgres redis compose demo preflight demo-cluster demo-outage ui test bench lint simulator clean
+.PHONY: venv browser postgres redis compose demo demo-restore preflight demo-cluster demo-outage ui test bench lint simulator clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,11 +17,15 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-demo-outage: venv
+demo-outage: venv postgres
 	$(PY) -m include.outage --scenario "$(SCENARIO)" --out "$(DEMO_OUT)"
 
 demo: venv
 	$(PY) -m include.demo --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
+
+# The demo, then one restore test per host (hyperv_restore_test): a copy of a backup booted, isolated, and removed.
+demo-restore: venv
+	$(PY) -m include.demo --restore --scenario "$(SCENARIO)" --out "$(DEMO_OUT)" $(if $(INVENTORY),--inventory "$(INVENTORY)")
 
 # Every host of the fleet (or of INVENTORY) checked before its first backup: DEMO_OUT/preflight.json; exit 1 when a check fails.
 preflight: venv

@@ -64,10 +64,15 @@ def inventory_for(scenario) -> dict:
     }
 
 
-def run_backups(dag_ids: list[str], running, env: dict[str, str], home: Path, topology=None, report: bool = True) -> int:
+RESTORE_TEST = "hyperv_restore_test"
+
+
+def run_backups(dag_ids: list[str], running, env: dict[str, str], home: Path, topology=None, report: bool = True,
+                restore: Path | None = None) -> int:
     """Run every host's backup DAG once, side by side, on the real scheduler as users run it (api-server,
     scheduler, dag-processor, triggerer; LocalExecutor and SQLite metadata in `home`, or the `topology`'s
-    Celery workers and PostgreSQL), then the report DAG.
+    Celery workers and PostgreSQL), then with `restore` one restore test per host (`hyperv_restore_test`; the
+    fleet's state just before it is written to that file), then the report DAG.
 
     The runs are manual, triggered through the REST API; the scheduler makes no run of its own
     (`use_job_schedule` off: the inventory's 22:00 schedule would otherwise run last night's interval at once).
@@ -79,13 +84,17 @@ def run_backups(dag_ids: list[str], running, env: dict[str, str], home: Path, to
     env = env | {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
     with AirflowCluster(home, env, topology or Topology()) as cluster:
         try:
-            cluster.wait_for_dags([*dag_ids, "hyperv_backup_report"])
+            cluster.wait_for_dags([*dag_ids, "hyperv_backup_report", *([RESTORE_TEST] if restore else [])])
         except RuntimeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         runs = {dag_id: cluster.trigger(dag_id) for dag_id in dag_ids}
         for dag_id, run_id in runs.items():  # a run that fails is a result (its VMs' rows say why), not the demo's failure
             cluster.wait(lambda d=dag_id, r=run_id: cluster.run_state(d, r) in FINISHED, f"the run of {dag_id}", timeout=6 * 3600, every=1)
+        if restore:  # a failed test is a result too (its row says why)
+            restore.write_text(json.dumps(running.state(), indent=2) + "\n")
+            run_id = cluster.trigger(RESTORE_TEST, {"per_host": 1})
+            cluster.wait(lambda: cluster.run_state(RESTORE_TEST, run_id) in FINISHED, "the restore tests", timeout=6 * 3600, every=1)
         if not report:
             return 0
         # Two clocks: a row belongs to its run's data interval, on Airflow's clock, while its job's times and the
@@ -189,6 +198,18 @@ def summary(catalog_path: Path) -> list[tuple]:
             "FROM vm_backups ORDER BY host, id").fetchall()
 
 
+def _print_restore_tests(catalog_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(catalog_path) as db:
+        tests = db.execute("SELECT host, vm_name, status, heartbeat_seconds, restored_as, cleaned_up, COALESCE(error, '') "
+                           "FROM restore_tests ORDER BY host, vm_name").fetchall()
+    print(f"\n{'HOST':10} {'RESTORE TEST OF':20} {'STATUS':10} {'HEARTBEAT':>9}  {'CLEANED UP':10} COPY / ERROR")
+    for host, vm, status, heartbeat, copy, cleaned, error in tests:
+        seconds = f"{heartbeat:.0f} s" if heartbeat is not None else "-"
+        print(f"{host:10} {vm:20} {status:10} {seconds:>9}  {'yes' if cleaned else 'NO':10} {error or copy}")
+
+
 def _duration(start: str | None, end: str | None) -> str:
     from datetime import datetime
 
@@ -207,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "(its hosts' connections are winrm_<host in lower case>)")
     parser.add_argument("--preflight", action="store_true", help="check every host instead of backing up (make preflight)")
     parser.add_argument("--cluster", action="store_true", help="run on Celery workers, Redis and PostgreSQL (make demo-cluster)")
+    parser.add_argument("--restore", action="store_true", help="after the backups, one restore test per host (make demo-restore)")
     args = parser.parse_args(argv)
     try:
         scenario = load_scenario(args.scenario)
@@ -246,7 +268,8 @@ def _run(args, scenario, out: Path, stoppers: list) -> int:
                     catalog.engine_for(f"sqlite:///{out / 'catalog.sqlite'}").dispose()  # DEMO_OUT's files: an empty catalog
                     return run_preflight(running, env, out / "airflow", out)
                 # the demo's Airflow lives with its output: `make ui` serves it
-                finished = run_backups(dag_ids, running, env, out / "airflow", topology, report=not args.no_report)
+                finished = run_backups(dag_ids, running, env, out / "airflow", topology, report=not args.no_report,
+                                       restore=out / "sim-state-before-restore.json" if args.restore else None)
         finally:
             code = running.stop()
         if code != 0 or finished != 0:
@@ -255,6 +278,8 @@ def _run(args, scenario, out: Path, stoppers: list) -> int:
         if args.cluster:
             _cluster_files(out, topology, catalog_conn)
     rows = summary(out / "catalog.sqlite")
+    if args.restore:
+        _print_restore_tests(out / "catalog.sqlite")
     width = max((len(r[1]) for r in rows), default=4)
     print(f"\n{'HOST':10} {'VM':{width}} {'MODE':10} {'STATUS':10} {'DURATION':9} {'GB':>6}  ERROR")
     for host, vm, mode, status, start, end, copied, error in rows:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 MARK = ".hyperv-backup-demo"
 OWN = frozenset({MARK, "catalog.sqlite", "sim-state.json", "sim-journal.jsonl", "inventory.yaml", "scenario.yaml", "reports", "mail",
-                 "certs", "airflow", "airflow-home", "outage-story.json", "cluster.json", "preflight.json"})
+                 "certs", "airflow", "airflow-home", "outage-story.json", "cluster.json", "preflight.json",
+                 "sim-state-before-restore.json"})
 
 
 class ForeignFiles(Exception):

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from hyperv_backup import invocation
 from hyperv_backup.facts import (
     HEARTBEAT_SERVICE_ID,
+    RESTORE_COPY_PREFIX,
     SCRIPT_STEPS,
     VMMS_LOG,
     VSS_SERVICE_ID,
@@ -182,7 +183,7 @@ def _services(host: Host, vm: VM) -> list[dict[str, Any]]:
     guest_has_vss = spec.guest in ("windows", "linux") and spec.guest_vss != "missing"
     vss_status = "OK" if running and spec.integration_services.get("vss", True) and guest_has_vss else (
         "No Contact" if running and spec.integration_services.get("vss", True) else "")
-    heartbeat_ok = running and spec.integration_services.get("heartbeat", True) and spec.guest != "other"
+    heartbeat_ok = vm.heartbeat(host.now())
     return [
         {"name": heartbeat_display_name(host.spec.locale), "id": HEARTBEAT_SERVICE_ID,
          "enabled": spec.integration_services.get("heartbeat", True), "primary_status": "OK" if heartbeat_ok else ""},
@@ -287,19 +288,21 @@ def change_key(host: Host, vm: VM) -> str:
 
 
 def status_wait(host: Host, request: Request) -> tuple[datetime, str] | None:
-    """Get-HvbVMBackupStatus -WaitSeconds N -Seen KEY waits on the host until its change key differs from KEY or N
-    seconds (host time) pass, then answers: (until, seen), or None when this command does not wait."""
+    """A status script run with -WaitSeconds N -Seen KEY (Get-HvbVMBackupStatus, Get-HvbRestoreTest) waits on the
+    host until its change key differs from KEY or N seconds (host time) pass, then answers: (until, seen), or None
+    when this command does not wait."""
     params = request.params or {}
     seconds = float(params.get("WaitSeconds") or 0)
-    if request.script != "Get-HvbVMBackupStatus" or seconds <= 0 or request.vm is None:
+    if request.script not in WAITS or seconds <= 0 or (request.script == "Get-HvbVMBackupStatus" and request.vm is None):
         return None
     return host.now() + timedelta(seconds=seconds), str(params.get("Seen") or "")
 
 
 def waited(host: Host, request: Request, until: datetime, seen: str) -> bool:
     """Whether the waiting status command answers now (its loop on the host ends)."""
-    vm = request.vm
-    return vm not in host.vms or host.now() >= until or change_key(host, vm) != seen
+    if request.script == "Get-HvbVMBackupStatus" and request.vm not in host.vms:
+        return True
+    return host.now() >= until or WAITS[request.script or ""](host, request) != seen
 
 
 def _status(host: Host, request: Request) -> dict[str, Any]:
@@ -344,7 +347,7 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
     host.tick()
     vm_id, vm_name = params.get("VMId", ""), params.get("VMName", "")
     last_ok = max((v.backup_time for v in host.versions), default=None)
-    last_job = next((j for j in reversed(host.jobs) if not j.external and j.state != "Running"), None)
+    last_job = next((j for j in reversed(host.jobs) if j.kind == "backup" and not j.external and j.state != "Running"), None)
     return {
         "summary": {"last_backup_result_hr": last_job.hresult if last_job else 0,
                     "last_successful_backup_time_utc": iso(last_ok) if last_ok else None},
@@ -381,7 +384,7 @@ def _host_vms(host: Host, request: Request) -> dict[str, Any]:
     job = host.running_job()
     return {
         "clock_utc": iso(host.now()),
-        "running_job_vms": [job.vm_name] if job and not job.external else [],
+        "running_job_vms": [job.vm_name] if job and job.kind == "backup" and not job.external else [],
         "vms": [
             {"id": vm.id, "name": vm.name, "state": vm.state, "checkpoint_type": vm.spec.checkpoint_type,
              "checkpoints": [cp.to_json() for cp in vm.checkpoints],
@@ -405,6 +408,109 @@ def _remove_recovery(host: Host, request: Request) -> dict[str, Any]:
     return {"removed": {"id": checkpoint.id, "name": checkpoint.name, "type": checkpoint.type}, "clock_utc": iso(host.now())}
 
 
+# -- restore tests ----------------------------------------------------------------------------------
+
+
+def _copy_json(host: Host, vm: VM) -> dict[str, Any]:
+    now = host.now()
+    return {"id": vm.id, "name": vm.name, "state": vm.state, "uptime_seconds": vm.uptime_seconds(now), "path": vm.folder,
+            "network_connected": vm.network_connected, "heartbeat": "OK" if vm.heartbeat(now) else ""}
+
+
+def _ours(item: str, name: str) -> bool:
+    """A restore test's: the copy (or folder) named `name`, or with no name any that bears the copies' prefix."""
+    return item == name if name else item.startswith(RESTORE_COPY_PREFIX)
+
+
+def _start_restore_test(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    now, name, folder = host.now(), params.get("VMName", ""), params.get("Folder", "")
+    running = host.running_job()
+    if running is not None:
+        return {"started": False, "clock_utc": iso(now), "host_job": _job_brief(host, running)}
+    holding = [v for v in host.versions if name in v.vms and name in v.sources]
+    wanted = params.get("VersionId") or ""
+    version = next((v for v in holding if v.version_id == wanted), None) if wanted else (holding[-1] if holding else None)
+    if version is None:
+        which = f"version {wanted}" if wanted else "any version"
+        raise ScriptError(f"No backup of '{name}' was found in {which} on the backup target.", "ObjectNotFound")
+    inside = folder.rstrip("\\").lower() + "\\"
+    if folder in host.folders or any((vm.folder.lower() + "\\").startswith(inside) for vm in host.vms):
+        raise ScriptError(f"The folder '{folder}' already exists; a restore test recovers into a new folder only.", "ResourceExists")
+    try:
+        job = host.start_recovery(version, name, folder)
+    except JobAlreadyRunning as error:
+        raise ScriptError(str(error), "ResourceBusy") from None
+    return {"started": True, "clock_utc": iso(now), "version_id": version.version_id, "backup_time_utc": iso(version.backup_time),
+            "job": _job_brief(host, job)}
+
+
+def restore_key(host: Host, request: Request) -> str:
+    """What Get-HvbRestoreTest -WaitSeconds watches: the host's running job, the recovery's state, the copy's state and
+    heartbeat, the folder's files."""
+    params = request.params or {}
+    running = next((j for j in host.jobs if j.state == "Running"), None)
+    copy = next((vm for vm in host.vms if vm.name == params.get("CopyName")), None)
+    recovered = host.folders.get(params.get("Folder", ""))
+    return "|".join([f"{running.id} {running.state}" if running else "-",
+                     f"{copy.state} {copy.heartbeat(host.now())}" if copy else "-", str(len(recovered.files) if recovered else 0)])
+
+
+def _restore_test(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    host.tick()
+    since = _parse_since(params.get("SinceUtc", ""))
+    folder = params.get("Folder", "")
+    running = next((j for j in host.jobs if j.state == "Running"), None)
+    recovery = next((j for j in reversed(host.jobs) if j.kind == "recovery" and j.started >= since), None)
+    copy = next((vm for vm in host.vms if vm.name == params.get("CopyName")), None)
+    recovered = host.folders.get(folder)
+    return {
+        "clock_utc": iso(host.now()),
+        "host_job": _job_json(host, running) | {"job_type": running.kind} if running else None,
+        "recovery": _job_json(host, recovery) if recovery else None,
+        "files": list(recovered.files) if recovered else [],
+        "copy": _copy_json(host, copy) if copy else None,
+        "change_key": restore_key(host, request),
+    }
+
+
+def _start_restore_copy(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    folder, name = params.get("Folder", ""), params.get("CopyName", "")
+    if not name.startswith(RESTORE_COPY_PREFIX):
+        raise ScriptError(f"'{name}' is not a restore test's name ({RESTORE_COPY_PREFIX}...).", "InvalidArgument")
+    recovered = host.folders.get(folder)
+    if recovered is None or not any(f.endswith(".vmcx") for f in recovered.files):
+        raise ScriptError(f"No virtual machine configuration was found under '{folder}'.", "ObjectNotFound")
+    if host.find_vm(name=name):
+        raise ScriptError(f"A virtual machine named '{name}' already exists.", "ResourceExists")
+    copy = host.import_copy(folder, name)
+    copy.network_connected = False  # Disconnect-VMNetworkAdapter: the copy can never meet the original's network
+    host.start_vm(copy)
+    return {"clock_utc": iso(host.now()), "copy": _copy_json(host, copy), "source_id": recovered.vm_id}
+
+
+def _remove_restore_copies(host: Host, request: Request) -> dict[str, Any]:
+    params = request.params or {}
+    root, name = params.get("Root", ""), params.get("Name") or ""
+    inside = root.rstrip("\\").lower() + "\\"
+    if len(inside) <= 4:
+        raise ScriptError(f"'{root}' is no folder of restore tests; nothing was removed.", "InvalidArgument")
+    if name and not name.startswith(RESTORE_COPY_PREFIX):
+        raise ScriptError(f"'{name}' is not a restore test's name ({RESTORE_COPY_PREFIX}...); nothing was removed.", "InvalidArgument")
+    removed = []
+    for vm in [vm for vm in host.vms if _ours(vm.name, name) and (vm.folder.lower() + "\\").startswith(inside)]:
+        host.stop_vm(vm)
+        host.remove_vm(vm)
+        removed.append(vm.name)
+    folder_name = re.sub(r'[\\/:*?"<>|]', "_", name)  # as hyperv_backup.restore.folder names it
+    folders = [f for f in host.folders if f.lower().startswith(inside) and "\\" not in f[len(inside):]
+               and _ours(f[len(inside):], folder_name)]
+    files = sum(host.remove_folder(f) for f in folders)
+    return {"clock_utc": iso(host.now()), "removed_vms": removed, "removed_folders": folders, "removed_files": files}
+
+
 SCRIPTS = {
     "Get-HvbHostReadiness": _readiness,
     "Get-HvbVMBackupProbe": _probe,
@@ -413,7 +519,14 @@ SCRIPTS = {
     "Get-HvbVMBackupResult": _result,
     "Get-HvbHostVMs": _host_vms,
     "Remove-HvbRecoveryCheckpoint": _remove_recovery,
+    "Start-HvbRestoreTest": _start_restore_test,
+    "Get-HvbRestoreTest": _restore_test,
+    "Start-HvbRestoreCopy": _start_restore_copy,
+    "Remove-HvbRestoreCopy": _remove_restore_copies,
 }
+# The status scripts that can wait on the host (-WaitSeconds, -Seen): what each watches.
+WAITS = {"Get-HvbVMBackupStatus": lambda host, request: change_key(host, request.vm),
+         "Get-HvbRestoreTest": restore_key}
 
 
 # -- wbadmin ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ thread drives it and the outcome depends only on the scenario, the seed and the 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -37,6 +38,7 @@ SHADOW_COPY_SECONDS = 20.0  # simulated seconds for the VSS snapshot (plus jitte
 SAVE_RESTORE_SECONDS = 12.0  # extra time a VM spends saving and restoring in Saved-state mode
 MERGE_SECONDS = 15.0  # simulated seconds for Hyper-V to merge a recovery checkpoint
 REBOOT_REAL_SECONDS = 3.0  # how long a rebooting host does not answer, in real seconds
+GUEST_BOOT_SECONDS = 90.0  # simulated seconds a started guest takes to boot before its heartbeat answers (plus jitter)
 
 
 def iso(moment: datetime) -> str:
@@ -85,6 +87,9 @@ class VM:
     faults: list[Fault] = field(default_factory=list)
     merging: list[str] = field(default_factory=list)  # .avhdx of removed checkpoints, until Hyper-V has merged them
     stray: list[str] = field(default_factory=list)  # .avhdx files no checkpoint explains (debris)
+    home: str | None = None  # where an imported VM's files live (a restore test's copy); else Hyper-V's default folder
+    network_connected: bool = True  # its network adapter is connected to a virtual switch
+    boot_seconds: float = 0.0  # from its start until the guest's heartbeat answers (a VM started here boots first)
 
     @property
     def name(self) -> str:
@@ -92,7 +97,13 @@ class VM:
 
     @property
     def folder(self) -> str:
-        return f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
+        return self.home or f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
+
+    def heartbeat(self, now: datetime) -> bool:
+        """The heartbeat integration service reports OK: the guest runs, has the service, and has booted."""
+        spec = self.spec
+        return (self.state == "Running" and spec.integration_services.get("heartbeat", True) and spec.guest != "other"
+                and self.uptime_seconds(now) >= self.boot_seconds)
 
     def avhdx_of(self, checkpoint: Checkpoint) -> str:
         return f"{self.folder}\\{self.id}-disk0_{checkpoint.id}.avhdx"
@@ -139,6 +150,7 @@ class Job:
     finished: datetime | None = None
     version_id: str | None = None
     external: bool = False  # started by someone else (the job_running fault)
+    kind: str = "backup"  # backup | recovery (Get-WBJob's JobType): a recovery holds the host as a backup does
 
     def progress(self, now: datetime) -> int:
         if self.operation != "copy" or self.copy_started is None or self.copy_seconds <= 0:
@@ -161,6 +173,7 @@ class Job:
             "bytes_total": self.bytes_total,
             "version_id": self.version_id,
             "external": self.external,
+            "kind": self.kind,
         }
 
 
@@ -170,9 +183,19 @@ class BackupVersion:
     backup_time: datetime
     target: str
     vms: list[str]
+    sources: dict[str, tuple[str, VMSpec]] = field(default_factory=dict)  # per VM name: its id and itself as backed up
 
     def to_json(self) -> dict[str, Any]:
         return {"version_id": self.version_id, "backup_time_utc": iso(self.backup_time), "target": self.target, "vms": self.vms}
+
+
+@dataclass
+class RecoveredFiles:
+    """A folder a recovery wrote (Start-WBHyperVRecovery -TargetPath, files only): the VM as it was backed up."""
+
+    vm_id: str  # the original's id, in the recovered configuration
+    spec: VMSpec
+    files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -214,6 +237,7 @@ class Host:
         self.versions: list[BackupVersion] = []
         self.events: list[Event] = []
         self.target_free_bytes = int(spec.target_free_gb * 1024**3)
+        self.folders: dict[str, RecoveredFiles] = {}  # folders a recovery wrote (restore tests)
         self.max_concurrent_jobs = 0
         self.requests = 0
         self.shells: dict[str, Any] = {}  # WinRM shells open on this host, by ShellId (server.py keeps them)
@@ -493,8 +517,69 @@ class Host:
             moment += timedelta(minutes=1)  # WSB versions are per minute; never reuse one
         if self.spec.backup_target.startswith("\\\\"):  # a network share keeps one version: each backup replaces the last
             self.versions = [v for v in self.versions if v.target != self.spec.backup_target]
-        self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name]))
+        source = next((vm for vm in self.vms if vm.id == job.vm_id), None)
+        sources = {job.vm_name: (job.vm_id, dataclasses.replace(source.spec))} if source else {}
+        self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name], sources))
         return version_id
+
+    # -- recovery (restore tests) ---------------------------------------------------------
+
+    def start_recovery(self, version: BackupVersion, vm_name: str, folder: str) -> Job:
+        """Start-WBHyperVRecovery of one VM of a version to `folder`, files only (no -UseAlternateLocation: nothing
+        is registered with Hyper-V, the original is not touched). One WSB operation at a time: raises
+        JobAlreadyRunning while a backup or another recovery runs."""
+        running = self.running_job()
+        if running is not None:
+            raise JobAlreadyRunning(running)
+        vm_id, spec = version.sources[vm_name]
+        now = self.now()
+        job = Job(id=len(self.jobs) + 1, vm_id="", vm_name=vm_name, mode=Mode.OFFLINE, started=now, target=folder,
+                  bytes_total=int(spec.disk_gb * 1024**3), operation="copy", copy_started=now, version_id=version.version_id,
+                  kind="recovery")
+        job.copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * self.fleet.rng.uniform(0.95, 1.05)
+        self.jobs.append(job)
+        self.journal("recovery_started", job=job.id, vm=vm_name, version=version.version_id, folder=folder)
+        self.at(now + timedelta(seconds=job.copy_seconds), lambda: self._recovered(job, folder, vm_id, spec))
+        return job
+
+    def _recovered(self, job: Job, folder: str, vm_id: str, spec: VMSpec) -> None:
+        if job.state != "Running":
+            return
+        job.state, job.operation, job.finished, job.bytes_done = "Completed", "done", self.now(), job.bytes_total
+        self.folders[folder] = RecoveredFiles(vm_id, spec, [f"{folder}\\Virtual Machines\\{vm_id}.vmcx",
+                                                            f"{folder}\\Virtual Hard Disks\\{vm_id}-disk0.vhdx"])
+        self.journal("recovery_finished", job=job.id, vm=job.vm_name, folder=folder)
+
+    def import_copy(self, folder: str, name: str) -> VM:
+        """Import-VM -Copy -GenerateNewId from a recovered folder into its own subfolder, then Rename-VM: a VM that
+        shares nothing with the original (a new id, a new name, its own files), off."""
+        recovered = self.folders[folder]
+        spec = dataclasses.replace(recovered.spec, name=name, state="Off", checkpoints=[], faults=[], stray_avhdx=0)
+        vm = VM(id=str(uuid.UUID(int=self.fleet.rng.getrandbits(128), version=4)).upper(), spec=spec, state="Off", started=None,
+                home=f"{folder}\\Import")
+        recovered.files += [f"{vm.home}\\Virtual Machines\\{vm.id}.vmcx", vm.chain()[-1]]
+        self.vms.append(vm)
+        self.journal("vm_imported", vm=name, id=vm.id, source=recovered.vm_id)
+        return vm
+
+    def start_vm(self, vm: VM) -> None:
+        """Start-VM: the guest boots; its heartbeat answers once it has."""
+        self._set_state(vm, "Running")
+        vm.started = self.now()
+        vm.boot_seconds = GUEST_BOOT_SECONDS + self.fleet.rng.uniform(0, 30)
+
+    def stop_vm(self, vm: VM) -> None:
+        """Stop-VM -TurnOff."""
+        if vm.state != "Off":
+            self._set_state(vm, "Off")
+            vm.started = None
+
+    def remove_folder(self, folder: str) -> int:
+        """Remove-Item -Recurse of a recovered folder; the number of files removed."""
+        removed = self.folders.pop(folder, None)
+        count = len(removed.files) if removed else 0
+        self.journal("folder_removed", folder=folder, files=count)
+        return count
 
     # -- faults that change the host itself -----------------------------------------------
 
@@ -556,11 +641,13 @@ class Host:
                     "checkpoints": [cp.to_json() for cp in vm.checkpoints],
                     "disks": vm.disks(),
                     "stray_avhdx": vm.stray,
+                    "network_connected": vm.network_connected,
                 }
                 for vm in self.vms
             ],
             "jobs": [job.to_json(now) for job in self.jobs],
             "backup_versions": [v.to_json() for v in self.versions],
+            "folders": {path: recovered.files for path, recovered in self.folders.items()},
             "events": [e.to_json() for e in self.events],
         }
 

@@ -44,7 +44,7 @@ $until = (Get-Date).AddSeconds($WaitSeconds)
 while ($WaitSeconds -gt 0 -and (& $changeKey) -eq $Seen -and (Get-Date) -lt $until) {
     Start-Sleep -Seconds 1
 }
-$mine = { @($_.JobItems | Where-Object { $_.Name -ceq $vm.Name }).Count -gt 0 }
+$mine = { "$($_.JobType)" -eq 'Backup' -and @($_.JobItems | Where-Object { $_.Name -ceq $vm.Name }).Count -gt 0 }  # a restore test's recovery is not ours
 $brief = {
     param($job)
     @{

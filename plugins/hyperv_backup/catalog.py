@@ -94,6 +94,29 @@ report_mails = Table(
     Column("sent_at", DateTime(timezone=True), nullable=False),
 )
 COLUMNS = [c.name for c in vm_backups.columns if c.name not in ("id", "updated_at")]
+# One row per VM per restore-test run (docs/restore-tests.md): a backup booted as an isolated copy, and whether the
+# copy and its files were removed after.
+restore_tests = Table(
+    "restore_tests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("vm_name", String(256), nullable=False),
+    Column("vm_id", String(64)),  # the original's id, as the recovered configuration holds it
+    Column("backup_version", String(32)),
+    Column("restored_as", String(300)),  # the copy's name
+    Column("started_at", DateTime(timezone=True)),  # host time: the recovery's start
+    Column("finished_at", DateTime(timezone=True)),  # host time: the clean-up's end
+    Column("heartbeat_seconds", Float),  # the copy's start to its heartbeat OK; null when none came
+    Column("status", String(16), nullable=False),  # succeeded | failed
+    Column("error", Text),
+    Column("cleaned_up", Boolean),  # the copy and its files are gone
+    Column("updated_at", DateTime(timezone=True)),
+    UniqueConstraint(*KEY, name="uq_restore_tests_run_vm"),
+)
+RESTORE_COLUMNS = [c.name for c in restore_tests.columns if c.name not in ("id", "updated_at")]
 
 
 def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password: str | None, port: int | None,
@@ -120,6 +143,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, ("attempts", "host_restarted")),
     (3, ("run_kind",)),  # and INDEXES; rows of earlier versions get their run's kind from the run id
     (4, ("restore_points", "oldest_restore_point")),
+    (5, ()),  # the restore_tests table (created with the tables added since)
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 
@@ -198,6 +222,43 @@ def upsert(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: dat
     statement = statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now})
     with engine.begin() as db:
         db.execute(statement)
+
+
+def record_restore_test(engine: Engine, key: dict[str, Any], values: dict[str, Any], now: datetime) -> None:
+    """Insert or update the restore test of (dag_id, run_id, host, vm_name): a retried task updates its row."""
+    unknown = set(values) - set(RESTORE_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown restore_tests columns: {sorted(unknown)}")
+    values, now = {k: _as_utc(v) if isinstance(v, datetime) else v for k, v in values.items()}, _as_utc(now)
+    dialect = {"sqlite": sqlite, "postgresql": postgresql}[engine.dialect.name]
+    statement = dialect.insert(restore_tests).values(**key, **values, updated_at=now)
+    with engine.begin() as db:
+        db.execute(statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now}))
+
+
+def last_tested(engine: Engine, host: str) -> dict[str, datetime]:
+    """Each VM's newest restore test on a host (its end, UTC), whatever its outcome: the rotation's order."""
+    query = (select(restore_tests.c.vm_name, func.max(restore_tests.c.finished_at)).where(restore_tests.c.host == host)
+             .group_by(restore_tests.c.vm_name))
+    with engine.connect() as db:
+        return {name: _utc(at) for name, at in db.execute(query) if at is not None}
+
+
+def last_restore_tests(engine: Engine, at: datetime | None = None):
+    """Each VM's newest restore test (finished before `at`), as a pandas DataFrame: host, vm_name, finished_at,
+    status, heartbeat_seconds, backup_version, restored_as, error, cleaned_up."""
+    import pandas as pd
+
+    newest = select(restore_tests.c.host, restore_tests.c.vm_name, func.max(restore_tests.c.finished_at).label("finished_at"))
+    if at is not None:
+        newest = newest.where(restore_tests.c.finished_at < _as_utc(at))
+    newest = newest.group_by(restore_tests.c.host, restore_tests.c.vm_name).subquery()
+    query = select(*[restore_tests.c[n] for n in ("host", "vm_name", "finished_at", "status", "heartbeat_seconds", "backup_version",
+                                                  "restored_as", "error", "cleaned_up")]).join(
+        newest, (restore_tests.c.host == newest.c.host) & (restore_tests.c.vm_name == newest.c.vm_name)
+        & (restore_tests.c.finished_at == newest.c.finished_at))
+    with engine.connect() as db:
+        return pd.read_sql(query, db)
 
 
 def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -346,7 +407,7 @@ def export(engine: Engine, path: str) -> int:
     target = engine_for(f"sqlite:///{path}")
     copied: dict[str, int] = {}
     with engine.connect() as source, target.begin() as db:
-        for table in (vm_backups, report_mails):
+        for table in (vm_backups, report_mails, restore_tests):
             rows = [{k: _as_utc(v) if isinstance(v, datetime) else v for k, v in r._mapping.items()}
                     for r in source.execute(select(table))]
             if rows:

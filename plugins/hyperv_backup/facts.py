@@ -82,6 +82,9 @@ VSS_DISPLAY_NAMES: frozenset[str] = frozenset(
 ) | {"VSS"}
 
 HEARTBEAT_SERVICE_ID = "Microsoft:84EAAE65-2F2E-45F5-9BB5-0E857DC8EB47"
+# The name every restore test's copy starts with (hyperv_backup.restore): such VMs are short-lived copies of a backup,
+# never backed up, audited or reported as the fleet's, and the only VMs a restore test's clean-up may remove.
+RESTORE_COPY_PREFIX = "HvbRestoreTest-"
 _HEARTBEAT_DISPLAY_NAMES = {"en-US": "Heartbeat", "ja-JP": "ハートビート"}
 
 

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from .facts import Mode
+from .facts import RESTORE_COPY_PREFIX, Mode
 from .windows import Window
 from .yamlcheck import Boolean, Integer, Number, YamlError, checked_name, compose, validate
 
@@ -29,6 +29,14 @@ class InventoryError(YamlError):
 def _cron(value: str) -> str:
     if not (value.startswith("@") or len(value.split()) == 5):
         raise ValueError(f"{value!r} is not a cron expression (five fields) or a preset like @daily")
+    return value
+
+
+def _restore_path(value: str) -> str:
+    """A folder below a drive or share (never a drive's root, where the clean-up would look among everything)."""
+    parts = [p for p in value.replace("/", "\\").split("\\") if p]
+    if not (value[1:3] in (":\\", ":/") and len(parts) >= 2) and not (value.startswith("\\\\") and len(parts) >= 3):
+        raise ValueError(f"{value!r} is not a folder of its own on a drive or share, such as D:\\HvbRestoreTests")
     return value
 
 
@@ -55,6 +63,9 @@ class HostEntry(BaseModel):
     # the consistency policy: VM names or patterns -> the modes their backups may be taken in (docs/inventory.md)
     require: dict[Name, Annotated[list[Mode], Field(min_length=1)]] = {}
     min_restore_points: Annotated[Integer, Field(ge=0, le=10000)] = 1  # fewer versions holding a VM on its target: flagged
+    restore_test_days: Annotated[Integer, Field(ge=1, le=3660)] = 30  # every VM's backup is restore-tested within this many days
+    # a folder of the restore tests' own on a volume with room for the largest VM (each test's copy lives there for minutes)
+    restore_test_path: Annotated[str, AfterValidator(_restore_path)] = "C:\\HvbRestoreTests"
 
     @property
     def patterns(self) -> list[str]:
@@ -74,7 +85,8 @@ class HostEntry(BaseModel):
         then the name, so VMs a closed window deferred go first next time.
         """
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.vms or ["*"])
-                  and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+                  and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
+                  and not n.startswith(RESTORE_COPY_PREFIX)]  # a restore test's copy is never the fleet's
         last_good = last_good or {}
         never = datetime.min.replace(tzinfo=UTC)
         return sorted(chosen, key=lambda n: (-self.priority.get(n, 0), last_good.get(n) or never, n))

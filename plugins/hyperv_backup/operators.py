@@ -142,7 +142,7 @@ class HostStepOperator(BaseOperator):
         if not isinstance(result, Wait):
             return result
         later = datetime.now(UTC) + timedelta(seconds=self.poll_interval)
-        if _triggers_inline(context) and (result.others_first or result.until is None):
+        if triggers_inline(context) and (result.others_first or result.until is None):
             raise AirflowRescheduleException(later)
         if result.until is None:
             self.defer(trigger=DateTimeTrigger(later), method_name="resume")
@@ -159,7 +159,7 @@ class HostStepOperator(BaseOperator):
         return windows.job_deadline(self.window, kind, due, bool(context["params"].get("force"))), self.window.describe()
 
 
-def _triggers_inline(context) -> bool:
+def triggers_inline(context) -> bool:
     """Whether this run is dag.test's, which runs one task at a time and its triggers inline: a wait on another
     task must give the process back (reschedule) there, or that task never runs. (Airflow's rescheduling
     is not used under an executor: a reschedule sooner than the executor reports the previous try's end

@@ -79,7 +79,8 @@ def render(report: Report, folder: Path, prefix: str) -> Rendered:
     template = environment().get_template("report.html.j2")
     values = {"interval": report.interval, "summary": report.summary, "vms": report.vms.to_dict("records"),
               "windows": report.windows.to_dict("records"), "rpo": report.rpo.to_dict("records"),
-              "impact": report.impact.to_dict("records")}
+              "impact": report.impact.to_dict("records"), "restore_tests": report.restore_tests.to_dict("records"),
+              "share_targets": report.share_targets}
     html = folder / f"{prefix}.html"
     page = template.render(values, images={k: p.name for k, p in paths.items()})
     html.write_text(page, encoding="utf-8")

@@ -62,6 +62,7 @@ class Inputs:
     rows: pd.DataFrame  # the interval's rows, with `due`
     vms: pd.DataFrame  # every VM known before the interval's end, with `last_good` (NaT: never)
     days: pd.DataFrame  # per UTC day and host over the trend's days: vms, succeeded, first_start, last_end
+    tests: pd.DataFrame | None = None  # each VM's last restore test before the interval's end (catalog.last_restore_tests)
 
 
 def read(engine, interval: Interval, days: int = TREND_DAYS) -> Inputs:
@@ -69,7 +70,8 @@ def read(engine, interval: Interval, days: int = TREND_DAYS) -> Inputs:
     from . import catalog
 
     return Inputs(catalog.interval_rows(engine, interval.start, interval.end), catalog.last_good_per_vm(engine, interval.end),
-                  catalog.daily_totals(engine, interval.end - timedelta(days=days), interval.end))
+                  catalog.daily_totals(engine, interval.end - timedelta(days=days), interval.end),
+                  catalog.last_restore_tests(engine, interval.end))
 
 
 def _utc(frame: pd.DataFrame, columns) -> pd.DataFrame:
@@ -165,6 +167,28 @@ def rpo_table(known: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], de
     return table.drop(columns="sort_age").reset_index(drop=True)
 
 
+RESTORE_COLUMNS = ["host", "vm_name", "finished_at", "status", "heartbeat_seconds", "backup_version", "error", "cleaned_up", "age_days",
+                   "due"]
+
+
+def restore_table(known: pd.DataFrame, tests: pd.DataFrame | None, at: datetime, restore_test_days: dict[str, int]) -> pd.DataFrame:
+    """Every VM the catalog knows, with its last restore test (docs/restore-tests.md): when, how it went, how long the
+    copy took to answer; `due` when it was never tested or longer ago than its host's `restore_test_days` (default 30).
+    Failed and due first."""
+    vms = known[["host", "vm_name"]]
+    if tests is None or tests.empty:
+        table = vms.assign(**{c: None for c in RESTORE_COLUMNS[2:8]})
+    else:
+        table = vms.merge(tests[RESTORE_COLUMNS[:8]], on=["host", "vm_name"], how="left")
+    table = _utc(table, ["finished_at"])
+    table["age_days"] = (pd.Timestamp(at) - table["finished_at"]).dt.total_seconds() / 86400
+    limit = table["host"].map(restore_test_days).fillna(30).astype(float)
+    table["due"] = table["finished_at"].isna() | (table["age_days"] > limit)
+    table["sort"] = table["status"].eq("failed").astype(int) * 2 + table["due"].astype(int)
+    table = table.sort_values(["sort", "host", "vm_name"], ascending=[False, True, True])
+    return table.drop(columns="sort").reset_index(drop=True)[RESTORE_COLUMNS]
+
+
 def trend_table(daily: pd.DataFrame, at: datetime, days: int = TREND_DAYS) -> pd.DataFrame:
     """The last `days` days up to `at` (from `daily_totals`): VMs tried, succeeded, success rate, and the longest
     host window (hours: its first job's start to its last job's end)."""
@@ -241,14 +265,18 @@ class Report:
     rpo: pd.DataFrame
     trend: pd.DataFrame
     impact: pd.DataFrame
+    restore_tests: pd.DataFrame
+    share_targets: dict[str, str]  # host -> its network-share target, which keeps one version
 
 
 def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_hours: dict[str, float],
-          min_restore_points: dict[str, int] | None = None) -> Report:
+          min_restore_points: dict[str, int] | None = None, restore_test_days: dict[str, int] | None = None,
+          targets: dict[str, str] | None = None) -> Report:
     """The whole report of one interval, from what `read` took from the catalog."""
     rows = _utc(inputs.rows, (*TIME_COLUMNS, "due"))
     vms = vm_table(rows, min_restore_points)
     hosts = window_table(vms, rows, windows)
     rpo = rpo_table(inputs.vms, interval.end, rpo_hours)
+    shares = {host: target for host, target in (targets or {}).items() if target.startswith("\\\\")}
     return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(inputs.days, interval.end),
-                  impact_table(vms))
+                  impact_table(vms), restore_table(inputs.vms, inputs.tests, interval.end, restore_test_days or {}), shares)

@@ -75,7 +75,8 @@ def build_report_dag() -> DAG:
             windows = {h.name: h.window for h in inventory.hosts}
             rpo = {h.name: h.rpo_hours for h in inventory.hosts}
             built = report.build(report.read(settings.catalog_engine(), interval), interval, windows, rpo,
-                                 {h.name: h.min_restore_points for h in inventory.hosts})
+                                 {h.name: h.min_restore_points for h in inventory.hosts},
+                                 {h.name: h.restore_test_days for h in inventory.hosts}, {h.name: h.backup_target for h in inventory.hosts})
             prefix = report.file_prefix(interval)
             with tempfile.TemporaryDirectory(prefix="hyperv-report-") as staging:
                 rendered = render.render(built, Path(staging), prefix)

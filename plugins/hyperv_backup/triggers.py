@@ -33,7 +33,7 @@ from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
 
 
-def _off_loop(function):
+def off_loop(function):
     """Run a blocking call in a thread of its own pool: asgiref's default (one shared thread) would queue every
     trigger's host-side wait behind the others'."""
     from asgiref.sync import sync_to_async
@@ -41,7 +41,18 @@ def _off_loop(function):
     return sync_to_async(function, thread_sensitive=False, executor=_WAITS)
 
 
-class BackupJobTrigger(BaseTrigger):
+class KeptShellTrigger(BaseTrigger):
+    """A wait on one host over one remote shell, kept for the whole wait in `self._hook` and deleted by `cleanup()`,
+    which the triggerer awaits also after it cancelled the wait (nothing after a `yield` is sure to run)."""
+
+    async def cleanup(self) -> None:
+        """Delete the wait's remote shell, once."""
+        hook, self._hook = getattr(self, "_hook", None), None
+        if hook is not None:
+            await off_loop(hook.close)()
+
+
+class BackupJobTrigger(KeptShellTrigger):
     """Waits, in the triggerer, until what a VM backup's step waits for has happened on the host.
 
     `until` (record.Until) is the condition; `job_start` names our job for the waits on it. A turn's
@@ -88,7 +99,7 @@ class BackupJobTrigger(BaseTrigger):
             return True
         if not settled(Until.TURN, status, not_after=parse_time(self.not_after)):
             return False
-        return status.host_busy() or not self.start or await _off_loop(self._take_turn)(hook)
+        return status.host_busy() or not self.start or await off_loop(self._take_turn)(hook)
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
@@ -166,14 +177,14 @@ class BackupJobTrigger(BaseTrigger):
             while True:
                 try:
                     if not self.prepared:
-                        await _off_loop(self._prepare)(hook)
+                        await off_loop(self._prepare)(hook)
                         self.prepared = True
                     if self.turn:
-                        mine, last_before = await _off_loop(self._my_turn)()
+                        mine, last_before = await off_loop(self._my_turn)()
                         if not mine and last_before is None:
                             await asyncio.sleep(self.poll_interval)
                             continue
-                    status = await _off_loop(self._status)(hook, seen)
+                    status = await off_loop(self._status)(hook, seen)
                     if self.turn and not mine:  # one VM is left before this one: its job's start on the host is the turn
                         mine = status.host_job is not None and status.host_job.running and last_before in status.host_job.vms
                         if not mine:
@@ -220,12 +231,6 @@ class BackupJobTrigger(BaseTrigger):
                     await asyncio.sleep(self.poll_interval)
         finally:
             await self.cleanup()
-
-    async def cleanup(self) -> None:
-        """Delete the wait's remote shell, once (also after the triggerer cancelled the wait)."""
-        hook, self._hook = getattr(self, "_hook", None), None
-        if hook is not None:
-            await _off_loop(hook.close)()
 
 
 def _duration(seconds: float) -> str:
