@@ -26,6 +26,8 @@ def environment(home: Path, out: Path, port: int) -> dict[str, str]:
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin", "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port), "HYPERV_BACKUP_INVENTORY": str(out / "inventory.yaml"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),  # the fleet page
+        "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
         "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
     }
 

@@ -236,6 +236,19 @@ def record_restore_test(engine: Engine, key: dict[str, Any], values: dict[str, A
         db.execute(statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now}))
 
 
+def latest_per_vm(engine: Engine) -> list[dict[str, Any]]:
+    """Each VM's newest row (its last backup, or the one under way), with its newest successful job start as
+    `last_good`: the fleet page's facts, two grouped reads whatever the catalog's size."""
+    newest = select(func.max(vm_backups.c.id).label("id")).group_by(vm_backups.c.host, vm_backups.c.vm_name).subquery()
+    good = (select(vm_backups.c.host, vm_backups.c.vm_name, func.max(vm_backups.c.job_started_at).label("last_good"))
+            .where(vm_backups.c.status == Status.SUCCEEDED).group_by(vm_backups.c.host, vm_backups.c.vm_name).subquery())
+    query = (select(vm_backups, good.c.last_good).join(newest, vm_backups.c.id == newest.c.id)
+             .outerjoin(good, (good.c.host == vm_backups.c.host) & (good.c.vm_name == vm_backups.c.vm_name))
+             .order_by(vm_backups.c.host, vm_backups.c.vm_name))
+    with engine.connect() as db:
+        return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()} for row in db.execute(query)]
+
+
 def last_tested(engine: Engine, host: str) -> dict[str, datetime]:
     """Each VM's newest restore test on a host (its end, UTC), whatever its outcome: the rotation's order."""
     query = (select(restore_tests.c.vm_name, func.max(restore_tests.c.finished_at)).where(restore_tests.c.host == host)

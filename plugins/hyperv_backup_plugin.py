@@ -1,0 +1,15 @@
+"""The Airflow plugin of the Hyper-V backups: the fleet page (docs/fleet-page.md) in the UI's navigation.
+
+Airflow loads it from its plugins folder (this folder: `[core] plugins_folder`, or /opt/airflow/plugins in the
+Docker deployment). The package `hyperv_backup/` beside it is not a plugin (.airflowignore).
+"""
+
+from airflow.plugins_manager import AirflowPlugin
+from hyperv_backup.fleet_app import app
+
+
+class HyperVBackupPlugin(AirflowPlugin):
+    name = "hyperv_backup"
+    fastapi_apps = [{"app": app, "url_prefix": "/hyperv-backup", "name": "Hyper-V backup fleet"}]
+    external_views = [{"name": "Hyper-V fleet", "href": "/hyperv-backup/fleet", "destination": "nav", "url_route": "hyperv-fleet",
+                       "category": "browse"}]
