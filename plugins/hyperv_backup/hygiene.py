@@ -111,6 +111,17 @@ def remediate(run_script: Callable[..., dict[str, Any]], findings: list[Finding]
     return done
 
 
+def approval_options(results: list[dict[str, Any]]) -> dict[str, tuple[str, Finding]]:
+    """What an administrator is asked to approve (remediate: ask): one option per Recovery checkpoint a backup left,
+    labelled `HOST / VM: checkpoint name`, with its host and finding (the checkpoint's id decides, not the label)."""
+    offered = {}
+    for result in results:
+        for finding in (Finding(**f) for f in result.get("findings") or []):
+            if finding.removable:
+                offered[f"{result['host']} / {finding.vm_name}: {finding.subject}"] = (result["host"], finding)
+    return offered
+
+
 KIND_LABELS = {RECOVERY_LEFT: "Recovery checkpoint left by a backup", UNEXPLAINED_AVHDX: ".avhdx that no checkpoint explains",
                CHECKPOINTS_DISABLED: "checkpoints disabled"}
 

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, float | int | bool | str | None] = {
     "restore_test_schedule": "0 12 * * 6",  # Saturdays at noon UTC, outside the nights' windows
     "restore_heartbeat_minutes": 20.0,
     "resume_after_seconds": 5.0,
+    "approval_timeout_hours": 12.0,
 }
 
 
@@ -93,6 +94,11 @@ def resume_after_seconds() -> float:
     whose trigger fired before the scheduler had read the worker's exit from the deferral (apache/airflow#72716, open):
     a phase over on the host within a second would otherwise fail its test."""
     return _get("resume_after_seconds")
+
+
+def approval_timeout() -> timedelta:
+    """How long the checkpoint audit waits for an administrator's decision (remediate: ask) before it removes nothing."""
+    return timedelta(hours=_get("approval_timeout_hours"))
 
 
 def job_attempts() -> int:
