@@ -43,7 +43,7 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     result = _load(inventory, tmp_path)
     assert result["errors"] == {}
     assert sorted(result["dags"]) == ["hyperv_backup_hv01", "hyperv_backup_hv02", "hyperv_backup_preflight", "hyperv_backup_report",
-                                      "hyperv_checkpoint_audit", "hyperv_restore_test"]
+                                      "hyperv_checkpoint_audit", "hyperv_restore_test", "hyperv_rpo_watch"]
     dag = result["dags"]["hyperv_backup_hv01"]
     assert dag["max_active_runs"] == 1 and dag["doc"] and "HV01" in dag["tags"]
     assert dag["params"] == ["force", "plan_only", "vms"]
@@ -60,7 +60,7 @@ def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path
     inventory.write_text("hosts:\n  - name: HV01\n    connection: winrm_hv01\n    windw: {start: '22:00'}\n")
     result = _load(inventory, tmp_path)
     assert sorted(result["dags"]) == ["hyperv_backup_preflight", "hyperv_backup_report", "hyperv_checkpoint_audit",
-                                      "hyperv_restore_test"]  # the others keep loading
+                                      "hyperv_restore_test", "hyperv_rpo_watch"]  # the others keep loading
     (path, error), = result["errors"].items()
     assert path.endswith("hyperv_backup.py")
     assert f"{inventory}, line 4: unknown key `windw` in a host" in error

@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from . import catalog, settings, windows
+from . import catalog, rpo_dag, settings, windows
 from .errors import HostError
 from .facts import Status
 from .inventory import HostEntry, Inventory
@@ -37,6 +37,10 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
     doc = (f"### Hyper-V backups of {host}\n\nEach VM: probe → snapshot/checkpoint → verify merge → copy → verify, "
            f"one Windows Server Backup job at a time, to `{target}`. Window {entry.window.start}–{entry.window.end} "
            f"({entry.window.timezone}). Results go to the catalog (`vm_backups`); inventory: `{inventory.source}`.")
+    deadline = rpo_dag.deadline(entry)  # the window's end: a run still going or failed then mails the VMs at risk
+    if deadline is None:
+        doc += (f"\n\nNo deadline at the window's end: Airflow's plugins folder lacks `{rpo_dag.PLUGIN_FILE}` "
+                "(docs/alerts.md).")
     with DAG(
         dag_id=dag_id(entry),
         schedule=_schedule(entry.schedule, entry.window.timezone),
@@ -46,6 +50,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", host],
         doc_md=doc,
+        deadline=deadline,
         # "upstream": a VM's later steps go before the next VMs' probes when worker slots are short, so the
         # VM whose turn is next is deferred on the host by the time the job before it ends
         default_args=settings.retry_policy() | {"execution_timeout": settings.step_timeout(), "weight_rule": "upstream"},

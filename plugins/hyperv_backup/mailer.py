@@ -18,6 +18,17 @@ from pathlib import Path
 from . import catalog
 from .settings import catalog_engine
 
+TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
+
+
+def page(template: str, **values) -> str:
+    """A mail's page from its template, by Jinja alone: an alert sent from the triggerer does without the report's
+    renderer (pandas, matplotlib). Autoescaped, so a VM named `<script>` is text."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"])).get_template(
+        template).render(**values)
+
 
 def message(subject: str, html: str, sender: str, recipients: list[str], message_id: str, files: Sequence[Path] = ()) -> EmailMessage:
     """The standard shape of a mail with inline images, built with Python's `email` package:
@@ -48,10 +59,11 @@ def message(subject: str, html: str, sender: str, recipients: list[str], message
     return mail
 
 
-def send_once(key: str, subject: str, html: str, recipients: list[str], files: Sequence[Path] = ()) -> str:
+def send_once(key: str, subject: str, html: str, recipients: list[str], files: Sequence[Path] = (), also: Sequence[str] = ()) -> str:
     """Send unless the ledger has `key`. PNG files are shown inline (the HTML refers to them as
     `cid:<file name>`), the others attached. Sent through the `smtp_default` connection's server,
-    with its TLS and login settings (the provider's SmtpHook)."""
+    with its TLS and login settings (the provider's SmtpHook). The ledger records the mail under `key` and
+    under each of `also` (what the mail told, such as each RPO breach), so none is told twice."""
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
     engine = catalog_engine()
@@ -67,7 +79,8 @@ def send_once(key: str, subject: str, html: str, recipients: list[str], files: S
         # The provider builds its own MIME (every file an octet-stream attachment) and has no public call for a
         # message built elsewhere; its connected client sends this one, as its own send_email_smtp does.
         smtp._smtp_client.send_message(mail, from_addr=sender, to_addrs=recipients)
-    catalog.record_mail(engine, key, message_id, subject, recipients, datetime.now(UTC))
+    for told in (key, *also):
+        catalog.record_mail(engine, told, message_id, subject, recipients, datetime.now(UTC))
     return f"sent to {', '.join(recipients)}: {subject}"
 
 
@@ -100,12 +113,14 @@ class _Text(HTMLParser):
             self.lines.append("")
 
     def handle_data(self, data):
-        if not self.skip:
-            self.lines[-1] += " ".join(data.split()) if data.strip() else ""
+        """Whitespace collapsed to one space, kept at the edges: `run <code>x</code> of` reads "run x of"."""
+        if not self.skip and data:
+            text = " ".join(data.split())
+            self.lines[-1] += (" " if data[0].isspace() else "") + text + (" " if text and data[-1].isspace() else "")
 
 
 def text_of(html: str) -> str:
     parser = _Text()
     parser.feed(html)
-    lines = [line.strip() for line in parser.lines]
+    lines = [" ".join(line.split()) for line in parser.lines]
     return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1])).strip() + "\n"

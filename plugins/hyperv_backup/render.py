@@ -16,9 +16,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import charts, hygiene
+from .mailer import TEMPLATES
 from .report import Report
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
 
 
 @dataclass

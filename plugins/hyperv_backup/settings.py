@@ -32,6 +32,7 @@ DEFAULTS: dict[str, float | int | bool | str | None] = {
     "restore_heartbeat_minutes": 20.0,
     "resume_after_seconds": 5.0,
     "approval_timeout_hours": 12.0,
+    "rpo_watch_schedule": "0 * * * *",  # hourly
 }
 
 
@@ -94,6 +95,12 @@ def resume_after_seconds() -> float:
     whose trigger fired before the scheduler had read the worker's exit from the deferral (apache/airflow#72716, open):
     a phase over on the host within a second would otherwise fail its test."""
     return _get("resume_after_seconds")
+
+
+def rpo_watch_schedule() -> str | None:
+    """When the RPO watch looks for VMs past their RPO (cron, UTC): a breach is mailed within this long of happening.
+    Empty: only when run by hand."""
+    return _get("rpo_watch_schedule") or None
 
 
 def approval_timeout() -> timedelta:

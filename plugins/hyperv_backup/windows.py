@@ -73,6 +73,12 @@ class Window:
         """When a job may last start for a run due at `moment`: the window's end plus the grace."""
         return self.bounds(moment)[1] + timedelta(minutes=self.grace_minutes)
 
+    def next_close(self, moment: datetime) -> datetime:
+        """The end (UTC, no grace) of the first window that closes after `moment`: a VM's next chance of a backup. 27 hours
+        after a window opened lies, whatever daylight saving does, between the next night's opening and the one after."""
+        start, end = self.bounds(moment)
+        return end if end > moment else self.bounds(start + timedelta(hours=27))[1]
+
     def describe(self) -> str:
         grace = f" + {self.grace_minutes} min grace" if self.grace_minutes else ""
         return f"{self.start}-{self.end} {self.timezone}{grace}"
