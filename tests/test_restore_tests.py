@@ -178,6 +178,7 @@ def test_a_catalog_of_version_4_gains_restore_tests_and_a_retried_test_updates_i
                                 NOW + timedelta(minutes=5))
     catalog.record_restore_test(engine, key | {"run_id": "scheduled__0", "vm_name": "B"}, first | {"finished_at": NOW - timedelta(days=9)}, NOW)
     assert catalog.last_tested(engine, "HV01") == {"A": NOW, "B": NOW - timedelta(days=9)}
-    last = catalog.last_restore_tests(engine, NOW + timedelta(hours=1)).set_index("vm_name")
-    assert len(last) == 2 and last.loc["A", "status"] == "succeeded" and last.loc["A", "heartbeat_seconds"] == 97.5
-    assert list(catalog.last_restore_tests(engine, NOW)["vm_name"]) == ["B"]  # A's test ended at NOW, not before it
+    last = {r["vm_name"]: r for r in catalog.last_restore_tests(engine, NOW + timedelta(hours=1))}
+    assert len(last) == 2 and last["A"]["status"] == "succeeded" and last["A"]["heartbeat_seconds"] == 97.5
+    assert last["A"]["finished_at"] == NOW and last["A"]["finished_at"].tzinfo == UTC  # aware, whatever the backend
+    assert [r["vm_name"] for r in catalog.last_restore_tests(engine, NOW)] == ["B"]  # A's test ended at NOW, not before it

@@ -68,7 +68,7 @@ def test_the_next_chance_is_the_end_of_the_next_window_in_the_hosts_time(moment,
 
 
 def test_the_deadline_reference_survives_serialization():
-    reference = WindowEnd(start="23:30", end="01:15", timezone="Asia/Kolkata", grace_minutes=20)
+    reference = WindowEnd({"start": "23:30", "end": "01:15", "timezone": "Asia/Kolkata", "grace_minutes": 20})
     data = reference.serialize_reference()
     assert data["window"] == {"start": "23:30", "end": "01:15", "timezone": "Asia/Kolkata", "grace_minutes": 20}
     assert WindowEnd.deserialize_reference(data) == reference

@@ -257,21 +257,21 @@ def last_tested(engine: Engine, host: str) -> dict[str, datetime]:
         return {name: _utc(at) for name, at in db.execute(query) if at is not None}
 
 
-def last_restore_tests(engine: Engine, at: datetime | None = None):
-    """Each VM's newest restore test (finished before `at`), as a pandas DataFrame: host, vm_name, finished_at,
-    status, heartbeat_seconds, backup_version, restored_as, error, cleaned_up."""
-    import pandas as pd
+RESTORE_TEST_COLUMNS = ("host", "vm_name", "finished_at", "status", "heartbeat_seconds", "backup_version", "restored_as", "error",
+                        "cleaned_up")
 
+
+def last_restore_tests(engine: Engine, at: datetime | None = None) -> list[dict[str, Any]]:
+    """Each VM's newest restore test (finished before `at`): `RESTORE_TEST_COLUMNS`, times UTC."""
     newest = select(restore_tests.c.host, restore_tests.c.vm_name, func.max(restore_tests.c.finished_at).label("finished_at"))
     if at is not None:
         newest = newest.where(restore_tests.c.finished_at < _as_utc(at))
     newest = newest.group_by(restore_tests.c.host, restore_tests.c.vm_name).subquery()
-    query = select(*[restore_tests.c[n] for n in ("host", "vm_name", "finished_at", "status", "heartbeat_seconds", "backup_version",
-                                                  "restored_as", "error", "cleaned_up")]).join(
+    query = select(*[restore_tests.c[n] for n in RESTORE_TEST_COLUMNS]).join(
         newest, (restore_tests.c.host == newest.c.host) & (restore_tests.c.vm_name == newest.c.vm_name)
         & (restore_tests.c.finished_at == newest.c.finished_at))
     with engine.connect() as db:
-        return pd.read_sql(query, db)
+        return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()} for row in db.execute(query)]
 
 
 def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:

@@ -29,11 +29,7 @@ def _fleet() -> tuple[list, list, datetime]:
     from .inventory import load_inventory
 
     engine, now = settings.catalog_engine(), datetime.now(UTC)
-    tested = catalog.last_restore_tests(engine)
-    tests = {(r["host"], r["vm_name"]): r for r in tested.to_dict("records")}
-    for test in tests.values():
-        test["finished_at"] = test["finished_at"].to_pydatetime() if hasattr(test["finished_at"], "to_pydatetime") else test["finished_at"]
-        test["error"] = test["error"] if isinstance(test["error"], str) else None
+    tests = {(r["host"], r["vm_name"]): r for r in catalog.last_restore_tests(engine)}
     vm_lines = fleet.lines(catalog.latest_per_vm(engine), tests, {h.name: h.rpo_hours for h in load_inventory().hosts}, now)
     return fleet.hosts(vm_lines), vm_lines, now
 

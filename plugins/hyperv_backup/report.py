@@ -71,7 +71,7 @@ def read(engine, interval: Interval, days: int = TREND_DAYS) -> Inputs:
 
     return Inputs(catalog.interval_rows(engine, interval.start, interval.end), catalog.last_good_per_vm(engine, interval.end),
                   catalog.daily_totals(engine, interval.end - timedelta(days=days), interval.end),
-                  catalog.last_restore_tests(engine, interval.end))
+                  pd.DataFrame(catalog.last_restore_tests(engine, interval.end), columns=list(catalog.RESTORE_TEST_COLUMNS)))
 
 
 def _utc(frame: pd.DataFrame, columns) -> pd.DataFrame:

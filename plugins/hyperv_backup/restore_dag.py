@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator, Param, task
@@ -113,7 +114,7 @@ class RestoreTestOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         name = restore.copy_name(self.vm_name, datetime.now(UTC))
-        test = {"name": name, "folder": restore.folder(self._entry().restore_test_path, name), "since": None}
+        test = {"name": name, "folder": restore.folder(self._entry.restore_test_path, name), "since": None}
         return self._start(context, test)
 
     def resume_host(self, context, event: dict) -> dict:
@@ -178,7 +179,7 @@ class RestoreTestOperator(BaseOperator):
     def _defer(self, context, test: dict, phase: Phase, deadline: datetime, method: str):
         from .operators import triggers_inline  # dag.test runs the trigger itself: no race to settle
 
-        self.defer(trigger=RestoreTestTrigger(self._entry().connection, test, str(phase), deadline.isoformat(),
+        self.defer(trigger=RestoreTestTrigger(self._entry.connection, test, str(phase), deadline.isoformat(),
                                               settings.host_wait().total_seconds(), settings.poll_seconds(),
                                               settings.host_silence().total_seconds(), 0 if triggers_inline(context) else settings.resume_after_seconds()),
                    method_name=method)
@@ -190,7 +191,7 @@ class RestoreTestOperator(BaseOperator):
 
         cleaned, finished = None, None
         try:
-            removed = self._run("Remove-HvbRestoreCopy", Root=self._entry().restore_test_path, Name=test["name"])
+            removed = self._run("Remove-HvbRestoreCopy", Root=self._entry.restore_test_path, Name=test["name"])
             after = TestStatus.from_json(self._run("Get-HvbRestoreTest", Folder=test["folder"], CopyName=test["name"],
                                                    SinceUtc=test["since"] or removed["clock_utc"]))
             cleaned, finished = after.copy is None and after.files == 0, after.clock
@@ -209,13 +210,15 @@ class RestoreTestOperator(BaseOperator):
             raise AirflowFailException(f"{self.host_name} {self.vm_name}: the restore test failed: {error}")
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
+    @cached_property
     def _entry(self):
+        """The host's inventory entry, read once per task process (each phase of a test is one)."""
         return next(h for h in load_inventory().hosts if h.name == self.host_name)
 
     def _run(self, script: str, **params) -> dict:
         from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
 
-        with HyperVHook(self._entry().connection).session() as hook:
+        with HyperVHook(self._entry.connection).session() as hook:
             return hook.run_script(script, **params)
 
 

@@ -4,9 +4,9 @@
   its jobs may start in, plus the grace (`windows.job_deadline`, the same moment the run itself starts no job after),
   in the host's time zone whatever daylight saving does. Manual runs and backfills have none: no window holds them.
   A run created after its window ends (its VMs are deferred) has none either. Airflow evaluates the reference when it
-  creates the run; the plugin registers the class so the scheduler can
-  (plugins/hyperv_backup_plugin.py). A run that succeeds before its deadline has its deadline dropped by Airflow; a
-  run still going or failed at the deadline has `window_closed` called in the triggerer.
+  creates the run, in the scheduler, which knows the class from the plugin (plugins/hyperv_backup_plugin.py). A run
+  that succeeds before its deadline has it dropped by Airflow; a run still going or failed then has `window_closed`
+  called in the triggerer.
 - `window_closed` mails the administrators once (ledger key `deadline/<dag>/<run>`), naming the VMs at risk of
   their RPO (`rpo.left_at_risk`); nothing at risk, no mail.
 - The DAG `hyperv_rpo_watch` looks at the catalog every hour (`[hyperv_backup] rpo_watch_schedule`) and mails each
@@ -19,7 +19,7 @@ whose clock runs `speed` times faster, it is real time.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -40,19 +40,16 @@ PLUGIN_FILE = "hyperv_backup_plugin.py"  # registers WindowEnd (plugins/hyperv_b
 class WindowEnd(BaseDeadlineReference):
     """The end of the backup window (plus grace) of the host whose scheduled run this is (the run's logical time)."""
 
-    start: str = "22:00"
-    end: str = "06:00"
-    timezone: str = "UTC"
-    grace_minutes: int = 0
+    window: dict[str, Any] = field(default_factory=dict)  # the host's `windows.Window`, as its fields
 
     required_kwargs: ClassVar[set[str]] = {"dag_id", "run_id"}
 
     def serialize_reference(self) -> dict[str, Any]:
-        return super().serialize_reference() | {"window": asdict(self)}
+        return super().serialize_reference() | {"window": self.window}
 
     @classmethod
     def deserialize_reference(cls, reference_data: dict[str, Any]) -> WindowEnd:
-        return cls(**reference_data["window"])
+        return cls(reference_data["window"])
 
     def _evaluate_with(self, *, session, dag_id: str, run_id: str, **kwargs: Any) -> datetime | None:
         from airflow.models import DagRun
@@ -63,7 +60,7 @@ class WindowEnd(BaseDeadlineReference):
         if run is None:
             return None
         due = run.data_interval_end or run.logical_date
-        end = job_deadline(Window(**asdict(self)), run_kind(run.run_type), due, force=False)
+        end = job_deadline(Window(**self.window), run_kind(run.run_type), due, force=False)
         # A run created after its window (Airflow was down; a new DAG's first run is for the last slot missed) starts no
         # job and records its VMs deferred; a deadline already past would only alert at once about that, not in time.
         return end if end is not None and end > datetime.now(UTC) else None
@@ -75,7 +72,7 @@ def deadline(entry: HostEntry) -> DeadlineAlert | None:
     read, and every run of the DAG would fail to start."""
     if not plugin_installed():
         return None
-    return DeadlineAlert(reference=WindowEnd(**asdict(entry.window)), interval=timedelta(0),
+    return DeadlineAlert(reference=WindowEnd(asdict(entry.window)), interval=timedelta(0),
                          callback=AsyncCallback(window_closed, kwargs={"host": entry.name}), name="window end")
 
 
