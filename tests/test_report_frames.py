@@ -5,11 +5,13 @@ is written to a real (in-memory SQLite) catalog and read back as the report read
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from hyperv_backup import catalog, report
+from hyperv_backup import catalog, render, report
 from hyperv_backup.windows import Window
 
 NIGHT = report.Interval(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
@@ -26,7 +28,7 @@ def row(host, vm, status="succeeded", start=0.0, minutes=30.0, mode="online", du
             "job_started_at": started, "job_finished_at": finished, "snapshot_at": started + timedelta(minutes=1),
             "merged_at": started + timedelta(minutes=2), "bytes_copied": 60 * 1024**3, "offline_seconds": 0.0,
             "uptime_reset": False, "backup_version": f"{finished:%m/%d/%Y-%H:%M}", "missed": None, "updated_at": finished,
-            "attempts": 1, "host_restarted": False, "run_kind": "scheduled"}
+            "attempts": 1, "host_restarted": False, "host_fault": False, "run_kind": "scheduled"}
     return base | extra
 
 
@@ -150,3 +152,16 @@ def test_a_job_with_no_recorded_end_is_drawn_open_and_the_legend_shows_only_what
     labels = [p.get_label() for p in charts.legend_entries(spans, window_drawn=False)]
     assert labels == ["online", "failed", "no end recorded"]
     assert charts.gantt(built.vms, built.windows.iloc[0:0]).startswith(b"\x89PNG")
+
+
+def test_a_host_that_could_not_be_reached_is_told_once_with_the_vms_it_kept_from_their_backup():
+    unreachable = "HV02: connection lost (refused, cut or timed out). check that the host is up"
+    built = build([row("HV01", "DC01"), row("HV01", "SQL01", status="failed", error="0x80070070 target full", host_fault=False),
+                   *(row("HV02", vm, status="failed", error=unreachable, host_fault=True, minutes=0) for vm in ("FS01", "WEB01"))])
+    assert built.summary.subject == "Hyper-V backups 2026-11-23: 1/4 succeeded, 3 failed, HV02 failed as a whole (2 VMs), 3 VMs past RPO"
+    windows = built.windows.set_index("host")
+    assert windows.loc["HV02", "fault"] == unreachable and windows.loc["HV02", "fault_vms"] == 2
+    assert windows.loc["HV01", "fault"] == "" and windows.loc["HV01", "fault_vms"] == 0  # a VM's own failure is its own
+    html = render.render(built, Path(tempfile.mkdtemp()), "night").html.read_text()
+    assert html.count(unreachable) == 1 and html.count("the host&#39;s fault (see Backup windows)") == 2
+    assert "0x80070070 target full" in html

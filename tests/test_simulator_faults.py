@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError
+from airflow.sdk.exceptions import AirflowFailException
+from hyperv_backup import catalog
+from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError, told_once
 from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.operators import outcome
+from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import first_trigger_event, use_connection, winrm_connection
 
@@ -190,3 +194,23 @@ def test_a_waiting_status_answers_when_the_host_changes_and_not_before(start_fle
     same = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id, WaitSeconds=120, Seen=done["change_key"])  # 2 s real at 60x
     assert same["change_key"] == done["change_key"] and 1.5 < time.monotonic() - began < 15
     assert [e for e in running.journal() if e["event"] == "command"][-1]["script"] == "Get-HvbVMBackupStatus"
+
+
+def test_a_host_that_refuses_the_credentials_fails_the_vm_as_the_hosts_fault_until_it_answers(start_fleet, monkeypatch, tmp_path):
+    """Through the steps as the DAG's tasks run them: the row says whose fault the failure was, and a later try that
+    reaches the host clears it. A VM's own failure (its target missing) is never the host's."""
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "auth_fail", "at": "probe"}])
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    run = RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1")
+    with pytest.raises(AirflowFailException, match="refused the credentials"), outcome(steps := BackupSteps(hook, engine, run, "E:")):
+        steps.probe()
+    first = catalog.row(engine, run.key())
+    assert (first["status"], first["host_fault"]) == ("failed", True)
+    assert told_once([first, first | {"vm_name": "VM2"}]) == [f"HV01: {first['error']} (the host's fault: 2 VM(s) not backed up: VM1, VM2)"]
+    with outcome(steps := BackupSteps(hook, engine, run, "E:")):
+        steps.probe()
+    assert (catalog.row(engine, run.key())["status"], catalog.row(engine, run.key())["host_fault"]) == ("running", False)
+    with pytest.raises(AirflowFailException, match="does not exist"), outcome(steps := BackupSteps(hook, engine, run, "Q:")):
+        steps.probe()  # a target the host does not have: the VM's own failure
+    last = catalog.row(engine, run.key())
+    assert (last["status"], last["host_fault"]) == ("failed", False) and told_once([last]) == [f"VM1: {last['error']}"]

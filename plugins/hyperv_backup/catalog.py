@@ -68,6 +68,7 @@ vm_backups = Table(
     Column("missed", Text),  # extension: why this interval was not backed up on time (set by backfills)
     Column("attempts", Integer),  # Windows Server Backup jobs started for this row (a new one after a transient failure or a restart)
     Column("host_restarted", Boolean),  # the host restarted during the backup (its uptime reset is no checkpoint)
+    Column("host_fault", Boolean),  # it failed because its host could not be reached or refused us: the host's fault, told once
     Column("run_kind", String(32)),  # scheduled, manual or backfill: who asked for this backup
     Column("restore_points", Integer),  # backup versions holding the VM on its target after this backup (the host's list)
     Column("oldest_restore_point", DateTime(timezone=True)),  # the oldest of them
@@ -144,6 +145,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (3, ("run_kind",)),  # and INDEXES; rows of earlier versions get their run's kind from the run id
     (4, ("restore_points", "oldest_restore_point")),
     (5, ()),  # the restore_tests table (created with the tables added since)
+    (6, ("host_fault",)),
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
 from . import catalog, rpo_dag, settings, windows
-from .errors import HostError
+from .errors import HostError, told_once
 from .facts import Status
 from .inventory import HostEntry, Inventory
 from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
@@ -94,7 +94,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             error's own words (unreachable, refused credentials, untrusted certificate are different fixes)."""
             known = set(catalog.last_good(settings.catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
             for vm_name in sorted(known):
-                _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}")
+                _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}", host_fault=True)
 
         @task(map_index_template="{{ vm_name }}")
         def probe(vm_name: str, params=None) -> dict:
@@ -131,10 +131,10 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             (`--reprocess-behavior failed`) and alerting see it; the rerun then redoes only those VMs."""
             dag_run = get_current_context()["dag_run"]
             rows = catalog.rows(settings.catalog_engine(), dag_id=dag_run.dag_id, run_id=dag_run.run_id)
-            failed = [f"{r['vm_name']}: {r['error']}" for r in rows if r["status"] in (Status.FAILED, Status.RUNNING)]
+            failed = [r for r in rows if r["status"] in (Status.FAILED, Status.RUNNING)]
             counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Status if any(r["status"] == s for r in rows))
             if failed:
-                raise AirflowFailException(f"{len(failed)} of {len(rows)} VMs not backed up ({counts}):\n" + "\n".join(failed))
+                raise AirflowFailException(f"{len(failed)} of {len(rows)} VMs not backed up ({counts}):\n" + "\n".join(told_once(failed)))
             return counts or "no VM in this run"
 
         backup_vm.expand(vm_name=select_vms()) >> catalog_updated() >> every_vm_accounted_for()

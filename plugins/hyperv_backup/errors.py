@@ -6,6 +6,8 @@ whether to retry (transient), wait (busy) or stop with the advice (permanent).
 
 from __future__ import annotations
 
+from .facts import Status
+
 
 class HostError(Exception):
     """A failure talking to, or on, a Hyper-V host. `advice` tells an admin what to do; `cause` names a failure
@@ -15,6 +17,29 @@ class HostError(Exception):
         self.host, self.message, self.advice, self.script, self.cause = host, message, advice, script, cause
         where = f"{host}" + (f" ({script})" if script else "")
         super().__init__(f"{where}: {message}" + (f". {advice}" if advice else ""))
+
+    @property
+    def host_wide(self) -> bool:
+        """The host could not be reached or refused us: every VM of it fails alike, the fault is the host's."""
+        return self.cause is not None
+
+
+def host_faults(rows: list[dict]) -> dict[str, list[dict]]:
+    """A run's (or a night's) failed rows whose failure was their host's (`host_fault`), by host: told once per host
+    with its error and the VMs it kept from their backup, not once per VM."""
+    faults: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("host_fault") and row.get("status") == Status.FAILED:
+            faults.setdefault(row["host"], []).append(row)
+    return faults
+
+
+def told_once(rows: list[dict]) -> list[str]:
+    """Failed rows in an administrator's words: a host's fault once, with the VMs it hit; then each VM's own failure."""
+    faults = host_faults(rows)
+    lines = [f"{host}: {hit[0]['error']} (the host's fault: {len(hit)} VM(s) not backed up: {', '.join(r['vm_name'] for r in hit)})"
+             for host, hit in sorted(faults.items())]
+    return lines + [f"{r['vm_name']}: {r['error']}" for r in rows if not (r.get("host_fault") and r.get("status") == Status.FAILED)]
 
 
 class TransientHostError(HostError):

@@ -90,10 +90,10 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
     except NotThisTime as reason:
         raise AirflowSkipException(str(reason)) from None
     except PermanentHostError as error:
-        steps.record(status=Status.FAILED, error=str(error))
+        steps.record(status=Status.FAILED, error=str(error), host_fault=error.host_wide)
         raise AirflowFailException(str(error)) from None
     except HostError as error:
-        steps.record(status=Status.FAILED, error=str(error))
+        steps.record(status=Status.FAILED, error=str(error), host_fault=error.host_wide)
         raise
 
 

@@ -12,12 +12,13 @@ update). Times are UTC throughout; a host's window is converted from its own tim
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
+from .errors import host_faults
 from .facts import Status
 from .windows import Window
 
@@ -27,7 +28,7 @@ TIME_COLUMNS = ("interval_start", "interval_end", "job_started_at", "job_finishe
                 "oldest_restore_point")
 VM_COLUMNS = ["host", "vm_name", "run_kind", "status", "predicted_mode", "mode", "reasons", "started", "finished", "duration_s", "gb",
               "mb_s", "offline_s", "uptime_reset", "merge_s", "backup_version", "error", "missed", "attempts", "host_restarted",
-              "restore_points", "oldest_restore_point", "few_restore_points", "surprise"]
+              "host_fault", "restore_points", "oldest_restore_point", "few_restore_points", "surprise"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def vm_table(rows: pd.DataFrame, min_restore_points: dict[str, int] | None = Non
         "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
         "attempts": rows["attempts"].astype("Int64"), "host_restarted": rows["host_restarted"].astype("boolean"),
+        "host_fault": rows["host_fault"].astype("boolean").fillna(False) if "host_fault" in rows else False,
         "restore_points": rows["restore_points"].astype("Int64"), "oldest_restore_point": rows["oldest_restore_point"],
     })
     least = rows["host"].map(min_restore_points or {}).fillna(1)
@@ -138,6 +140,7 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
     scheduled = rows["run_kind"] == "scheduled"
     due = rows[scheduled].groupby("host")["due"].min()
     ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
+    faults = host_faults(vms.to_dict("records"))
     records = []
     for host in hosts:
         window = windows.get(host)
@@ -150,9 +153,10 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
             "vms": int((vms["host"] == host).sum()), "held": late.empty if host in due else None,
             "overran": ", ".join(late["vm_name"]),
             "window": window.describe() if window is not None else "",
+            "fault": faults[host][0]["error"] if host in faults else "", "fault_vms": len(faults.get(host, [])),
         })
     return pd.DataFrame(records, columns=["host", "planned_start", "planned_end", "first_start", "last_end", "vms", "held",
-                                          "overran", "window"])
+                                          "overran", "window", "fault", "fault_vms"])
 
 
 def rpo_table(known: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], default_rpo: float = 24.0) -> pd.DataFrame:
@@ -229,6 +233,7 @@ class Summary:
     overran: list[str]
     breaches: int
     surprises: int = 0
+    host_faults: dict[str, int] = field(default_factory=dict)  # host -> VMs its fault kept from their backup
 
     @property
     def subject(self) -> str:
@@ -238,6 +243,7 @@ class Summary:
         else:
             parts = [f"{self.succeeded}/{self.total} succeeded"]
             parts += [f"{self.by_status[s]} {s}" for s in STATUS_ORDER[1:] if self.by_status.get(s)]
+        parts += [f"{host} failed as a whole ({n} VM{'s' if n != 1 else ''})" for host, n in sorted(self.host_faults.items())]
         if self.overran:
             parts.append(f"window overran on {', '.join(self.overran)}")
         if self.breaches:
@@ -253,7 +259,8 @@ def summarize(interval: Interval, vms: pd.DataFrame, windows: pd.DataFrame, rpo:
         label=interval.label, total=len(vms), succeeded=int(counts.get(Status.SUCCEEDED, 0)), failed=int(counts.get(Status.FAILED, 0)),
         by_status={str(k): int(v) for k, v in counts.items()},
         overran=sorted(windows.loc[windows["held"].eq(False), "host"]), breaches=int(rpo["breach"].sum()),
-        surprises=int(vms["surprise"].notna().sum()))
+        surprises=int(vms["surprise"].notna().sum()),
+        host_faults={h: int(n) for h, n in windows.loc[windows["fault_vms"] > 0, ["host", "fault_vms"]].itertuples(index=False)})
 
 
 @dataclass

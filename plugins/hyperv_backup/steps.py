@@ -119,6 +119,9 @@ class BackupSteps:
         self.log = logging.getLogger(__name__)
 
     def record(self, **values: Any) -> None:
+        """Upsert the VM's row. A status written says whose fault a failure is (`host_fault`); any other clears it."""
+        if "status" in values:
+            values.setdefault("host_fault", False)
         base = {"interval_start": self.run.interval_start, "interval_end": self.run.interval_end}
         if self.run.kind:
             base["run_kind"] = self.run.kind
