@@ -106,7 +106,7 @@ def vm_table(rows: pd.DataFrame, min_restore_points: dict[str, int] | None = Non
         "merge_s": (rows["merged_at"] - rows["snapshot_at"]).dt.total_seconds().where(rows["mode"].eq("checkpoint")),
         "backup_version": rows["backup_version"], "error": rows["error"], "missed": rows["missed"],
         "attempts": rows["attempts"].astype("Int64"), "host_restarted": rows["host_restarted"].astype("boolean"),
-        "host_fault": rows["host_fault"].astype("boolean").fillna(False) if "host_fault" in rows else False,
+        "host_fault": rows["host_fault"].astype("boolean").fillna(False),  # NULL: a row from before schema 6, which did not say
         "restore_points": rows["restore_points"].astype("Int64"), "oldest_restore_point": rows["oldest_restore_point"],
     })
     least = rows["host"].map(min_restore_points or {}).fillna(1)
