@@ -21,13 +21,17 @@ from .settings import catalog_engine
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
 
 
-def page(template: str, **values) -> str:
-    """A mail's page from its template, by Jinja alone: an alert sent from the triggerer does without the report's
-    renderer (pandas, matplotlib). Autoescaped, so a VM named `<script>` is text."""
+def environment():
+    """The project's templates (include/templates/), autoescaped, so a VM named `<script>` is text."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"])).get_template(
-        template).render(**values)
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+
+
+def page(template: str, **values) -> str:
+    """A mail's page from its template, by Jinja alone: an alert sent from the triggerer does without the report's
+    renderer (pandas, matplotlib)."""
+    return environment().get_template(template).render(**values)
 
 
 def message(subject: str, html: str, sender: str, recipients: list[str], message_id: str, files: Sequence[Path] = ()) -> EmailMessage:

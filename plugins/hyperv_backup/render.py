@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment
 
-from . import charts, hygiene
-from .mailer import TEMPLATES
+from . import charts, hygiene, mailer
 from .report import Report
 
 
@@ -52,7 +51,7 @@ def _time(fmt: str):
 
 
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env = mailer.environment()
     env.filters.update(num=_num, duration=_duration, hm=_time("%H:%M"), ymdhm=_time("%Y-%m-%d %H:%M"),
                        text=lambda value: "" if _missing(value) else value)
     return env

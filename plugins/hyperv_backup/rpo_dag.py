@@ -113,15 +113,15 @@ def _window_closed(host: str, dag_id: str, run_id: str, run_state: str, closed: 
     entry = next((h for h in inventory.hosts if h.name == host), None)
     if entry is None:
         return f"{host} is no longer in the inventory; nothing to tell"
-    engine = settings.catalog_engine()
+    engine, next_close = settings.catalog_engine(), entry.window.next_close(closed)
     exposed = rpo.left_at_risk(host, _selected_latest([entry], engine), catalog.rows(engine, dag_id=dag_id, run_id=run_id),
-                               entry.rpo_hours, entry.window.next_close(closed))
+                               entry.rpo_hours, next_close)
     if not exposed:
         return f"{host}: the window closed with the run {run_state}; no VM is at risk of its RPO"
     if not inventory.admin_recipients:
         return f"{host}: {len(exposed)} VM(s) at risk of their RPO, but the inventory names no recipients"
     subject = rpo.deadline_subject(host, closed, run_state, exposed)
-    html = mailer.page("rpo.html.j2", subject=subject, exposed=exposed, now=closed, next_close=entry.window.next_close(closed),
+    html = mailer.page("rpo.html.j2", subject=subject, exposed=exposed, now=closed, next_close=next_close,
                        run_id=run_id, dag_id=dag_id, window=entry.window.describe())
     return mailer.send_once(f"deadline/{dag_id}/{run_id}", subject, html, inventory.admin_recipients)
 
