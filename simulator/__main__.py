@@ -19,14 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
 
 from . import ntlm  # noqa: E402
 from .certs import make_certificates  # noqa: E402
-from .model import Fleet  # noqa: E402
+from .host import Fleet  # noqa: E402
 from .scenario import ScenarioError, load_scenario  # noqa: E402
-from .server import serve_control, serve_host  # noqa: E402
+from .server import observed, serve_control, serve_host  # noqa: E402
 
 
-def dump(fleet: Fleet, directory: Path) -> None:
+def dump(fleet: Fleet, listeners: list, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "sim-state.json").write_text(json.dumps(fleet.state(), indent=1, ensure_ascii=False), encoding="utf-8")
+    state = observed(fleet, listeners)
+    (directory / "sim-state.json").write_text(json.dumps(state, indent=1, ensure_ascii=False), encoding="utf-8")
     with open(directory / "sim-journal.jsonl", "w", encoding="utf-8") as out:
         for line in fleet.journal_lines():
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             scheme = "https" if spec.transport == "ssl" else "http"
             print(f"host {spec.name} {spec.transport} {scheme}://127.0.0.1:{port}/wsman", flush=True)
         control_port = args.control_port if args.control_port is not None else scenario.control_port
-        control = serve_control(fleet, control_port, ca_path)
+        hosts = list(servers)
+        control = serve_control(fleet, control_port, ca_path, hosts)
         servers.append(control)
         print(f"control http://127.0.0.1:{control.server_address[1]}", flush=True)
         if ca_path:
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if ntlm_users:
         Path(ntlm_users).unlink(missing_ok=True)
     if args.dump:
-        dump(fleet, Path(args.dump))
+        dump(fleet, hosts, Path(args.dump))
     return 0
 
 

@@ -37,7 +37,11 @@ from hyperv_backup.facts import (
     vss_display_name,
 )
 
-from .model import VM, Host, Job, JobAlreadyRunning, iso
+from . import faults
+from .clock import iso
+from .exceptions import JobAlreadyRunning, ScriptError
+from .host import Host
+from .objects import VM, Job
 
 OS_CAPTIONS = {
     "2008 R2": ("Microsoft Windows Server 2008 R2 Datacenter", "6.1.7601"),
@@ -70,16 +74,6 @@ class Request:
     body: str | None = None
     step: str | None = None
     vm: VM | None = None
-
-
-class ScriptError(Exception):
-    """A terminating PowerShell error, as the wrapper's trap reports it."""
-
-    def __init__(self, message: str, category: str, hresult: int = -2146233087, error_id: str = ""):
-        super().__init__(message)
-        self.category = category
-        self.hresult = hresult
-        self.error_id = error_id
 
 
 def classify(host: Host, command: str) -> Request:
@@ -181,14 +175,14 @@ def _services(host: Host, vm: VM) -> list[dict[str, Any]]:
     spec = vm.spec
     running = vm.state == "Running"
     guest_has_vss = spec.guest in ("windows", "linux") and spec.guest_vss != "missing"
-    vss_status = "OK" if running and spec.integration_services.get("vss", True) and guest_has_vss else (
-        "No Contact" if running and spec.integration_services.get("vss", True) else "")
+    vss_status = "OK" if running and spec.integration_services.vss and guest_has_vss else (
+        "No Contact" if running and spec.integration_services.vss else "")
     heartbeat_ok = vm.heartbeat(host.now())
     return [
         {"name": heartbeat_display_name(host.spec.locale), "id": HEARTBEAT_SERVICE_ID,
-         "enabled": spec.integration_services.get("heartbeat", True), "primary_status": "OK" if heartbeat_ok else ""},
+         "enabled": spec.integration_services.heartbeat, "primary_status": "OK" if heartbeat_ok else ""},
         {"name": vss_display_name(host.spec.os, host.spec.locale), "id": VSS_SERVICE_ID,
-         "enabled": spec.integration_services.get("vss", True), "primary_status": vss_status},
+         "enabled": spec.integration_services.vss, "primary_status": vss_status},
     ]
 
 
@@ -226,7 +220,7 @@ def _probe(host: Host, request: Request) -> dict[str, Any]:
         ],
     }
     for vm in vms:
-        if host.take_fault("probe", ("vm_removed",), vm):
+        if host.take_fault("probe", faults.COMMAND, vm):
             host.remove_vm(vm)
     return result
 
@@ -252,7 +246,7 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
         return {"started": False, "window_closed": True, "clock_utc": iso(now)}
     vm = _vm_by_id(host, request)
     before = {"state": vm.state, "uptime_seconds": vm.uptime_seconds(now)}
-    if host.take_fault("snapshot", ("job_running",), vm):
+    if host.take_fault("snapshot", faults.COMMAND, vm):
         host.start_external_job()
     running = host.running_job()
     if running is not None:
@@ -373,8 +367,8 @@ def _readiness(host: Host, request: Request) -> dict[str, Any]:
         "features": {"hyperv": True, "windows_server_backup": spec.wsb_installed},
         "account": {"name": f"{host.name}\\{spec.username}",
                     "groups": [g for g in ("Administrators", "Hyper-V Administrators", "Backup Operators") if g in spec.account_groups]},
-        "winrm": {"max_shells_per_user": spec.winrm["max_shells_per_user"], "max_memory_per_shell_mb": spec.winrm["max_memory_per_shell_mb"],
-                  "idle_timeout_ms": spec.winrm["idle_timeout_s"] * 1000},
+        "winrm": {"max_shells_per_user": spec.winrm.max_shells_per_user, "max_memory_per_shell_mb": spec.winrm.max_memory_per_shell_mb,
+                  "idle_timeout_ms": spec.winrm.idle_timeout_s * 1000},
         "target": {"path": target, "kind": "share" if share else "volume", "exists": exists,
                    "free_bytes": host.target_free_bytes if exists and not share else None},
     }

@@ -3,8 +3,9 @@
 Each host listens on 127.0.0.1 with its own transport: `plaintext` (Basic over HTTP), `ssl`
 (Basic over HTTPS) or `ntlm` (NTLM over HTTP, each connection authenticated once and its messages
 sealed: `ntlm.py`). Scenario faults that live in the protocol (dropped connections,
-slow replies, SOAP faults, refused credentials, a rebooting host) are delivered here, at
-the step the command belongs to.
+slow replies, SOAP faults, refused credentials, a rebooting host: `faults.PROTOCOL`) are delivered
+here, at the step the command belongs to. The WinRM service's shells live here too (`wsman.Shells`), one
+registry per listener, so the state this layer shows (`observed`) adds each host's open shells.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from urllib.parse import parse_qs, urlparse
 
 from hyperv_backup import invocation
 
-from . import commands, ntlm, wsman
-from .model import Fleet, Host
-
-
-class _DropConnection(Exception):
-    """Cut the TCP connection without an answer (connection_drop, host_reboot)."""
+from . import commands, faults, ntlm, wsman
+from .exceptions import DropConnection, WSManFault
+from .host import Fleet, Host
 
 
 class _Server(ThreadingHTTPServer):
@@ -41,6 +39,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
     server_version = "Microsoft-HTTPAPI/2.0"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     host: Host  # set on the subclass made for each listener
+    shells: wsman.Shells  # the host's WinRM service's, likewise
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         pass
@@ -56,7 +55,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
             down = time.monotonic() < self.host.down_until
         try:
             if down:
-                raise _DropConnection()
+                raise DropConnection()
             if urlparse(self.path).path.lower() != "/wsman":
                 self._send(404, b"", "text/html")
                 return
@@ -76,9 +75,9 @@ class WinRMHandler(BaseHTTPRequestHandler):
                 self._unauthorized()
             else:
                 self._send(status, body)
-        except _DropConnection:
+        except DropConnection:
             self._drop()
-        except wsman.WSManFault as fault:
+        except WSManFault as fault:
             self._send(500, wsman.fault_response(fault, "", self.host.name))
 
     def do_GET(self) -> None:  # noqa: N802
@@ -147,13 +146,13 @@ class WinRMHandler(BaseHTTPRequestHandler):
     def _dispatch(self, message: wsman.Message) -> tuple[int, bytes]:
         relates = message.message_id
         if message.action == wsman.ACTION_CREATE:
-            shell = wsman.Shell(wsman.new_id())
             with self.host.fleet.lock:
-                self.host.shells[shell.id] = shell
+                shell = self.shells.open(self.host.booted)
             scheme = "https" if self.host.spec.transport == "ssl" else "http"
             address = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/wsman"
             return 200, wsman.created_response(shell.id, address, relates)
-        shell = self.host.shells.get(message.shell_id or "")
+        with self.host.fleet.lock:
+            shell = self.shells.find(message.shell_id or "", self.host.booted)
         if shell is None:
             raise wsman.shell_not_found(message.shell_id or "")
         if message.action == wsman.ACTION_COMMAND:
@@ -166,9 +165,9 @@ class WinRMHandler(BaseHTTPRequestHandler):
             return 200, wsman.signal_response(relates)
         if message.action == wsman.ACTION_DELETE:
             with self.host.fleet.lock:
-                self.host.shells.pop(shell.id, None)
+                self.shells.close(shell.id)
             return 200, wsman.delete_response(relates)
-        raise wsman.WSManFault("a:ActionNotSupported", 2150858801, f"The action {message.action} is not supported.", "s:Sender")
+        raise WSManFault("a:ActionNotSupported", 2150858801, f"The action {message.action} is not supported.", "s:Sender")
 
     def _command(self, shell: wsman.Shell, message: wsman.Message) -> tuple[int, bytes]:
         line, _ = wsman.command_line(message.body)
@@ -178,14 +177,14 @@ class WinRMHandler(BaseHTTPRequestHandler):
             host.tick()
             request = commands.classify(host, line)
             step, vm = request.step, request.vm
-            fault = host.take_fault(step, ("auth_fail", "soap_fault", "host_reboot", "connection_drop", "slow"), vm) if step else None
+            fault = host.take_fault(step, faults.PROTOCOL, vm) if step else None
             if fault == "host_reboot":
                 host.reboot()
-                raise _DropConnection()
+                raise DropConnection()
             if fault == "auth_fail":
                 return 401, b""
             if fault == "soap_fault":  # the host lost the shell (WinRM restarted, idle timeout): it is gone for good
-                self.host.shells.pop(shell.id, None)
+                self.shells.close(shell.id)
                 raise wsman.shell_not_found(shell.id)
             limit = invocation.MAX_COMMAND_LINE if message.options.get("WINRS_SKIP_CMD_SHELL", "").upper() == "TRUE" \
                 else invocation.CMD_EXE_COMMAND_LINE
@@ -217,7 +216,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
             with self.host.fleet.lock:
                 self.host.tick()
                 if self.host.booted != booted:
-                    raise _DropConnection()
+                    raise DropConnection()
                 if commands.waited(self.host, request, until, seen):
                     self._finish(command, commands.execute(self.host, request), request.command, request.step)
                     command.pending = None
@@ -229,10 +228,10 @@ class WinRMHandler(BaseHTTPRequestHandler):
     def _receive(self, shell: wsman.Shell, message: wsman.Message) -> tuple[int, bytes]:
         command = shell.commands.get(wsman.receive_command_id(message.body) or "")
         if command is None:
-            raise wsman.WSManFault("w:InvalidParameter", 2150858843, "The command was not found in the shell.", "s:Sender")
+            raise WSManFault("w:InvalidParameter", 2150858843, "The command was not found in the shell.", "s:Sender")
         if command.drop_on_receive:
             command.drop_on_receive = False
-            raise _DropConnection()
+            raise DropConnection()
         wait = command.ready_at - time.monotonic()
         if wait > 0:
             time.sleep(min(wait, message.operation_timeout))
@@ -254,7 +253,7 @@ def _command_word(line: str) -> str:
 
 
 def serve_host(host: Host, port: int, tls: ssl.SSLContext | None) -> ThreadingHTTPServer:
-    handler = type(f"WinRM_{host.name}", (WinRMHandler,), {"host": host})
+    handler = type(f"WinRM_{host.name}", (WinRMHandler,), {"host": host, "shells": wsman.Shells()})
     server = _Server(("127.0.0.1", port), handler)
     if tls is not None:
         server.socket = tls.wrap_socket(server.socket, server_side=True)
@@ -262,7 +261,18 @@ def serve_host(host: Host, port: int, tls: ssl.SSLContext | None) -> ThreadingHT
     return server
 
 
-def serve_control(fleet: Fleet, port: int, ca_pem: Path | None) -> ThreadingHTTPServer:
+def observed(fleet: Fleet, listeners: list[ThreadingHTTPServer]) -> dict:
+    """The fleet's state (`Fleet.state`) with each host's open WinRM shells, which this layer keeps."""
+    with fleet.lock:
+        state = fleet.state()
+        handlers = {server.RequestHandlerClass.host.name: server.RequestHandlerClass for server in listeners}
+        for host in state["hosts"]:
+            handler = handlers[host["name"]]
+            host["open_shells"] = handler.shells.count(handler.host.booted)
+        return state
+
+
+def serve_control(fleet: Fleet, port: int, ca_pem: Path | None, listeners: list[ThreadingHTTPServer]) -> ThreadingHTTPServer:
     """Observation: /_sim/state, /_sim/journal, /_sim/ca.pem; and POST /_sim/advance?seconds=N."""
 
     class Control(BaseHTTPRequestHandler):
@@ -281,7 +291,7 @@ def serve_control(fleet: Fleet, port: int, ca_pem: Path | None) -> ThreadingHTTP
         def do_GET(self) -> None:  # noqa: N802
             path = urlparse(self.path).path
             if path == "/_sim/state":
-                self._send(200, json.dumps(fleet.state(), ensure_ascii=False).encode(), "application/json")
+                self._send(200, json.dumps(observed(fleet, listeners), ensure_ascii=False).encode(), "application/json")
             elif path == "/_sim/journal":
                 lines = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in fleet.journal_lines())
                 self._send(200, lines.encode(), "application/x-ndjson")

@@ -12,8 +12,11 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from xml.sax.saxutils import escape
+
+from .exceptions import WSManFault
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -34,14 +37,6 @@ FAULT_ACTION = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
 
 TIMED_OUT_CODE = 2150858793
 SHELL_NOT_FOUND_CODE = 2150858843
-
-
-class WSManFault(Exception):
-    """A fault Windows would send: HTTP 500 with a SOAP Fault and a WSManFault detail."""
-
-    def __init__(self, subcode: str, code: int, message: str, value: str = "s:Receiver"):
-        super().__init__(message)
-        self.subcode, self.code, self.message, self.value = subcode, code, message, value
 
 
 def timed_out() -> WSManFault:
@@ -172,7 +167,34 @@ class Command:
 @dataclass
 class Shell:
     id: str
+    booted: datetime  # the host's boot time when it was opened
     commands: dict[str, Command] = field(default_factory=dict)
+
+
+class Shells:
+    """The shells a host's WinRM service holds open, by ShellId. A restarted service knows none of before:
+    a shell opened before the host's last boot is not found, as on Windows."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Shell] = {}
+
+    def open(self, booted: datetime) -> Shell:
+        shell = Shell(new_id(), booted)
+        self._by_id[shell.id] = shell
+        return shell
+
+    def find(self, shell_id: str, booted: datetime) -> Shell | None:
+        shell = self._by_id.get(shell_id)
+        if shell is not None and shell.booted != booted:  # opened before the host restarted
+            self.close(shell_id)
+            return None
+        return shell
+
+    def close(self, shell_id: str) -> None:
+        self._by_id.pop(shell_id, None)
+
+    def count(self, booted: datetime) -> int:
+        return sum(shell.booted == booted for shell in self._by_id.values())
 
 
 def command_line(body: ET.Element | None) -> tuple[str, bool]:

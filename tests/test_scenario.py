@@ -15,7 +15,7 @@ def test_the_demo_fleet_loads_with_defaults_filled_in():
     scenario = load_scenario(ROOT / "include" / "demo-fleet.yaml")
     assert [h.name for h in scenario.hosts] == ["HV2012", "HV2012R2", "HV2019"]
     dc01 = scenario.hosts[1].vms[0]
-    assert dc01.name == "DC01" and dc01.integration_services == {"vss": True, "heartbeat": True}
+    assert dc01.name == "DC01" and dc01.integration_services.model_dump() == {"vss": True, "heartbeat": True}
     assert [v.fs for v in dc01.volumes] == ["FAT32", "NTFS"]  # generation 2: the EFI system partition is FAT32
 
 
@@ -35,7 +35,7 @@ def test_only_name_is_required():
          r"line 5: VM 'A' is generation 2, which needs a host of 2012 R2 or newer"),
         ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        faults: [{kind: gremlins, at: copy}]\n",
          r"line 5: `kind` is 'gremlins'"),
-        ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        disk_gb: -1\n", r"line 5: `disk_gb` is -1"),
+        ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        disk_gb: -1\n", r"line 5: `disk_gb` is '-1'; input should be greater than or equal to 0.001"),
         ("hosts:\n  - {name: HV01}\n  - {name: hv01}\n", r"host name\(s\) given more than once: HV01"),
         ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: a}]\n", r"VM name 'a' appears twice"),
         ("hosts: [\n", r"not valid YAML"),
@@ -69,7 +69,7 @@ def test_values_yaml_1_1_would_mangle_stay_as_written():
     assert (host.name, host.os, host.password) == ("NO", "2012 R2", "0123")
     assert [v.name for v in host.vms] == ["Off", "on", "yes", "0123", "1e3"]
     assert [v.state for v in host.vms[:2]] == ["Off", "Saved"] and host.vms[3].disk_gb == 1000
-    assert host.vms[4].integration_services == {"vss": False, "heartbeat": True}
+    assert host.vms[4].integration_services.model_dump() == {"vss": False, "heartbeat": True}
 
 
 def test_an_inventory_with_such_names_and_an_unquoted_window_reads_as_written(tmp_path):
@@ -88,3 +88,30 @@ def test_ntlm_hosts_that_share_a_user_name_must_share_its_password():
     assert [h.transport for h in parse_scenario(same, "s.yaml").hosts] == ["ntlm", "ntlm"]
     with pytest.raises(ScenarioError, match="share the user name.*backup-svc"):
         parse_scenario("hosts:\n" + host.format(name="A", password="x1") + host.format(name="B", password="x2"), "s.yaml")
+
+
+def test_the_fault_table_in_the_docs_is_the_registry():
+    """docs/scenario.md's table of fault kinds says what `simulator.faults.KINDS` declares: each kind's effect
+    and the steps where it can strike, and no kind more or less."""
+    from hyperv_backup.facts import STEPS
+
+    from simulator.faults import KINDS
+
+    table = (ROOT / "docs" / "scenario.md").read_text().split("## Faults", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[0].strip("` "): [c.strip() for c in cells[1:]]
+            for line in table.splitlines() if line.startswith("| `")
+            for cells in [line.strip("|").split("|")]}
+    assert set(rows) == set(KINDS)
+    for name, kind in KINDS.items():
+        effect, steps = rows[name]
+        assert effect == kind.effect, name
+        assert steps == ("any step" if kind.steps == STEPS else ", ".join(kind.steps)), name
+
+
+def test_each_layer_is_given_only_the_kinds_that_strike_there():
+    from simulator import faults
+
+    assert faults.striking(faults.HOST, "copy") == ("vss_transient", "target_full")
+    assert faults.striking(faults.COMMAND, "snapshot") == ("job_running",)
+    assert faults.striking(faults.HOST, "verify") == ()
+    assert set(faults.striking(faults.PROTOCOL, "verify")) == {"connection_drop", "slow", "soap_fault", "auth_fail", "host_reboot"}

@@ -121,7 +121,7 @@ def test_a_second_job_while_one_runs_is_refused_and_counted(start_fleet, monkeyp
     vm_id, started = _start(hook)
     assert started["started"]
     # What the script prevents, the host itself refuses: Start-WBBackup while a job runs.
-    from simulator.model import JobAlreadyRunning  # noqa: F401 - documents which refusal this is
+    from simulator.exceptions import JobAlreadyRunning  # noqa: F401 - documents which refusal this is
     again = hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")
     assert again["started"] is False
     assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1

@@ -1,22 +1,22 @@
-"""The simulated Hyper-V fleet: hosts, VMs, checkpoints, Windows Server Backup jobs, event logs.
+"""The host's behaviour, in the manner of moto's backends: what a Hyper-V host with Windows Server Backup does.
 
-A plain state model in the manner of moto's backends: the WS-Management front end
-(`wsman.py`) and the command layer (`commands.py`) only read and change it. Time is a
-simulated host clock that runs `speed` times faster than real time, and a job's phases
-are scheduled on that clock and applied lazily whenever the model is looked at, so no
-thread drives it and the outcome depends only on the scenario, the seed and the clock.
+The layers around it only read and change it: the WinRM listener (`server.py`, `wsman.py`) and the cmdlets
+(`commands.py`). Its objects are in `objects.py`, its time in `clock.py` (a job's phases are planned on the
+host's clock and applied lazily), its faults in `faults.py`.
+
+**Its mode table is its own, on purpose.** Which backup mode a VM gets (online through the guest's VSS, a
+Recovery checkpoint, Saved state, offline) is decided here from the host's version and the guest's
+facts, written apart from the client's rules (`hyperv_backup.rules`) and never importing them: the
+simulator is the independent oracle a test checks the client's prediction against, so the two can disagree.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from hyperv_backup.facts import (
@@ -32,182 +32,17 @@ from hyperv_backup.facts import (
     hresult_hex,
 )
 
-from .scenario import Fault, HostSpec, Scenario, VMSpec
+from . import faults
+from .clock import Clock, Schedule, iso
+from .exceptions import JobAlreadyRunning
+from .objects import VM, BackupVersion, Checkpoint, Event, Job, RecoveredFiles
+from .scenario import HostSpec, Scenario, VMSpec
 
 SHADOW_COPY_SECONDS = 20.0  # simulated seconds for the VSS snapshot (plus jitter)
 SAVE_RESTORE_SECONDS = 12.0  # extra time a VM spends saving and restoring in Saved-state mode
 MERGE_SECONDS = 15.0  # simulated seconds for Hyper-V to merge a recovery checkpoint
 REBOOT_REAL_SECONDS = 3.0  # how long a rebooting host does not answer, in real seconds
 GUEST_BOOT_SECONDS = 90.0  # simulated seconds a started guest takes to boot before its heartbeat answers (plus jitter)
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class Clock:
-    """Simulated UTC clock: starts at real now and runs `speed` times faster."""
-
-    def __init__(self, speed: float, start: datetime | None = None):
-        self.speed = speed
-        self._start = start or datetime.now(UTC)
-        self._mono = time.monotonic()
-        self._skip = 0.0
-
-    def now(self) -> datetime:
-        elapsed = (time.monotonic() - self._mono) * self.speed + self._skip
-        return self._start + timedelta(seconds=elapsed)
-
-    def advance(self, seconds: float) -> None:
-        """Jump the clock forward (tests use it to pass a backup window)."""
-        self._skip += seconds
-
-    def real_seconds(self, simulated: float) -> float:
-        return simulated / self.speed
-
-
-@dataclass
-class Checkpoint:
-    id: str
-    name: str
-    type: str
-    created: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "type": self.type, "created_utc": iso(self.created)}
-
-
-@dataclass
-class VM:
-    id: str
-    spec: VMSpec
-    state: str
-    started: datetime | None  # when the VM last started running (uptime origin)
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
-    merging: list[str] = field(default_factory=list)  # .avhdx of removed checkpoints, until Hyper-V has merged them
-    stray: list[str] = field(default_factory=list)  # .avhdx files no checkpoint explains (debris)
-    home: str | None = None  # where an imported VM's files live (a restore test's copy); else Hyper-V's default folder
-    network_connected: bool = True  # its network adapter is connected to a virtual switch
-    boot_seconds: float = 0.0  # from its start until the guest's heartbeat answers (a VM started here boots first)
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def folder(self) -> str:
-        return self.home or f"C:\\ProgramData\\Microsoft\\Windows\\Hyper-V\\Virtual Hard Disks\\{self.id}"
-
-    def heartbeat(self, now: datetime) -> bool:
-        """The heartbeat integration service reports OK: the guest runs, has the service, and has booted."""
-        spec = self.spec
-        return (self.state == "Running" and spec.integration_services.get("heartbeat", True) and spec.guest != "other"
-                and self.uptime_seconds(now) >= self.boot_seconds)
-
-    def avhdx_of(self, checkpoint: Checkpoint) -> str:
-        return f"{self.folder}\\{self.id}-disk0_{checkpoint.id}.avhdx"
-
-    def uptime_seconds(self, now: datetime) -> int:
-        if self.state != "Running" or self.started is None:
-            return 0
-        return int((now - self.started).total_seconds())
-
-    def chain(self) -> list[str]:
-        """The VM's disk chain, newest first: one .avhdx per checkpoint (and per removed one until merged), then the .vhdx."""
-        return [*(self.avhdx_of(cp) for cp in reversed(self.checkpoints)), *reversed(self.merging), f"{self.folder}\\{self.id}-disk0.vhdx"]
-
-    def disks(self) -> list[dict[str, Any]]:
-        chain = self.chain()[::-1]
-        return [
-            {
-                "path": chain[-1],
-                "vhd_type": "Differencing" if len(chain) > 1 else "Dynamic",
-                "parent_path": chain[-2] if len(chain) > 1 else None,
-                "size_bytes": int(self.spec.disk_gb * 1024**3),
-            }
-        ]
-
-
-@dataclass
-class Job:
-    """One Windows Server Backup job (a one-time Start-WBBackup) for one VM."""
-
-    id: int
-    vm_id: str
-    vm_name: str
-    mode: Mode
-    started: datetime
-    target: str
-    bytes_total: int
-    state: str = "Running"  # Running | Completed | Failed
-    operation: str = "snapshot"  # snapshot | merge | copy | done
-    copy_started: datetime | None = None
-    copy_seconds: float = 0.0
-    bytes_done: int = 0
-    hresult: int = 0
-    error: str = ""
-    finished: datetime | None = None
-    version_id: str | None = None
-    external: bool = False  # started by someone else (the job_running fault)
-    kind: str = "backup"  # backup | recovery (Get-WBJob's JobType): a recovery holds the host as a backup does
-
-    def progress(self, now: datetime) -> int:
-        if self.operation != "copy" or self.copy_started is None or self.copy_seconds <= 0:
-            return self.bytes_done
-        share = min(1.0, (now - self.copy_started).total_seconds() / self.copy_seconds)
-        return int(self.bytes_total * share)
-
-    def to_json(self, now: datetime) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "vm_id": self.vm_id,
-            "vms": [self.vm_name],
-            "job_state": self.state,
-            "operation": self.operation,
-            "start_time_utc": iso(self.started),
-            "end_time_utc": iso(self.finished) if self.finished else None,
-            "hresult": self.hresult,
-            "error_description": self.error,
-            "bytes_transferred": self.progress(now),
-            "bytes_total": self.bytes_total,
-            "version_id": self.version_id,
-            "external": self.external,
-            "kind": self.kind,
-        }
-
-
-@dataclass
-class BackupVersion:
-    version_id: str  # as wbadmin prints it: MM/DD/YYYY-HH:MM, in UTC
-    backup_time: datetime
-    target: str
-    vms: list[str]
-    sources: dict[str, tuple[str, VMSpec]] = field(default_factory=dict)  # per VM name: its id and itself as backed up
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version_id": self.version_id, "backup_time_utc": iso(self.backup_time), "target": self.target, "vms": self.vms}
-
-
-@dataclass
-class RecoveredFiles:
-    """A folder a recovery wrote (Start-WBHyperVRecovery -TargetPath, files only): the VM as it was backed up."""
-
-    vm_id: str  # the original's id, in the recovered configuration
-    spec: VMSpec
-    files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Event:
-    log: str
-    id: int
-    time: datetime
-    message: str
-    vm: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"log": self.log, "id": self.id, "time_utc": iso(self.time), "message": self.message, "vm": self.vm}
 
 
 class Host:
@@ -224,14 +59,14 @@ class Host:
                 spec=vm_spec,
                 state=vm_spec.state,
                 started=now - timedelta(seconds=rng.randint(3600, 90 * 86400)) if running else None,
-                faults=[Fault(f.kind, f.at, f.times) for f in vm_spec.faults],
+                faults=faults.armed(vm_spec.faults),
             )
             for cp in vm_spec.checkpoints:
                 vm.checkpoints.append(self._new_checkpoint(cp.name, cp.type, now - timedelta(days=rng.randint(1, 30))))
             vm.stray = [f"{vm.folder}\\{vm.id}-disk0_{str(uuid.UUID(int=rng.getrandbits(128), version=4)).upper()}.avhdx"
                         for _ in range(vm_spec.stray_avhdx)]
             self.vms.append(vm)
-        self.faults = [Fault(f.kind, f.at, f.times) for f in spec.faults]
+        self.faults = faults.armed(spec.faults)
         self.booted = now - timedelta(days=120)  # Win32_OperatingSystem.LastBootUpTime: before every VM started
         self.jobs: list[Job] = []
         self.versions: list[BackupVersion] = []
@@ -240,11 +75,8 @@ class Host:
         self.folders: dict[str, RecoveredFiles] = {}  # folders a recovery wrote (restore tests)
         self.max_concurrent_jobs = 0
         self.requests = 0
-        self.shells: dict[str, Any] = {}  # WinRM shells open on this host, by ShellId (server.py keeps them)
         self.down_until = 0.0  # monotonic time until which the host does not answer (reboot)
-        self._schedule: list[tuple[datetime, int, Callable[[], None]]] = []
-        self._seq = 0
-        self._acting_at: datetime | None = None  # while a scheduled change applies: the time it was due
+        self.schedule = Schedule(fleet.clock)
 
     # -- basics -----------------------------------------------------------------------
 
@@ -253,7 +85,11 @@ class Host:
         return self.spec.name
 
     def now(self) -> datetime:
-        return self._acting_at or self.fleet.clock.now()
+        return self.schedule.now()
+
+    def tick(self) -> None:
+        """Bring the host up to its clock: apply every planned change that is due."""
+        self.schedule.tick()
 
     def journal(self, event: str, **fields: Any) -> None:
         self.fleet.journal(self.name, event, when=self.now(), **fields)
@@ -284,40 +120,22 @@ class Host:
 
     # -- faults -------------------------------------------------------------------------
 
-    def take_fault(self, step: str, kinds: tuple[str, ...], vm: VM | None = None) -> str | None:
-        """Consume one fault of these kinds at this step (the VM's own first), if any is left."""
-        for owner, faults in ((vm.name if vm else None, vm.faults if vm else []), (None, self.faults)):
-            for fault in faults:
-                if fault.at == step and fault.kind in kinds and fault.times > 0:
-                    fault.times -= 1
-                    self.journal("fault", kind=fault.kind, at=step, vm=owner)
-                    return fault.kind
+    def take_fault(self, step: str, layer: str, vm: VM | None = None) -> str | None:
+        """Consume one strike of a fault this layer delivers at this step (the VM's own first), if any is left."""
+        kinds = faults.striking(layer, step)
+        for owner, armed in ((vm.name if vm else None, vm.faults if vm else []), (None, self.faults)):
+            fault = faults.take(armed, step, kinds)
+            if fault is not None:
+                self.journal("fault", kind=fault.kind, at=step, vm=owner)
+                return fault.kind
         return None
-
-    # -- the lazy scheduler --------------------------------------------------------------
-
-    def at(self, when: datetime, action: Callable[[], None]) -> None:
-        self._seq += 1
-        self._schedule.append((when, self._seq, action))
-        self._schedule.sort(key=lambda item: (item[0], item[1]))
-
-    def tick(self) -> None:
-        """Apply every scheduled change whose time has come, in order."""
-        now = self.now()
-        while self._schedule and self._schedule[0][0] <= now:
-            due, _, action = self._schedule.pop(0)
-            self._acting_at = due  # the change happened when it was due, not when someone next asked
-            try:
-                action()
-            finally:
-                self._acting_at = None
 
     # -- the mode table (docs/domain.md) ------------------------------------------------------
 
     def guest_can_take_part(self, vm: VM) -> bool:
         """Whether the guest's own VSS can answer the host's backup request."""
         spec = vm.spec
-        if vm.state != "Running" or not spec.integration_services.get("vss", True) or spec.guest_vss == "missing":
+        if vm.state != "Running" or not spec.integration_services.vss or spec.guest_vss == "missing":
             return False
         if spec.guest == "windows":
             pass
@@ -349,7 +167,7 @@ class Host:
             # ever asks for two jobs at once on a host shows up in max_concurrent_jobs.
             self.max_concurrent_jobs = max(self.max_concurrent_jobs, 2)
             self.journal("job_rejected", vms=[vm.name], running=running.vm_name)
-            raise JobAlreadyRunning(running)
+            raise JobAlreadyRunning(running.id)
         now = self.now()
         mode = self.backup_mode(vm)
         job = Job(
@@ -375,60 +193,60 @@ class Host:
                   target=self.spec.backup_target, bytes_total=0, operation="copy", external=True)
         self.jobs.append(job)
         self.journal("job_started", vms=[], job=job.id, external=True)
-        self.at(now + timedelta(seconds=120), lambda: self._finish(job, None, HResult.OK, ""))
+        self.schedule.at(now + timedelta(seconds=120), lambda: self._finish(job, None, HResult.OK, ""))
 
     def _plan(self, job: Job, vm: VM) -> None:
         rng = self.fleet.rng
         t = job.started
         shadow = SHADOW_COPY_SECONDS + rng.uniform(0, 10)
-        transient_at_snapshot = self.take_fault("snapshot", ("vss_transient",), vm)
+        transient_at_snapshot = self.take_fault("snapshot", faults.HOST, vm)
         falls_back = job.mode != Mode.OFFLINE and vm.spec.guest_vss == "fails" and self.guest_can_take_part(vm)
 
         if falls_back:
-            self.at(t + timedelta(seconds=2), lambda: self.log_event(
+            self.schedule.at(t + timedelta(seconds=2), lambda: self.log_event(
                 VMMS_LOG, VMMS_GUEST_COULD_NOT_PARTICIPATE,
                 f"Could not create backup checkpoint for virtual machine '{vm.name}': the guest's VSS could not "
                 f"take part. The virtual machine is backed up offline instead. (Virtual machine ID {vm.id})", vm.name))
         if job.mode == Mode.CHECKPOINT:
-            self.at(t + timedelta(seconds=1), lambda: self._create_recovery_checkpoint(vm))
+            self.schedule.at(t + timedelta(seconds=1), lambda: self._create_recovery_checkpoint(vm))
         elif job.mode == Mode.SAVED:
-            self.at(t + timedelta(seconds=1), lambda: self._set_state(vm, "Saved"))
+            self.schedule.at(t + timedelta(seconds=1), lambda: self._set_state(vm, "Saved"))
             shadow += SAVE_RESTORE_SECONDS
-            self.at(t + timedelta(seconds=shadow), lambda: self._resume(vm))
+            self.schedule.at(t + timedelta(seconds=shadow), lambda: self._resume(vm))
 
         if transient_at_snapshot:
             def fail_snapshot() -> None:
                 self._remove_recovery_checkpoints(vm)
                 self._finish(job, vm, HResult.VSS_WRITER_TRANSIENT,
                              "A Volume Shadow Copy Service operation failed: a VSS writer reported a transient error.")
-            self.at(t + timedelta(seconds=shadow), fail_snapshot)
+            self.schedule.at(t + timedelta(seconds=shadow), fail_snapshot)
             return
 
         t_snapshot = t + timedelta(seconds=shadow)
-        self.at(t_snapshot, lambda: self._set_operation(job, "merge" if job.mode == Mode.CHECKPOINT else "copy", t_snapshot))
+        self.schedule.at(t_snapshot, lambda: self._set_operation(job, "merge" if job.mode == Mode.CHECKPOINT else "copy", t_snapshot))
         t_copy = t_snapshot
         if job.mode == Mode.CHECKPOINT:
             # The shadow copy is done: WSB removes the Recovery checkpoint and Hyper-V merges it, then the copy starts.
             t_copy = t_snapshot + timedelta(seconds=MERGE_SECONDS)
-            if not self.take_fault("merge", ("merge_stuck",), vm):
-                self.at(t_snapshot, lambda: self._remove_recovery_checkpoints(vm))
+            if not self.take_fault("merge", faults.HOST, vm):
+                self.schedule.at(t_snapshot, lambda: self._remove_recovery_checkpoints(vm))
             else:
-                self.at(t_snapshot, lambda: self.journal("merge_stuck", vm=vm.name))
-            self.at(t_copy, lambda: self._set_operation(job, "copy", t_copy))
+                self.schedule.at(t_snapshot, lambda: self.journal("merge_stuck", vm=vm.name))
+            self.schedule.at(t_copy, lambda: self._set_operation(job, "copy", t_copy))
 
         copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * rng.uniform(0.95, 1.05)
         job.copy_seconds = copy_seconds
-        copy_fault = self.take_fault("copy", ("vss_transient", "target_full"), vm)
+        copy_fault = self.take_fault("copy", faults.HOST, vm)
         if copy_fault is None and job.bytes_total > self.target_free_bytes:
             copy_fault = "target_full"
         if copy_fault == "target_full":
             share = min(1.0, self.target_free_bytes / job.bytes_total) if job.bytes_total else 0
-            self.at(t_copy + timedelta(seconds=copy_seconds * share), lambda: self._target_full(job, vm))
+            self.schedule.at(t_copy + timedelta(seconds=copy_seconds * share), lambda: self._target_full(job, vm))
         elif copy_fault == "vss_transient":
-            self.at(t_copy + timedelta(seconds=copy_seconds / 2), lambda: self._finish(
+            self.schedule.at(t_copy + timedelta(seconds=copy_seconds / 2), lambda: self._finish(
                 job, vm, HResult.VSS_WRITER_TRANSIENT, "A VSS writer reported a transient error during the copy."))
         else:
-            self.at(t_copy + timedelta(seconds=copy_seconds), lambda: self._finish(job, vm, HResult.OK, ""))
+            self.schedule.at(t_copy + timedelta(seconds=copy_seconds), lambda: self._finish(job, vm, HResult.OK, ""))
 
     def _set_operation(self, job: Job, operation: str, when: datetime) -> None:
         if job.state != "Running":
@@ -476,7 +294,7 @@ class Host:
         vm.merging.append(avhdx)
         self.log_vm_event(HostEvent.MERGE_STARTED, vm, f"removed the checkpoint '{checkpoint.name}'; merging {avhdx}")
 
-        self.at(self.now() + timedelta(seconds=MERGE_SECONDS), lambda: self._merge_done(vm, avhdx))
+        self.schedule.at(self.now() + timedelta(seconds=MERGE_SECONDS), lambda: self._merge_done(vm, avhdx))
 
     def _merge_done(self, vm: VM, avhdx: str) -> None:
         if avhdx in vm.merging:
@@ -518,7 +336,7 @@ class Host:
         if self.spec.backup_target.startswith("\\\\"):  # a network share keeps one version: each backup replaces the last
             self.versions = [v for v in self.versions if v.target != self.spec.backup_target]
         source = next((vm for vm in self.vms if vm.id == job.vm_id), None)
-        sources = {job.vm_name: (job.vm_id, dataclasses.replace(source.spec))} if source else {}
+        sources = {job.vm_name: (job.vm_id, source.spec.model_copy(deep=True))} if source else {}
         self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name], sources))
         return version_id
 
@@ -530,7 +348,7 @@ class Host:
         JobAlreadyRunning while a backup or another recovery runs."""
         running = self.running_job()
         if running is not None:
-            raise JobAlreadyRunning(running)
+            raise JobAlreadyRunning(running.id)
         vm_id, spec = version.sources[vm_name]
         now = self.now()
         job = Job(id=len(self.jobs) + 1, vm_id="", vm_name=vm_name, mode=Mode.OFFLINE, started=now, target=folder,
@@ -539,7 +357,7 @@ class Host:
         job.copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * self.fleet.rng.uniform(0.95, 1.05)
         self.jobs.append(job)
         self.journal("recovery_started", job=job.id, vm=vm_name, version=version.version_id, folder=folder)
-        self.at(now + timedelta(seconds=job.copy_seconds), lambda: self._recovered(job, folder, vm_id, spec))
+        self.schedule.at(now + timedelta(seconds=job.copy_seconds), lambda: self._recovered(job, folder, vm_id, spec))
         return job
 
     def _recovered(self, job: Job, folder: str, vm_id: str, spec: VMSpec) -> None:
@@ -554,7 +372,7 @@ class Host:
         """Import-VM -Copy -GenerateNewId from a recovered folder into its own subfolder, then Rename-VM: a VM that
         shares nothing with the original (a new id, a new name, its own files), off."""
         recovered = self.folders[folder]
-        spec = dataclasses.replace(recovered.spec, name=name, state="Off", checkpoints=[], faults=[], stray_avhdx=0)
+        spec = recovered.spec.model_copy(update={"name": name, "state": "Off", "checkpoints": [], "faults": [], "stray_avhdx": 0})
         vm = VM(id=str(uuid.UUID(int=self.fleet.rng.getrandbits(128), version=4)).upper(), spec=spec, state="Off", started=None,
                 home=f"{folder}\\Import")
         recovered.files += [f"{vm.home}\\Virtual Machines\\{vm.id}.vmcx", vm.chain()[-1]]
@@ -584,10 +402,9 @@ class Host:
     # -- faults that change the host itself -----------------------------------------------
 
     def reboot(self) -> None:
-        """The host restarts: the running job vanishes and its debris stays, VMs restart, and the
-        restarted WinRM service knows no shell of before."""
+        """The host restarts: the running job vanishes and its debris stays, VMs restart, and its boot time
+        moves (so the restarted WinRM service knows no shell of before: `wsman.Shells`)."""
         now = self.now()
-        self.shells.clear()
         for job in self.jobs:
             if job.state == "Running":
                 job.state = "Failed"
@@ -596,14 +413,14 @@ class Host:
                 job.error = "The backup operation was stopped because the computer restarted."
                 job.finished = now
                 self.journal("job_vanished", job=job.id, vms=[job.vm_name])
-        self._schedule.clear()
+        self.schedule.clear()
         self.booted = now
         for vm in self.vms:
             if vm.state in ("Running", "Saved") and vm.spec.state == "Running":
                 vm.state = "Running"
                 vm.started = now
             for avhdx in vm.merging:  # Hyper-V resumes an interrupted merge after the boot
-                self.at(now + timedelta(seconds=MERGE_SECONDS), lambda vm=vm, avhdx=avhdx: self._merge_done(vm, avhdx))
+                self.schedule.at(now + timedelta(seconds=MERGE_SECONDS), lambda vm=vm, avhdx=avhdx: self._merge_done(vm, avhdx))
         self.down_until = time.monotonic() + REBOOT_REAL_SECONDS
         self.journal("host_reboot", seconds=REBOOT_REAL_SECONDS)
 
@@ -628,7 +445,6 @@ class Host:
             "target_free_bytes": self.target_free_bytes,
             "max_concurrent_jobs": self.max_concurrent_jobs,
             "requests": self.requests,
-            "open_shells": len(self.shells),
             "vms": [
                 {
                     "id": vm.id,
@@ -650,12 +466,6 @@ class Host:
             "folders": {path: recovered.files for path, recovered in self.folders.items()},
             "events": [e.to_json() for e in self.events],
         }
-
-
-class JobAlreadyRunning(Exception):
-    def __init__(self, job: Job):
-        super().__init__(f"another backup operation is already running (job {job.id})")
-        self.job = job
 
 
 class Fleet:
