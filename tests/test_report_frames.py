@@ -165,3 +165,33 @@ def test_a_host_that_could_not_be_reached_is_told_once_with_the_vms_it_kept_from
     html = render.render(built, Path(tempfile.mkdtemp()), "night").html.read_text()
     assert html.count(unreachable) == 1 and html.count("the host&#39;s fault (see Backup windows)") == 2
     assert "0x80070070 target full" in html
+
+
+def test_a_fleet_night_lists_the_vms_that_need_attention_and_counts_the_others():
+    """Past report.PAGE_ROWS rows a per-VM table lists the rows that need attention and counts the rest; the CSV
+    keeps every VM. A small night lists every VM."""
+    night = [row("HV01", f"VM{i:03d}", start=i, minutes=1) for i in range(150)]
+    night[7] = row("HV01", "VM007", status="failed", start=7, minutes=1, error="0x800423F3 <the VSS writer>")
+    built = build(night)
+    listed = report.page_tables(built)
+    assert [v["vm_name"] for v in listed["vms"].rows] == ["VM007"] and listed["vms"].others == 149
+    assert listed["rpo"].total == 150 and [r["vm_name"] for r in listed["rpo"].rows] == ["VM007"]
+    rendered = render.render(built, Path(tempfile.mkdtemp()), "night")
+    page = rendered.html.read_text()
+    assert "The VMs that need attention" in page and "Every VM</h2>" not in page
+    assert "149 more VM(s) not listed: they succeeded as predicted" in page
+    before_restore_tests = page.split("<h2>Restore tests")[0]  # which, never run, are due for every VM: 100 listed
+    assert "0x800423F3 &lt;the VSS writer&gt;" in page and "VM008" not in before_restore_tests
+    assert "50 more VM(s) not listed, 50 of them failed or due. Every VM is on Airflow&#39;s Hyper-V fleet page." in page
+    assert len(pd.read_csv(rendered.csv)) == 150
+
+    small = report.page_tables(build(night[:20]))
+    assert len(small["vms"].rows) == 20 and small["vms"].others == 0
+
+
+def test_a_night_where_more_vms_need_attention_than_a_table_lists_says_how_many_more_do():
+    built = build([row("HV01", f"VM{i:03d}", status="failed", start=i, minutes=1) for i in range(130)])
+    listed = report.page_tables(built)["vms"]
+    assert (len(listed.rows), listed.others, listed.others_need_attention) == (report.PAGE_ROWS, 30, 30)
+    page = render.render(built, Path(tempfile.mkdtemp()), "night").html.read_text()
+    assert "30 more VM(s) not listed, 30 of them need attention. Every VM is in the attached night-vms.csv." in page

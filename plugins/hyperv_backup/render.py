@@ -16,7 +16,7 @@ import pandas as pd
 from jinja2 import Environment
 
 from . import charts, hygiene, mailer
-from .report import Report
+from .report import Report, page_tables
 
 
 @dataclass
@@ -75,10 +75,8 @@ def render(report: Report, folder: Path, prefix: str) -> Rendered:
     csv = folder / f"{prefix}-vms.csv"
     csv_frame(report).to_csv(csv, index=False)
     template = environment().get_template("report.html.j2")
-    values = {"interval": report.interval, "summary": report.summary, "vms": report.vms.to_dict("records"),
-              "windows": report.windows.to_dict("records"), "rpo": report.rpo.to_dict("records"),
-              "impact": report.impact.to_dict("records"), "restore_tests": report.restore_tests.to_dict("records"),
-              "share_targets": report.share_targets}
+    values = {"interval": report.interval, "summary": report.summary, "windows": report.windows.to_dict("records"),
+              "share_targets": report.share_targets, "csv": csv.name, **page_tables(report)}
     html = folder / f"{prefix}.html"
     page = template.render(values, images={k: p.name for k, p in paths.items()})
     html.write_text(page, encoding="utf-8")

@@ -287,3 +287,47 @@ def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_ho
     shares = {host: target for host, target in (targets or {}).items() if target.startswith("\\\\")}
     return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(inputs.days, interval.end),
                   impact_table(vms), restore_table(inputs.vms, inputs.tests, interval.end, restore_test_days or {}), shares)
+
+
+# -- what the page lists ---------------------------------------------------------------------------------------
+
+PAGE_ROWS = 100  # a per-VM table lists every row up to this many; past it, the rows that need attention
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A per-VM table as the page lists it. A fleet's night is 2,000 rows a table: no one reads that in a mail, and
+    mail clients clip long messages (Gmail past 102 KB), so past `PAGE_ROWS` rows the page lists only the rows that
+    need attention (at most `PAGE_ROWS` of them) and counts the others; the attached CSV and the fleet page have
+    every VM."""
+
+    rows: list[dict]
+    total: int
+    attention: int  # rows that need attention, listed or not
+
+    @property
+    def others(self) -> int:
+        return self.total - len(self.rows)
+
+    @property
+    def others_need_attention(self) -> int:
+        return self.attention - len(self.rows) if self.others else 0  # a cut table lists only rows that need it
+
+
+def listing(table: pd.DataFrame, attention: pd.Series | bool = True, limit: int = PAGE_ROWS) -> Listing:
+    """Every row of a table of at most `limit` rows; of a longer one, its first `limit` rows that need attention."""
+    needs = pd.Series(attention, index=table.index, dtype=bool)
+    shown = table if len(table) <= limit else table[needs].head(limit)
+    return Listing(shown.to_dict("records"), len(table), int(needs.sum()))
+
+
+def page_tables(report: Report) -> dict[str, Listing]:
+    """The per-VM tables as the page lists them, each with what makes a row need attention."""
+    vms, rpo, tests = report.vms, report.rpo, report.restore_tests
+    return {
+        "vms": listing(vms, vms["status"].ne(Status.SUCCEEDED) | vms["surprise"].notna() | vms["few_restore_points"]),
+        "surprising": listing(vms[vms["surprise"].notna()]),
+        "impact": listing(report.impact),
+        "rpo": listing(rpo, rpo["breach"]),
+        "restore_tests": listing(tests, tests["status"].eq(Status.FAILED) | tests["due"].fillna(False).astype(bool)),
+    }
