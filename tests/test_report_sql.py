@@ -162,3 +162,14 @@ def test_the_upsert_is_one_statement_and_keeps_what_it_was_not_given(catalog_url
     assert found["job_started_at"].replace(tzinfo=UTC) == datetime(2026, 11, 23, 22, 0, tzinfo=UTC)  # stored as UTC
     with pytest.raises(ValueError, match="status 'done' is not one of"):
         catalog.upsert(engine, key, {"status": "done"}, datetime(2026, 11, 23, 3, tzinfo=UTC))
+
+
+def test_the_mail_ledger_answers_many_keys_in_one_query_and_records_a_mail_all_or_nothing():
+    engine = catalog.engine_for("sqlite://")
+    now = datetime(2026, 11, 25, tzinfo=UTC)
+    told = [f"rpo-breach/HV01/VM{i:04d}/never" for i in range(1200)]  # more than one chunk of the query
+    catalog.record_mail(engine, ["rpo-breaches/abc", *told[:700]], "<m1>", "s", ["a@x"], now)
+    assert catalog.mails_sent(engine, told) == set(told[:700])
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # one key already there: the whole record fails, nothing half-written
+        catalog.record_mail(engine, ["rpo-breaches/def", told[699], told[700]], "<m2>", "s", ["a@x"], now)
+    assert catalog.mails_sent(engine, ["rpo-breaches/def", told[700]]) == set()

@@ -30,7 +30,7 @@ def _latest(name: str, last_good: datetime | None, host: str = "HV01", status: s
 
 def test_a_closed_window_names_only_the_vms_whose_rpo_runs_out_before_their_next_chance():
     latest = [_latest("FRESH", NOW - timedelta(hours=1)), _latest("DONE", NOW - timedelta(hours=30)),
-              _latest("NEVER", None, status="failed"), _latest("STALE", NOW - timedelta(hours=50)),
+              _latest("NEVER", None, status="failed"), _latest("STALE", NOW - timedelta(hours=51)),
               _latest("NOTYET", NOW - timedelta(hours=20))]
     run = [{"vm_name": "DONE", "status": "succeeded", "error": None}, {"vm_name": "NEVER", "status": "failed", "error": "0x80070070"},
            {"vm_name": "STALE", "status": "running", "error": None}, {"vm_name": "FRESH", "status": "deferred", "error": None}]
@@ -41,7 +41,7 @@ def test_a_closed_window_names_only_the_vms_whose_rpo_runs_out_before_their_next
     assert [(e.vm_name, e.status) for e in exposed] == [("NEVER", "failed"), ("STALE", "running"), ("NOTYET", None)]
     assert [e.past(NOW) for e in exposed] == [True, True, False]
     lenient = rpo.left_at_risk("HV01", latest, run, 72.0, next_close)  # a 72 h RPO: a missed night is a risk only to
-    assert [e.vm_name for e in lenient] == ["NEVER", "STALE"]  # the never backed up and the 50 h old (72 h at the next close)
+    assert [e.vm_name for e in lenient] == ["NEVER", "STALE"]  # the never backed up and the 51 h old (73 h at the next close)
 
 
 def test_a_breach_is_one_episode_per_last_good_backup():
@@ -147,3 +147,17 @@ def test_without_the_plugin_a_backup_dag_has_no_deadline_and_says_so(monkeypatch
         assert bool(dag.deadline) is has_deadline
         assert ("No deadline at the window's end" in dag.doc_md) is not has_deadline
     rpo_dag.plugin_installed.cache_clear()
+
+
+def test_the_alerts_the_fleet_page_and_the_report_agree_where_the_rpo_runs_out():
+    """A last good backup exactly as old as the RPO is not yet past it; a second older is, for all three."""
+    import pandas as pd
+    from hyperv_backup import fleet, report
+
+    good = NOW - timedelta(hours=24)
+    for when, past in ((NOW, False), (NOW + timedelta(seconds=1), True)):
+        latest = [{"host": "HV01", "vm_name": "A", "last_good": good, "status": "succeeded", "dag_id": "d", "run_id": "r"}]
+        assert rpo.Exposure("HV01", "A", good, 24.0).past(when) is past
+        assert fleet.lines(latest, {}, {"HV01": 24.0}, when)[0].past_rpo is past
+        assert bool(report.rpo_table(pd.DataFrame(latest), when, {"HV01": 24.0})["breach"].iloc[0]) is past
+        assert [e.vm_name for e in rpo.breaches(latest, {"HV01": 24.0}, when)] == (["A"] if past else [])

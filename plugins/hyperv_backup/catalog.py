@@ -7,6 +7,7 @@ a retry updates the same row (the key is dag_id, run_id, host, vm_name), never a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -332,10 +333,22 @@ def mail_sent(engine: Engine, report_key: str) -> dict[str, Any] | None:
     return dict(found._mapping) if found else None
 
 
-def record_mail(engine: Engine, report_key: str, message_id: str, subject: str, recipients: list[str], now: datetime) -> None:
+def mails_sent(engine: Engine, keys: Sequence[str]) -> set[str]:
+    """Which of `keys` the ledger holds: one query per 500 keys (SQLite's limit on a statement's parameters)."""
+    found: set[str] = set()
+    with engine.connect() as db:
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start:start + 500])
+            found.update(db.execute(select(report_mails.c.report_key).where(report_mails.c.report_key.in_(chunk))).scalars())
+    return found
+
+
+def record_mail(engine: Engine, keys: Sequence[str], message_id: str, subject: str, recipients: list[str], now: datetime) -> None:
+    """The ledger's record of one sent mail under each of `keys` (the mail's own, and each thing it told), in one
+    transaction: all of them or, if the catalog fails midway, none (a retry then finds the mail unsent)."""
     with engine.begin() as db:
-        db.execute(report_mails.insert().values(report_key=report_key, message_id=message_id, subject=subject,
-                                                recipients=", ".join(recipients), sent_at=now))
+        db.execute(report_mails.insert(), [{"report_key": key, "message_id": message_id, "subject": subject,
+                                            "recipients": ", ".join(recipients), "sent_at": now} for key in keys])
 
 
 class utc_day(FunctionElement):

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .rpo import Exposure
+
 
 @dataclass(frozen=True)
 class VMLine:
@@ -73,7 +75,7 @@ def lines(latest: list[dict[str, Any]], tests: dict[tuple[str, str], dict[str, A
             tested += f": {test['error']}" if test.get("error") else ""
         running = row["status"] == "running"
         result.append(VMLine(host=host, vm_name=name, status=row["status"], last_good=good, age_hours=age, rpo_hours=rpo,
-                             past_rpo=age is None or age > rpo, predicted_mode=row.get("predicted_mode"), mode=row.get("mode"),
+                             past_rpo=Exposure(host, name, good, rpo).past(now), predicted_mode=row.get("predicted_mode"), mode=row.get("mode"),
                              impact=impact(row), restore_points=row.get("restore_points"), restore_test=tested,
                              running_since=row.get("job_started_at") if running else None,
                              run_url=run_url(row["dag_id"], row["run_id"]), error=row.get("error")))

@@ -83,8 +83,7 @@ def send_once(key: str, subject: str, html: str, recipients: list[str], files: S
         # The provider builds its own MIME (every file an octet-stream attachment) and has no public call for a
         # message built elsewhere; its connected client sends this one, as its own send_email_smtp does.
         smtp._smtp_client.send_message(mail, from_addr=sender, to_addrs=recipients)
-    for told in (key, *also):
-        catalog.record_mail(engine, told, message_id, subject, recipients, datetime.now(UTC))
+    catalog.record_mail(engine, [key, *also], message_id, subject, recipients, datetime.now(UTC))
     return f"sent to {', '.join(recipients)}: {subject}"
 
 

@@ -165,7 +165,7 @@ def rpo_table(known: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], de
     table = _utc(known[["host", "vm_name", "last_good"]], ["last_good"])
     table["age_h"] = (pd.Timestamp(at) - table["last_good"]).dt.total_seconds() / 3600
     table["rpo_h"] = table["host"].map(rpo_hours).fillna(default_rpo).astype(float)
-    table["breach"] = table["last_good"].isna() | (table["age_h"] > table["rpo_h"])
+    table["breach"] = table["last_good"].isna() | (table["age_h"] > table["rpo_h"])  # rpo.Exposure.past's rule
     table["sort_age"] = table["age_h"].fillna(np.inf)
     table = table.sort_values(["breach", "sort_age", "host", "vm_name"], ascending=[False, False, True, True])
     return table.drop(columns="sort_age").reset_index(drop=True)

@@ -42,7 +42,9 @@ class Exposure:
         return None if self.last_good is None else self.last_good + timedelta(hours=self.rpo_hours)
 
     def past(self, moment: datetime) -> bool:
-        return self.past_at is None or self.past_at <= moment
+        """Past the RPO at `moment`: the last good backup is older than the RPO then (at exactly the RPO it is not
+        yet). The one rule of the alerts, the fleet page and the report (`report.rpo_table` applies it to a frame)."""
+        return self.past_at is None or self.past_at < moment
 
     @property
     def episode(self) -> str:

@@ -156,7 +156,8 @@ def build_rpo_watch_dag() -> DAG:
 
             inventory, engine, now = load_inventory(), settings.catalog_engine(), datetime.now(UTC)
             past = rpo.breaches(_selected_latest(inventory.hosts, engine), {h.name: h.rpo_hours for h in inventory.hosts}, now)
-            new = [e for e in past if catalog.mail_sent(engine, e.episode) is None]
+            told = catalog.mails_sent(engine, [e.episode for e in past])
+            new = [e for e in past if e.episode not in told]
             print(f"{len(past)} VM(s) past their RPO, {len(new)} not told before")
             if not new:
                 raise AirflowSkipException("no new breach of an RPO")
