@@ -96,12 +96,14 @@ def gantt(vms: pd.DataFrame, windows: pd.DataFrame) -> bytes:
         axis.set_axis_off()
         return _png(figure)
     labels, lanes, tops, shaded = [], pd.Series(0, index=ran.index), [0], []
+    by_host = dict(tuple(ran.sort_values("started", kind="stable").groupby("host", sort=False)))  # one pass, not one per host
+    planned_by_host = windows.drop_duplicates("host").set_index("host")
     for host in hosts:
-        mine = ran[ran["host"] == host].sort_values("started")
-        planned = windows.loc[windows["host"] == host]
+        mine = by_host[host]
         y, top = tops[-1], tops[-1] + (len(mine) if per_vm else 1)
-        if not planned.empty and pd.notna(planned["planned_start"].iloc[0]):
-            shaded.append((planned["planned_start"].iloc[0], planned["planned_end"].iloc[0], y - 0.5, top - 0.5))
+        if host in planned_by_host.index and pd.notna(planned_by_host.at[host, "planned_start"]):
+            planned = planned_by_host.loc[host]
+            shaded.append((planned["planned_start"], planned["planned_end"], y - 0.5, top - 0.5))
         lanes[mine.index] = range(y, top) if per_vm else y
         labels += [f"{host} · {name}" for name in mine["vm_name"]] if per_vm else [f"{host} ({len(mine)} VMs)"]
         tops.append(top)

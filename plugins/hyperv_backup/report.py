@@ -139,18 +139,19 @@ def window_table(vms: pd.DataFrame, rows: pd.DataFrame, windows: dict[str, Windo
     hosts = sorted(set(windows) | set(rows["host"]))
     scheduled = rows["run_kind"] == "scheduled"
     due = rows[scheduled].groupby("host")["due"].min()
-    ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"))
-    faults = host_faults(vms.to_dict("records"))
+    ran = vms.groupby("host").agg(first_start=("started", "min"), last_end=("finished", "max"), vms=("vm_name", "size"))
+    faults = host_faults(vms[vms["host_fault"]].to_dict("records"))
+    in_scheduled_runs = dict(tuple(vms[vms["run_kind"] == "scheduled"].groupby("host")))  # one pass, not one per host
     records = []
     for host in hosts:
         window = windows.get(host)
         planned = window.bounds(due[host].to_pydatetime()) if window is not None and host in due else (None, None)
-        mine = vms[(vms["host"] == host) & (vms["run_kind"] == "scheduled")]
+        mine = in_scheduled_runs.get(host, vms.iloc[0:0])
         late = mine[(mine["finished"] > planned[1]) | (mine["status"] == Status.DEFERRED)] if planned[1] is not None else mine.iloc[0:0]
         records.append({
             "host": host, "planned_start": planned[0], "planned_end": planned[1],
             "first_start": ran["first_start"].get(host, pd.NaT), "last_end": ran["last_end"].get(host, pd.NaT),
-            "vms": int((vms["host"] == host).sum()), "held": late.empty if host in due else None,
+            "vms": int(ran["vms"].get(host, 0)), "held": late.empty if host in due else None,
             "overran": ", ".join(late["vm_name"]),
             "window": window.describe() if window is not None else "",
             "fault": faults[host][0]["error"] if host in faults else "", "fault_vms": len(faults.get(host, [])),
