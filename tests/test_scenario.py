@@ -115,3 +115,18 @@ def test_each_layer_is_given_only_the_kinds_that_strike_there():
     assert faults.striking(faults.COMMAND, "snapshot") == ("job_running",)
     assert faults.striking(faults.HOST, "verify") == ()
     assert set(faults.striking(faults.PROTOCOL, "verify")) == {"connection_drop", "slow", "soap_fault", "auth_fail", "host_reboot"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("hosts:\n  - name: HV01\n    faults: {kind: slow}\n", r"line 3: `faults` is \{'kind': 'slow'\}; input should be a valid list"),
+    ("hosts: HV01\n", r"line 1: `hosts` is 'HV01'; input should be a valid list"),
+    ("hosts:\n  - name: HV01\n    winrm: {max_shells: 5}\n", r"line 3: unknown key `max_shells` in winrm; allowed: max_shells_per_user"),
+    ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        integration_services: {vss: maybe}\n",
+     r"line 5: `vss` must be true or false, not 'maybe'"),
+    ("hosts:\n  - name: HV01\n    os: '2012'\n    vms:\n      - {name: A, generation: 1}\n      - {name: B}\n",
+     r"line 6: VM 'B' is generation 2"),  # the VM's own line, not its host's
+    ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        faults: [{at: copy}]\n", r"line 5: a fault needs `kind`"),
+])
+def test_a_value_of_the_wrong_shape_names_its_key_and_line(text, expected):
+    with pytest.raises(ScenarioError, match=expected):
+        parse_scenario(text, "fleet.yaml")

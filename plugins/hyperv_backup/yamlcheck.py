@@ -178,9 +178,10 @@ def validate(model: type, ctx: Ctx, root: yaml.Node, what: str, **extra: Any):
             message, line = f"{title} needs `{key}`", lines.get(loc[:-1])
         else:
             text = error["msg"].removeprefix("Value error, ")
-            if not keys or hasattr(_model_at(model, loc), "__pydantic_fields__"):  # about a whole mapping: says what
+            ours = error["type"] == "value_error"
+            if not keys or (ours and hasattr(_model_at(model, loc), "__pydantic_fields__")):  # a whole mapping's: says what
                 message = text
-            elif error["type"] == "value_error":  # ours: the message names the value
+            elif ours:  # a field's: the message names the value
                 message = f"`{key}` {text}"
             elif error["type"] == "string_type":
                 message = f"`{key}` must be a string"
