@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hyperv_backup import catalog, render, report
+from hyperv_backup import catalog, mailer, render, report
 from hyperv_backup.windows import Window
 
 NIGHT = report.Interval(datetime(2026, 11, 23, 7, 0, tzinfo=UTC), datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
@@ -168,7 +168,7 @@ def test_a_host_that_could_not_be_reached_is_told_once_with_the_vms_it_kept_from
 
 
 def test_a_fleet_night_lists_the_vms_that_need_attention_and_counts_the_others():
-    """Past report.PAGE_ROWS rows a per-VM table lists the rows that need attention and counts the rest; the CSV
+    """Past mailer.TABLE_ROWS rows a per-VM table lists the rows that need attention and counts the rest; the CSV
     keeps every VM. A small night lists every VM."""
     night = [row("HV01", f"VM{i:03d}", start=i, minutes=1) for i in range(150)]
     night[7] = row("HV01", "VM007", status="failed", start=7, minutes=1, error="0x800423F3 <the VSS writer>")
@@ -192,6 +192,6 @@ def test_a_fleet_night_lists_the_vms_that_need_attention_and_counts_the_others()
 def test_a_night_where_more_vms_need_attention_than_a_table_lists_says_how_many_more_do():
     built = build([row("HV01", f"VM{i:03d}", status="failed", start=i, minutes=1) for i in range(130)])
     listed = report.page_tables(built)["vms"]
-    assert (len(listed.rows), listed.others, listed.others_need_attention) == (report.PAGE_ROWS, 30, 30)
+    assert (len(listed.rows), listed.others, listed.others_need_attention) == (mailer.TABLE_ROWS, 30, 30)
     page = render.render(built, Path(tempfile.mkdtemp()), "night").html.read_text()
     assert "30 more VM(s) not listed, 30 of them need attention. Every VM is in the attached night-vms.csv." in page

@@ -161,3 +161,15 @@ def test_the_alerts_the_fleet_page_and_the_report_agree_where_the_rpo_runs_out()
         assert fleet.lines(latest, {}, {"HV01": 24.0}, when)[0].past_rpo is past
         assert bool(report.rpo_table(pd.DataFrame(latest), when, {"HV01": 24.0})["breach"].iloc[0]) is past
         assert [e.vm_name for e in rpo.breaches(latest, {"HV01": 24.0}, when)] == (["A"] if past else [])
+
+
+def test_a_fleet_past_its_rpo_is_mailed_as_the_most_exposed_vms_and_a_count_of_the_others():
+    from hyperv_backup import mailer
+
+    latest = [_latest(f"VM{i:04d}", NOW - timedelta(hours=30 + i)) for i in range(150)] + [_latest("NEW", None, status="failed")]
+    past = rpo.breaches([{**r, "host": "HV01"} for r in latest], {"HV01": 24.0}, NOW)
+    page = mailer.page("rpo.html.j2", subject=rpo.breach_subject(past), exposed=past, now=NOW)
+    rows = page.count("<tr><td>HV01</td>")
+    assert (len(past), rows) == (151, mailer.TABLE_ROWS)
+    assert "never" in page and "VM0149" in page and "VM0051" in page and "VM0050" not in page  # never, then the oldest
+    assert "51 more VM(s), with more recent backups, are not listed; every VM is on the fleet page." in page

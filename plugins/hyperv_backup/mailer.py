@@ -19,13 +19,18 @@ from . import catalog
 from .settings import catalog_engine
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "include" / "templates"
+# The most rows a mail's table of VMs lists; the rest are counted, and the fleet page or the CSV has them. No one reads
+# 2,000 rows in a mail, and mail clients clip long messages (Gmail past 102 KB).
+TABLE_ROWS = 100
 
 
 def environment():
     """The project's templates (include/templates/), autoescaped, so a VM named `<script>` is text."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env.globals["TABLE_ROWS"] = TABLE_ROWS
+    return env
 
 
 def page(template: str, **values) -> str:

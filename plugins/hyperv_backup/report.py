@@ -20,6 +20,7 @@ import pandas as pd
 
 from .errors import host_faults
 from .facts import Status
+from .mailer import TABLE_ROWS
 from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
@@ -292,15 +293,11 @@ def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_ho
 
 # -- what the page lists ---------------------------------------------------------------------------------------
 
-PAGE_ROWS = 100  # a per-VM table lists every row up to this many; past it, the rows that need attention
-
-
 @dataclass(frozen=True)
 class Listing:
-    """A per-VM table as the page lists it. A fleet's night is 2,000 rows a table: no one reads that in a mail, and
-    mail clients clip long messages (Gmail past 102 KB), so past `PAGE_ROWS` rows the page lists only the rows that
-    need attention (at most `PAGE_ROWS` of them) and counts the others; the attached CSV and the fleet page have
-    every VM."""
+    """A per-VM table as the page lists it. A fleet's night is 2,000 rows a table, more than a mail can show
+    (`mailer.TABLE_ROWS`), so past that the page lists only the rows that need attention (at most that many) and
+    counts the others; the attached CSV and the fleet page have every VM."""
 
     rows: list[dict]
     total: int
@@ -315,7 +312,7 @@ class Listing:
         return self.attention - len(self.rows) if self.others else 0  # a cut table lists only rows that need it
 
 
-def listing(table: pd.DataFrame, attention: pd.Series | bool = True, limit: int = PAGE_ROWS) -> Listing:
+def listing(table: pd.DataFrame, attention: pd.Series | bool = True, limit: int = TABLE_ROWS) -> Listing:
     """Every row of a table of at most `limit` rows; of a longer one, its first `limit` rows that need attention."""
     needs = pd.Series(attention, index=table.index, dtype=bool)
     shown = table if len(table) <= limit else table[needs].head(limit)
