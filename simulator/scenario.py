@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 from hyperv_backup.facts import CHECKPOINT_SETTINGS, HOST_VERSIONS, LOCALES, STEPS, CheckpointType, at_least
-from hyperv_backup.yamlcheck import Boolean, Integer, Number, checked_name, compose, error_at, one_of, validate
+from hyperv_backup.yamlcheck import NULL_IS_EMPTY, Boolean, Integer, Name, Number, compose, error_at, one_of, validate
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -44,8 +43,6 @@ def _config(title: str, **more) -> ConfigDict:
     return ConfigDict(extra="forbid", title=title, **more)  # an unknown key is a mistake, named with its line
 
 
-Name = Annotated[str, AfterValidator(checked_name)]
-List = BeforeValidator(lambda value: [] if value is None else value)  # `faults:` left empty
 
 
 class Fault(BaseModel):
@@ -70,7 +67,7 @@ class Fault(BaseModel):
         return self
 
 
-Faults = Annotated[list[Fault], List]
+Faults = Annotated[list[Fault], NULL_IS_EMPTY]
 
 
 class Volume(BaseModel):
@@ -106,7 +103,7 @@ class VMSpec(BaseModel):
     integration_services: IntegrationServices = IntegrationServices()
     volumes: list[Volume] = []  # none given: the boot volume (and the EFI partition of generation 2)
     disk_gb: Annotated[Number, Field(ge=0.001)] = 40.0
-    checkpoints: Annotated[list[Checkpoint], List] = []
+    checkpoints: Annotated[list[Checkpoint], NULL_IS_EMPTY] = []
     faults: Faults = []
     checkpoint_type: one_of(CHECKPOINT_SETTINGS) = "Production"  # the VM's checkpoint setting (Disabled turns checkpoints off)
     stray_avhdx: Annotated[Integer, Field(ge=0, le=100)] = 0  # .avhdx files beside the disks that no checkpoint explains
@@ -144,12 +141,12 @@ class HostSpec(BaseModel):
     throughput_mb_s: Annotated[Number, Field(ge=0.001)] = 200.0
     timezone: str = "UTC"
     faults: Faults = []
-    vms: Annotated[list[VMSpec], List] = []
+    vms: Annotated[list[VMSpec], NULL_IS_EMPTY] = []
     # what the preflight reads (CONTRACTS 5.1): the WSB feature, the host's clock against the real one, the
     # account's groups, and WinRM's limits
     wsb_installed: Boolean = True
     clock_skew_seconds: Number = 0.0
-    account_groups: Annotated[list[str], List] = ["Administrators"]
+    account_groups: Annotated[list[str], NULL_IS_EMPTY] = ["Administrators"]
     winrm: WinRMLimits = WinRMLimits()
 
     @field_validator("vms")
@@ -172,7 +169,7 @@ class Scenario(BaseModel):
     seed: Annotated[Integer, Field(ge=0)] = 7
     control_port: Annotated[Integer, Field(ge=0, le=65535)] = 0
     speed: Annotated[Number, Field(ge=0.001)] = 60.0
-    hosts: Annotated[list[HostSpec], List] = []
+    hosts: Annotated[list[HostSpec], NULL_IS_EMPTY] = []
 
     @model_validator(mode="after")
     def _one_fleet(self) -> Scenario:

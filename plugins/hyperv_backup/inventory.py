@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .facts import RESTORE_COPY_PREFIX, Mode
 from .windows import Window
-from .yamlcheck import Boolean, Integer, Number, YamlError, checked_name, compose, validate
+from .yamlcheck import NULL_IS_EMPTY, Boolean, Integer, Name, Number, YamlError, compose, validate
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "include" / "inventory.yaml"
 ENV_VAR = "HYPERV_BACKUP_INVENTORY"
@@ -40,8 +40,7 @@ def _restore_path(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(checked_name)]
-Names = Annotated[list[Name], BeforeValidator(lambda value: [] if value is None else value)]  # `vms:` left empty
+Names = Annotated[list[Name], NULL_IS_EMPTY]
 FORBID = {"extra": "forbid"}  # an unknown key is a mistake, named with its line
 
 
@@ -103,7 +102,7 @@ class Inventory(BaseModel):
     model_config = ConfigDict(**FORBID, title="the inventory")
 
     source: str
-    hosts: Annotated[list[HostEntry], BeforeValidator(lambda value: [] if value is None else value)]
+    hosts: Annotated[list[HostEntry], NULL_IS_EMPTY]
     mail: Mail = Mail()
 
     @model_validator(mode="after")

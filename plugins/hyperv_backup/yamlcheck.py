@@ -94,6 +94,10 @@ def checked_name(value: str) -> str:
     return value
 
 
+Name = Annotated[str, AfterValidator(checked_name)]  # a host, VM, connection or account name
+NULL_IS_EMPTY = BeforeValidator(lambda value: [] if value is None else value)  # `vms:` left empty is no VM, not an error
+
+
 def compose(text: str, source: str, error: type[YamlError] = YamlError) -> tuple[Ctx, yaml.Node | None]:
     try:
         return Ctx(source, error), yaml.compose(text, Loader=LOADER)
