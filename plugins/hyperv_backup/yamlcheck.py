@@ -81,10 +81,9 @@ def error_at(loc: tuple, message: str) -> Exception:
     """A validator's error about an item below the field it validates (the VM at index 3 of `vms`), so that
     `validate` names that item's line: pydantic prefixes `loc` with the field's own location."""
     from pydantic import ValidationError
-    from pydantic_core import InitErrorDetails, PydanticCustomError
 
-    return ValidationError.from_exception_data("item", [InitErrorDetails(
-        type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=None)])
+    return ValidationError.from_exception_data("item", [{"type": "value_error", "loc": loc, "input": None,
+                                                         "ctx": {"error": ValueError(message)}}])
 
 
 def checked_name(value: str) -> str:
