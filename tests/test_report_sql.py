@@ -173,3 +173,34 @@ def test_the_mail_ledger_answers_many_keys_in_one_query_and_records_a_mail_all_o
     with pytest.raises(sqlalchemy.exc.IntegrityError):  # one key already there: the whole record fails, nothing half-written
         catalog.record_mail(engine, ["rpo-breaches/def", told[699], told[700]], "<m2>", "s", ["a@x"], now)
     assert catalog.mails_sent(engine, ["rpo-breaches/def", told[700]]) == set()
+
+
+def test_workers_that_start_together_on_a_new_catalog_create_it_once(catalog_url):
+    """Every host's first task of a night opens the catalog at the same moment: on a new catalog (or one to migrate)
+    each would create the tables. All of them must go on, with one schema version recorded (found under the real
+    scheduler: PostgreSQL failed the second CREATE TABLE of a host's select_vms, which lost a minute to its retry)."""
+    import threading
+
+    workers = 8
+    barrier, engines, errors = threading.Barrier(workers), [], []
+
+    def open_catalog() -> None:
+        engine = sqlalchemy.create_engine(catalog_url)
+        engines.append(engine)
+        barrier.wait()
+        try:
+            catalog.migrate(engine)
+        except Exception as error:  # noqa: BLE001 (the assertion below names it)
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_catalog) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    with engines[0].connect() as db:
+        versions = db.execute(sqlalchemy.select(catalog.schema_version.c.version)).scalars().all()
+    assert versions == [catalog.MIGRATIONS[-1][0]]
+    for engine in engines:
+        engine.dispose()

@@ -162,30 +162,37 @@ def migrate(engine: Engine) -> int:
 
     A new catalog is created at the newest version. One without a version table is of version 1
     (the project's first catalog). Each later version's columns are added with Alembic's
-    `add_column`, in one transaction per version.
+    `add_column`. The whole migration is one transaction, taken by one process at a time
+    (`_migration_lock`): every host's first task of a night opens the catalog at the same moment,
+    and each would otherwise create the same tables.
     """
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
     from sqlalchemy import inspect
 
     newest = MIGRATIONS[-1][0]
-    with engine.begin() as db:
-        existing = set(inspect(db).get_table_names())
-        if vm_backups.name not in existing:
+    with engine.connect() as db:
+        if _version(db) == newest:  # the catalog of every open but the first after an upgrade: no lock taken
+            return newest
+        db.rollback()
+        _migration_lock(db)
+        before = _version(db)
+        if before is None:
             metadata.create_all(db)
             db.execute(schema_version.insert().values(version=newest))
+            db.commit()
             return newest
-        if SCHEMA_VERSION_TABLE not in existing:
+        if before == newest:  # another process migrated it while this one waited for the lock
+            return newest
+        if SCHEMA_VERSION_TABLE not in inspect(db).get_table_names():
             schema_version.create(db)
             db.execute(schema_version.insert().values(version=1))
         metadata.create_all(db)  # tables added since (report_mails) that no column migration covers
-        before = db.execute(select(func.max(schema_version.c.version))).scalar() or 1
-    for version, columns in MIGRATIONS:
-        if version <= before:
-            continue
-        with engine.begin() as db:
-            operations = Operations(MigrationContext.configure(db))
-            present = {c["name"] for c in inspect(db).get_columns(vm_backups.name)}
+        operations = Operations(MigrationContext.configure(db))
+        present = {c["name"] for c in inspect(db).get_columns(vm_backups.name)}
+        for version, columns in MIGRATIONS:
+            if version <= before:
+                continue
             for name in columns:
                 if name not in present:
                     operations.add_column(vm_backups.name, Column(name, vm_backups.c[name].type))
@@ -193,8 +200,35 @@ def migrate(engine: Engine) -> int:
                 for index in INDEXES:
                     db.execute(CreateIndex(index, if_not_exists=True))
                 _recorded_run_kinds(db)
-            db.execute(schema_version.update().values(version=version))
+        db.execute(schema_version.update().values(version=newest))
+        db.commit()
     return before
+
+
+def _version(db) -> int | None:
+    """The catalog's schema version: None for a new database, 1 for the first catalog (it had no version table)."""
+    from sqlalchemy import inspect
+
+    tables = set(inspect(db).get_table_names())
+    if vm_backups.name not in tables:
+        return None
+    if SCHEMA_VERSION_TABLE not in tables:
+        return 1
+    return db.execute(select(func.max(schema_version.c.version))).scalar() or 1
+
+
+MIGRATION_LOCK = 0x4856_4243  # "HVBC": PostgreSQL's advisory lock key of the catalog's migration
+
+
+def _migration_lock(db) -> None:
+    """Begin the migration's transaction holding the catalog's one migration lock, released at its end: others wait,
+    then find the schema done. PostgreSQL fails a second CREATE TABLE of a name (pg_type's unique index) rather than
+    waiting for the first, hence an advisory lock; SQLite's write lock is taken at once (BEGIN IMMEDIATE) rather than
+    at the first write, after the check for the tables that each would have made."""
+    if db.dialect.name == "postgresql":
+        db.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+    else:
+        db.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _recorded_run_kinds(db) -> None:
