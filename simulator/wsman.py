@@ -167,34 +167,36 @@ class Command:
 @dataclass
 class Shell:
     id: str
-    booted: datetime  # the host's boot time when it was opened
     commands: dict[str, Command] = field(default_factory=dict)
 
 
 class Shells:
     """The shells a host's WinRM service holds open, by ShellId. A restarted service knows none of before:
-    a shell opened before the host's last boot is not found, as on Windows."""
+    the first request after the host's boot finds the service's shells gone, as on Windows."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Shell] = {}
+        self._booted: datetime | None = None
+
+    def _since(self, booted: datetime) -> dict[str, Shell]:
+        if booted != self._booted:  # the host restarted: its WinRM service started with no shell
+            self._by_id.clear()
+            self._booted = booted
+        return self._by_id
 
     def open(self, booted: datetime) -> Shell:
-        shell = Shell(new_id(), booted)
-        self._by_id[shell.id] = shell
+        shell = Shell(new_id())
+        self._since(booted)[shell.id] = shell
         return shell
 
     def find(self, shell_id: str, booted: datetime) -> Shell | None:
-        shell = self._by_id.get(shell_id)
-        if shell is not None and shell.booted != booted:  # opened before the host restarted
-            self.close(shell_id)
-            return None
-        return shell
+        return self._since(booted).get(shell_id)
 
     def close(self, shell_id: str) -> None:
         self._by_id.pop(shell_id, None)
 
     def count(self, booted: datetime) -> int:
-        return sum(shell.booted == booted for shell in self._by_id.values())
+        return len(self._since(booted))
 
 
 def command_line(body: ET.Element | None) -> tuple[str, bool]:

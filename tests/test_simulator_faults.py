@@ -214,3 +214,19 @@ def test_a_host_that_refuses_the_credentials_fails_the_vm_as_the_hosts_fault_unt
         steps.probe()  # a target the host does not have: the VM's own failure
     last = catalog.row(engine, run.key())
     assert (last["status"], last["host_fault"]) == ("failed", False) and told_once([last]) == [f"VM1: {last['error']}"]
+
+
+def test_a_restarted_winrm_service_holds_none_of_the_shells_of_before():
+    """Windows' WinRM service starts empty after a boot: a shell of before is not found, not counted, and not
+    kept in memory until someone asks for it."""
+    from datetime import UTC, datetime, timedelta
+
+    from simulator.wsman import Shells
+
+    shells, first = Shells(), datetime(2026, 11, 26, tzinfo=UTC)
+    old = [shells.open(first) for _ in range(3)]
+    assert shells.count(first) == 3 and shells.find(old[0].id, first) is old[0]
+    rebooted = first + timedelta(hours=1)
+    new = shells.open(rebooted)
+    assert shells.count(rebooted) == 1 and len(shells._by_id) == 1
+    assert shells.find(old[1].id, rebooted) is None and shells.find(new.id, rebooted) is new
