@@ -21,6 +21,7 @@ import pandas as pd
 from .errors import host_faults
 from .facts import Status
 from .mailer import TABLE_ROWS
+from .rpo import Exposure
 from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
@@ -167,7 +168,9 @@ def rpo_table(known: pd.DataFrame, at: datetime, rpo_hours: dict[str, float], de
     table = _utc(known[["host", "vm_name", "last_good"]], ["last_good"])
     table["age_h"] = (pd.Timestamp(at) - table["last_good"]).dt.total_seconds() / 3600
     table["rpo_h"] = table["host"].map(rpo_hours).fillna(default_rpo).astype(float)
-    table["breach"] = table["last_good"].isna() | (table["age_h"] > table["rpo_h"])  # rpo.Exposure.past's rule
+    table["breach"] = pd.Series([Exposure(host, name, None if pd.isna(good) else good.to_pydatetime(), rpo).past(at)  # the one rule
+                                 for host, name, good, rpo in zip(table["host"], table["vm_name"], table["last_good"], table["rpo_h"],
+                                                                  strict=True)], index=table.index, dtype=bool)
     table["sort_age"] = table["age_h"].fillna(np.inf)
     table = table.sort_values(["breach", "sort_age", "host", "vm_name"], ascending=[False, False, True, True])
     return table.drop(columns="sort_age").reset_index(drop=True)

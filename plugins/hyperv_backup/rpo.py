@@ -43,7 +43,7 @@ class Exposure:
 
     def past(self, moment: datetime) -> bool:
         """Past the RPO at `moment`: the last good backup is older than the RPO then (at exactly the RPO it is not
-        yet). The one rule of the alerts, the fleet page and the report (`report.rpo_table` applies it to a frame)."""
+        yet). The one rule of the alerts, the fleet page and the report's RPO table."""
         return self.past_at is None or self.past_at < moment
 
     @property
