@@ -43,8 +43,6 @@ def _config(title: str, **more) -> ConfigDict:
     return ConfigDict(extra="forbid", title=title, **more)  # an unknown key is a mistake, named with its line
 
 
-
-
 class Fault(BaseModel):
     model_config = _config("a fault", frozen=True)
 
