@@ -125,7 +125,8 @@ def play(scenario_path: Path, out: Path, intervals: int, stoppers: list) -> dict
                 cluster.cli("dags", "unpause", dag_id)
             for dag_id in dag_ids:
                 failed = cluster.wait(lambda d=dag_id: _finished(cluster, d, intervals, "scheduled"),
-                                      f"{intervals} scheduled runs of {dag_id}", timeout=90 * intervals + 120)
+                                      f"{intervals} scheduled runs of {dag_id}",
+                                      timeout=(fires[0] - datetime.now(UTC)).total_seconds() + 90 * intervals + 120)
                 story["dags"][dag_id] = {"outage_runs": [r["run_id"] for r in failed]}
                 _say(f"{dag_id}: {len(failed)} scheduled runs ended {dict(Counter(r['state'] for r in failed))}")
             running = harness.start(out / "scenario.yaml", out / "certs", dump=out)
