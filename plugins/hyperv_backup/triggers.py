@@ -63,7 +63,9 @@ class BackupJobTrigger(KeptShellTrigger):
     "run_id", "host", "vm_name"}`) the trigger starts the job itself the moment its turn comes and the
     host is free, and writes its start to the catalog: a worker would start it seconds to minutes
     later (the scheduler's round trip), and the host would idle meanwhile. Starting twice is not
-    possible: the host refuses a job while one runs, and the wait ends once ours exists.
+    possible: the host refuses a job while one runs, and the wait ends once ours exists. A job the
+    trigger started is followed on through its shadow copy, the snapshot step's next wait: the step
+    resumes once, not twice (a task's try costs a worker seconds of CPU).
 
     Between answers the host waits (`Get-HvbVMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
     of host time, until what the last answer showed changes): a job's end is seen within a second
@@ -92,7 +94,8 @@ class BackupJobTrigger(KeptShellTrigger):
 
     async def _over(self, hook, status: BackupStatus) -> bool:
         """Whether the wait is over. A turn's is once a job of ours exists or the window closed; while the host is
-        free, the trigger takes the turn itself (with `start`), or leaves that to the step."""
+        free, the trigger takes the turn itself (with `start`: its wait then goes on as the shadow copy's), or
+        leaves that to the step."""
         if self.until != Until.TURN:
             return settled(self.until, status, parse_time(self.job_start), parse_time(self.not_after), parse_time(self.merge_deadline))
         if new_job(status, parse_time(self.since), tuple(map(parse_time, self.known))):
@@ -100,6 +103,24 @@ class BackupJobTrigger(KeptShellTrigger):
         if not settled(Until.TURN, status, not_after=parse_time(self.not_after)):
             return False
         return status.host_busy() or not self.start or await off_loop(self._take_turn)(hook)
+
+    def _take_turn(self, hook) -> bool:
+        """Start our job now (the host is free, the turn is ours). True once the window has closed; once the job
+        started, the wait goes on as its shadow copy's (False)."""
+        from datetime import UTC, datetime
+
+        from . import catalog
+
+        limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
+        answer = hook.run_script("Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
+        if not answer["started"]:
+            return bool(answer.get("window_closed"))
+        started = answer["job"]["start_time_utc"]
+        key = {k: self.start[k] for k in catalog.KEY}
+        catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(started)}, datetime.now(UTC))
+        self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name, started)
+        self.until, self.job_start = Until.SHADOW_COPY, started
+        return False
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
@@ -145,22 +166,6 @@ class BackupJobTrigger(KeptShellTrigger):
     def _status(self, hook, seen: str) -> BackupStatus:
         wait = {"WaitSeconds": int(self.host_wait_seconds), "Seen": seen} if seen and self.host_wait_seconds >= 1 else {}
         return BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=self.vm_id, **wait))
-
-    def _take_turn(self, hook) -> bool:
-        """Start our job now (the host is free, the turn is ours); True once started or the window has closed."""
-        from datetime import UTC, datetime
-
-        from . import catalog
-
-        limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
-        answer = hook.run_script("Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
-        if answer["started"]:
-            key = {k: self.start[k] for k in catalog.KEY}
-            catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(answer["job"]["start_time_utc"])},
-                           datetime.now(UTC))
-            self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name,
-                          answer["job"]["start_time_utc"])
-        return bool(answer["started"] or answer.get("window_closed"))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from .errors import PermanentHostError, TransientHostError
