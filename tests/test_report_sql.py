@@ -124,10 +124,8 @@ def test_a_night_is_found_by_the_due_index_not_by_reading_the_table(tmp_path):
     assert "ix_vm_backups_due" in plan, plan
 
 
-def test_a_catalog_of_the_previous_version_gets_the_run_kind_and_the_indexes(catalog_url):
-    """A version-2 catalog (before `run_kind`): the migration adds the column, fills it from the run ids
-    (a backfill's row by its `missed`), and creates the report's indexes."""
-    engine = sqlalchemy.create_engine(catalog_url)
+def _version_2_catalog(engine) -> None:
+    """A catalog as version 2 left it (before `run_kind`), with three rows."""
     old = sqlalchemy.MetaData()
     columns = [sqlalchemy.Column(c.name, c.type, primary_key=c.primary_key) for c in catalog.vm_backups.columns if c.name != "run_kind"]
     table = sqlalchemy.Table("vm_backups", old, *columns)
@@ -139,6 +137,13 @@ def test_a_catalog_of_the_previous_version_gets_the_run_kind_and_the_indexes(cat
         db.execute(table.insert(), [base | {"run_id": "scheduled__2026-11-20T21:00", "vm_name": "A", "missed": None},
                                     base | {"run_id": "scheduled__2026-11-20T21:00", "vm_name": "B", "missed": "the scheduled run failed"},
                                     base | {"run_id": "manual__2026-11-21T10:00", "vm_name": "A", "missed": None}])
+
+
+def test_a_catalog_of_the_previous_version_gets_the_run_kind_and_the_indexes(catalog_url):
+    """A version-2 catalog (before `run_kind`): the migration adds the column, fills it from the run ids
+    (a backfill's row by its `missed`), and creates the report's indexes."""
+    engine = sqlalchemy.create_engine(catalog_url)
+    _version_2_catalog(engine)
     assert catalog.migrate(engine) == 2
     kinds = {(r["run_id"][:6], r["vm_name"]): r["run_kind"] for r in catalog.rows(engine)}
     assert kinds == {("schedu", "A"): "scheduled", ("schedu", "B"): "backfill", ("manual", "A"): "manual"}
@@ -175,21 +180,25 @@ def test_the_mail_ledger_answers_many_keys_in_one_query_and_records_a_mail_all_o
     assert catalog.mails_sent(engine, ["rpo-breaches/def", told[700]]) == set()
 
 
-def test_workers_that_start_together_on_a_new_catalog_create_it_once(catalog_url):
-    """Every host's first task of a night opens the catalog at the same moment: on a new catalog (or one to migrate)
-    each would create the tables. All of them must go on, with one schema version recorded (found under the real
-    scheduler: PostgreSQL failed the second CREATE TABLE of a host's select_vms, which lost a minute to its retry)."""
+@pytest.mark.parametrize("before", [None, 2], ids=["a new catalog", "a version-2 catalog"])
+def test_workers_that_start_together_create_or_migrate_the_catalog_once(catalog_url, before):
+    """Every host's first task of a night opens the catalog at the same moment: on a new catalog, or the first night
+    after an upgrade, each would create the tables or add the columns. All of them must go on, one of them doing
+    it, with one schema version recorded (found under the real scheduler: PostgreSQL failed the second CREATE TABLE
+    of a host's select_vms, which lost a minute to its retry)."""
     import threading
 
     workers = 8
-    barrier, engines, errors = threading.Barrier(workers), [], []
+    barrier, engines, errors, found = threading.Barrier(workers), [], [], []
+    if before:
+        _version_2_catalog(sqlalchemy.create_engine(catalog_url))
 
     def open_catalog() -> None:
         engine = sqlalchemy.create_engine(catalog_url)
         engines.append(engine)
         barrier.wait()
         try:
-            catalog.migrate(engine)
+            found.append(catalog.migrate(engine))
         except Exception as error:  # noqa: BLE001 (the assertion below names it)
             errors.append(error)
 
@@ -202,5 +211,9 @@ def test_workers_that_start_together_on_a_new_catalog_create_it_once(catalog_url
     with engines[0].connect() as db:
         versions = db.execute(sqlalchemy.select(catalog.schema_version.c.version)).scalars().all()
     assert versions == [catalog.MIGRATIONS[-1][0]]
+    if before:  # one worker migrated (it found version 2), the others found it done; no row lost, none twice
+        assert sorted(found) == [before] + [versions[0]] * (workers - 1)
+        assert sorted((r["run_id"][:6], r["vm_name"], r["run_kind"]) for r in catalog.rows(engines[0])) == [
+            ("manual", "A", "manual"), ("schedu", "A", "scheduled"), ("schedu", "B", "backfill")]
     for engine in engines:
         engine.dispose()
