@@ -15,7 +15,7 @@ state (each holds a worker slot), and prints, from the simulator's journal (host
   receive, signal, delete shell) for each one-shot script, plus 5 a poll of the job's status every
   `poll_seconds` while the VM waits for its turn and its job (host time).
 
-    .venv/bin/python -m bench.scheduler [--hosts 4] [--vms 12] [--speed 10]
+    .venv/bin/python -m bench.scheduler [--hosts 4] [--vms 12] [--speed 10] [--parallelism N]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class SlotSampler(threading.Thread):
         self.engine.dispose()
 
 
-def run(hosts: int, vms: int, speed: float, out: Path, metadata: str) -> dict:
+def run(hosts: int, vms: int, speed: float, out: Path, metadata: str, parallelism: int | None = None) -> dict:
     path = out / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario(hosts, vms, speed)))
     loaded = load_scenario(path)
@@ -98,7 +98,7 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str) -> dict:
         env = connection_env(loaded, running) | {
             "HYPERV_BACKUP_INVENTORY": str(out / "inventory.yaml"),
             "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
-        }
+        } | ({"AIRFLOW__CORE__PARALLELISM": str(parallelism)} if parallelism else {})
         dag_ids = [f"hyperv_backup_{h.name.lower()}" for h in loaded.hosts]
         topology = Topology()
         if database:  # the catalog, too, where a deployment keeps it
@@ -168,15 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=10)
     parser.add_argument("--metadata", choices=("postgresql", "sqlite"), default="postgresql",
                         help="Airflow's metadata database: PostgreSQL, as deployments run it (default), or SQLite, the embedded default")
+    parser.add_argument("--parallelism", type=int, help="Airflow's [core] parallelism: the LocalExecutor's task processes "
+                        "at once (default: Airflow's, 32)")
     parser.add_argument("--keep", metavar="DIR", help="keep the run's files (catalog, journal, Airflow home and logs) in DIR")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
         out = Path(args.keep or tmp)
         out.mkdir(parents=True, exist_ok=True)
-        result = run(args.hosts, args.vms, args.speed, out, args.metadata)
+        result = run(args.hosts, args.vms, args.speed, out, args.metadata, args.parallelism)
         f = figures(out, result, args.vms)
     print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
-          f"(LocalExecutor, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
+          f"(LocalExecutor, parallelism {args.parallelism or 32}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
     print(f"{'host':>6} {'jobs':>5} {'job time (host s)':>18} {'idle (host s)':>14} {'idle gap/busy':>14}")
     for host, h in f["hosts"].items():
         print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")
