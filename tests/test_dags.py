@@ -20,6 +20,7 @@ for dag_id, dag in bag.dags.items():
                           "paused_upon_creation": dag.is_paused_upon_creation,
                           "spread_retries": sorted(t.task_id for t in dag.tasks if type(t.retry_policy).__name__ == "SpreadRetries"),
                           "execution_timeouts": sorted({{str(t.execution_timeout) for t in dag.tasks}}),
+                          "weights": {{t.task_id: [str(t.weight_rule), t.priority_weight] for t in dag.tasks}},
                           "required": sorted(k for k, p in dag.params.items() if "null" not in p.schema.get("type", ["null"]))}}
 print("RESULT" + json.dumps(out))
 """
@@ -53,6 +54,12 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     assert set(steps) <= set(dag["tasks"])
     assert set(steps) <= set(dag["spread_retries"])  # a run's VMs retry at different moments
     assert dag["execution_timeouts"] == ["0:30:00"]  # a step's own work; its waits on the host are deferred
+    # short of worker slots, the steps that lead to the host's next job go first, in the run's order (the map index
+    # breaks ties): not a VM's later steps, which would leave the host idle (bench/scheduler.py measures it)
+    rules = {rule for rule, _ in dag["weights"].values()}
+    starts = {dag["weights"][t][1] for t in ("select_vms", "backup_vm.probe", "backup_vm.snapshot")}
+    later = {dag["weights"][t][1] for t in steps[2:]}
+    assert rules == {"absolute"} and len(starts) == 1 and min(starts) > max(later), dag["weights"]
 
 
 def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path):
