@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
 from include import postgres  # noqa: E402
-from include.cluster import AirflowCluster, Topology  # noqa: E402
+from include.cluster import SLOTS_PER_CORE, AirflowCluster, Topology  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metadata", choices=("postgresql", "sqlite"), default="postgresql",
                         help="Airflow's metadata database: PostgreSQL, as deployments run it (default), or SQLite, the embedded default")
     parser.add_argument("--parallelism", type=int, help="Airflow's [core] parallelism: the LocalExecutor's task processes "
-                        "at once (default: Airflow's, 32)")
+                        "at once (default: include/cluster.py's, two per core; Airflow's own is 32)")
     parser.add_argument("--keep", metavar="DIR", help="keep the run's files (catalog, journal, Airflow home and logs) in DIR")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scheduler-") as tmp:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args.hosts, args.vms, args.speed, out, args.metadata, args.parallelism)
         f = figures(out, result, args.vms)
     print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
-          f"(LocalExecutor, parallelism {args.parallelism or 'default'}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
+          f"(LocalExecutor, parallelism {args.parallelism or f'{SLOTS_PER_CORE * (os.cpu_count() or 1)} (two per core)'}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
     print(f"{'host':>6} {'jobs':>5} {'job time (host s)':>18} {'idle (host s)':>14} {'idle gap/busy':>14}")
     for host, h in f["hosts"].items():
         print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")

@@ -37,6 +37,10 @@ COMPONENTS = {
 
 
 WORKER_NAME = "HYPERV_BACKUP_WORKER_NAME"
+# The LocalExecutor's task processes at once (`[core] parallelism`; Airflow's default is 32 whatever the machine):
+# two per core. The backups' waits are deferred and hold no slot; their tries are short and CPU-bound, and more
+# at once than the cores can run make each one wait, the next VM's first steps too (README, Benchmarks).
+SLOTS_PER_CORE = 2
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ class AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.env = dict(os.environ) | env | {
+        slots = {"AIRFLOW__CORE__PARALLELISM": str(SLOTS_PER_CORE * (os.cpu_count() or 1))}
+        self.env = slots | dict(os.environ) | env | {  # the caller's parallelism, if it sets one
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
