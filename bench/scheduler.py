@@ -178,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         result = run(args.hosts, args.vms, args.speed, out, args.metadata, args.parallelism)
         f = figures(out, result, args.vms)
+    slots = args.parallelism or f"{SLOTS_PER_CORE * (os.cpu_count() or 1)} (two per core)"
     print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
-          f"(LocalExecutor, parallelism {args.parallelism or f'{SLOTS_PER_CORE * (os.cpu_count() or 1)} (two per core)'}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, {result['wall']:.0f} s\n")
+          f"(LocalExecutor, parallelism {slots}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, "
+          f"{result['wall']:.0f} s\n")
     print(f"{'host':>6} {'jobs':>5} {'job time (host s)':>18} {'idle (host s)':>14} {'idle gap/busy':>14}")
     for host, h in f["hosts"].items():
         print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")
