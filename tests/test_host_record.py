@@ -181,6 +181,53 @@ def test_a_fault_a_new_job_cures(start_fleet, monkeypatch, tmp_path, os_version,
             assert "restarted" in vm1["error"] or "WinRM service runs" in vm1["error"]
 
 
+@pytest.mark.parametrize(("guest_vss", "at"), [("ok", "copy"), ("missing", "merge")])
+def test_a_restart_after_the_window_closed_starts_no_new_job_and_says_so(start_fleet, monkeypatch, tmp_path, guest_vss, at):
+    """The host restarted under the job of a scheduled run whose window closed while the job ran: no new job starts
+    (it would run into the working day); the row is failed, names the restart and what happens next, and the VM
+    runs on its own disks (a restart during the copy, or during the merge, which Hyper-V resumes after the boot)."""
+    import time
+
+    from hyperv_backup.errors import PermanentHostError, TransientHostError
+    from hyperv_backup.record import Until, parse_time
+    from hyperv_backup.triggers import seen_at
+
+    from tests.conftest import until_done
+
+    running = _fleet(start_fleet, monkeypatch, "2019", [{"kind": "host_reboot", "at": at}], guest_vss)
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
+                        poll_seconds=0.05)
+
+    def step(wait):  # a step as Airflow runs it: retried after a transient error (the restart drops the connection)
+        for attempt in range(5):
+            try:
+                return until_done(steps, probe["vm_id"], wait)
+            except TransientHostError:
+                if attempt == 4:
+                    raise
+                time.sleep(1.5)
+
+    probe = steps.probe()
+    step(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY)))
+    step(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
+    closed = catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)  # the job started at the window's last moment
+    with pytest.raises(PermanentHostError, match="restarted") as raised:
+        step(lambda event: steps.advance(probe, closed, "22:00-06:00 (UTC)"))
+
+    assert "no new job was started because the backup window 22:00-06:00 (UTC) has closed" in str(raised.value)
+    (row,) = catalog.rows(engine)
+    assert row["status"] == "failed" and row["host_restarted"] and row["error"] in str(raised.value), row
+    journal = running.journal()
+    assert [(line["kind"], line["at"]) for line in journal if line["event"] == "fault"] == [("host_reboot", at)]
+    assert sum(line["event"] == "job_started" for line in journal) == 1
+    state = running.state()["hosts"][0]
+    vm = next(vm for vm in state["vms"] if vm["name"] == "VM1")
+    assert USER_CHECKPOINT["name"] in [c["name"] for c in vm["checkpoints"]]
+    assert not [c for c in vm["checkpoints"] if c["type"] == "Recovery"], vm["checkpoints"]
+    assert state["open_shells"] == 0
+
+
 def test_catalog_times_are_the_hosts_on_a_fast_fleet(start_fleet, monkeypatch, tmp_path):
     """At 1200x a poll is minutes of host time late: the catalog's times must still match the host's journal."""
     vms = [{"name": "SAVED", "guest_vss": "missing", "disk_gb": 20}, {"name": "ONLINE", "disk_gb": 20}]
