@@ -169,11 +169,12 @@ def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05)
 
 
 def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
-                        probe: dict | None = None, **snapshot_options) -> dict:
+                        probe: dict | None = None, copy_window=None, **snapshot_options) -> dict:
     """One VM's backup through BackupSteps as the DAG's tasks run it: probe -> snapshot -> verify merge ->
     copy (the state machine) -> verify, their waits in BackupJobTrigger, each step retried on a
-    transient error as Airflow retries a task (`probe`: one already taken). Returns verify's answer;
-    a permanent error is raised."""
+    transient error as Airflow retries a task (`probe`: one already taken). `copy_window`: (a function
+    that says the last moment a new job may start, asked when the copy step begins; the window's words)
+    for the copy step. Returns verify's answer; a permanent error is raised."""
     import time
     from datetime import timedelta
 
@@ -197,5 +198,6 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
     probe = probe or task(steps.probe)
     snap = waiting(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY), **snapshot_options))
     waiting(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
-    job = waiting(lambda event: steps.advance(probe))
+    window = (copy_window[0](), copy_window[1]) if copy_window else ()
+    job = waiting(lambda event: steps.advance(probe, *window))
     return task(lambda: steps.verify(probe, snap, job))

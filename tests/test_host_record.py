@@ -186,34 +186,18 @@ def test_a_restart_after_the_window_closed_starts_no_new_job_and_says_so(start_f
     """The host restarted under the job of a scheduled run whose window closed while the job ran: no new job starts
     (it would run into the working day); the row is failed, names the restart and what happens next, and the VM
     runs on its own disks (a restart during the copy, or during the merge, which Hyper-V resumes after the boot)."""
-    import time
-
-    from hyperv_backup.errors import PermanentHostError, TransientHostError
-    from hyperv_backup.record import Until, parse_time
-    from hyperv_backup.triggers import seen_at
-
-    from tests.conftest import until_done
+    from hyperv_backup.errors import PermanentHostError
 
     running = _fleet(start_fleet, monkeypatch, "2019", [{"kind": "host_reboot", "at": at}], guest_vss)
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
                         poll_seconds=0.05)
 
-    def step(wait):  # a step as Airflow runs it: retried after a transient error (the restart drops the connection)
-        for attempt in range(5):
-            try:
-                return until_done(steps, probe["vm_id"], wait)
-            except TransientHostError:
-                if attempt == 4:
-                    raise
-                time.sleep(1.5)
+    def closed():  # the job started at the window's last moment
+        return catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)
 
-    probe = steps.probe()
-    step(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY)))
-    step(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
-    closed = catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)  # the job started at the window's last moment
-    with pytest.raises(PermanentHostError, match="restarted") as raised:
-        step(lambda event: steps.advance(probe, closed, "22:00-06:00 (UTC)"))
+    with pytest.raises(PermanentHostError, match="restarted") as raised:  # the restart drops the connection: retried
+        backup_like_the_dag(steps, retries=4, copy_window=(closed, "22:00-06:00 (UTC)"))
 
     assert "no new job was started because the backup window 22:00-06:00 (UTC) has closed" in str(raised.value)
     (row,) = catalog.rows(engine)
