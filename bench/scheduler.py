@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 
 from include import postgres  # noqa: E402
-from include.cluster import SLOTS_PER_CORE, AirflowCluster, Topology  # noqa: E402
+from include.cluster import PARALLELISM, AirflowCluster, Topology  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         result = run(args.hosts, args.vms, args.speed, out, args.metadata, args.parallelism)
         f = figures(out, result, args.vms)
-    slots = args.parallelism or f"{SLOTS_PER_CORE * (os.cpu_count() or 1)} (two per core)"
+    slots = args.parallelism or f"{PARALLELISM} (two per core)"
     print(f"{args.hosts} hosts x {args.vms} online VMs of 20 GB (2019), simulator at {args.speed:g}x, real scheduler "
           f"(LocalExecutor, parallelism {slots}, {args.metadata} metadata), the hosts' scheduled runs; runs: {result['states']}, "
           f"{result['wall']:.0f} s\n")

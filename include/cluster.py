@@ -40,7 +40,7 @@ WORKER_NAME = "HYPERV_BACKUP_WORKER_NAME"
 # The LocalExecutor's task processes at once (`[core] parallelism`; Airflow's default is 32 whatever the machine):
 # two per core. The backups' waits are deferred and hold no slot; their tries are short and CPU-bound, and more
 # at once than the cores can run make each one wait, the next VM's first steps too (README, Benchmarks).
-SLOTS_PER_CORE = 2
+PARALLELISM = 2 * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        slots = {"AIRFLOW__CORE__PARALLELISM": str(SLOTS_PER_CORE * (os.cpu_count() or 1))}
-        self.env = slots | dict(os.environ) | env | {  # the caller's parallelism, if it sets one
+        self.env = {"AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)} | dict(os.environ) | env | {  # the caller's, if it sets one
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
