@@ -50,6 +50,11 @@ class RunningSimulator:
         request = urllib.request.Request(f"{self.control_url}/_sim/advance?seconds={seconds}", method="POST")
         urllib.request.urlopen(request, timeout=10).read()
 
+    def reboot(self, host: str) -> None:
+        """The host restarts now (POST /_sim/reboot), whatever a client is doing."""
+        request = urllib.request.Request(f"{self.control_url}/_sim/reboot?host={host}", method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

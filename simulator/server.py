@@ -273,7 +273,9 @@ def observed(fleet: Fleet, listeners: list[ThreadingHTTPServer]) -> dict:
 
 
 def serve_control(fleet: Fleet, port: int, ca_pem: Path | None, listeners: list[ThreadingHTTPServer]) -> ThreadingHTTPServer:
-    """Observation: /_sim/state, /_sim/journal, /_sim/ca.pem; and POST /_sim/advance?seconds=N."""
+    """Observation: /_sim/state, /_sim/journal, /_sim/ca.pem; POST /_sim/advance?seconds=N, and POST
+    /_sim/reboot?host=NAME: the host restarts now, whatever a client is doing (a power cut, an update's restart),
+    as a test needs it at a moment no request marks (a Recovery checkpoint exists only during the shadow copy)."""
 
     class Control(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -308,6 +310,16 @@ def serve_control(fleet: Fleet, port: int, ca_pem: Path | None, listeners: list[
                     fleet.clock.advance(seconds)
                     fleet.journal(None, "clock_advanced", seconds=seconds)
                 self._send(200, json.dumps({"clock_utc": fleet.state()["clock_utc"]}).encode(), "application/json")
+            elif url.path == "/_sim/reboot":
+                name = parse_qs(url.query).get("host", [""])[0]
+                if name.upper() not in fleet.hosts:
+                    self._send(404, f"no host {name!r} in the scenario\n".encode(), "text/plain")
+                    return
+                with fleet.lock:
+                    host = fleet.host(name)
+                    host.tick()
+                    host.reboot()
+                self._send(200, json.dumps({"boot_time_utc": host.booted.isoformat()}).encode(), "application/json")
             else:
                 self._send(404, b"not found\n", "text/plain")
 

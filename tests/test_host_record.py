@@ -212,6 +212,54 @@ def test_a_restart_after_the_window_closed_starts_no_new_job_and_says_so(start_f
     assert state["open_shells"] == 0
 
 
+@pytest.mark.parametrize("window_closed", [False, True])
+def test_a_restart_during_the_shadow_copy_leaves_no_recovery_checkpoint_behind(start_fleet, monkeypatch, tmp_path, window_closed):
+    """The host restarted while our job's Recovery checkpoint existed (the shadow copy, before WSB removes it): Hyper-V
+    keeps it, and the VM runs on its .avhdx. The copy step removes it whether a new job follows (the window is open)
+    or not (it has closed): the VM does not run on its differencing disk until the next night."""
+    import time
+
+    from hyperv_backup.errors import PermanentHostError
+    from hyperv_backup.steps import Wait
+
+    running = _fleet(start_fleet, monkeypatch, "2019", [], "missing", speed=5)  # no guest VSS: a Recovery checkpoint
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
+                        poll_seconds=0.05)
+
+    def recovery_checkpoints() -> list[dict]:
+        vm = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "VM1")
+        return [c for c in vm["checkpoints"] if c["type"] == "Recovery"]
+
+    probe = steps.probe()
+    assert isinstance(steps.snapshot(probe), Wait)  # the job started; its shadow copy is under way
+    given_up = time.monotonic() + 30
+    while not recovery_checkpoints():
+        assert time.monotonic() < given_up, "the job made no Recovery checkpoint"
+        time.sleep(0.02)
+    running.reboot("HV01")
+    assert recovery_checkpoints(), "the restart removed the Recovery checkpoint: nothing is left to test"
+
+    def closed():  # the job started at the window's last moment
+        return catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)
+
+    if window_closed:
+        with pytest.raises(PermanentHostError, match="restarted") as raised:
+            backup_like_the_dag(steps, retries=4, probe=probe, copy_window=(closed, "22:00-06:00 (UTC)"))
+        assert "no new job was started because the backup window 22:00-06:00 (UTC) has closed" in str(raised.value)
+    else:
+        backup_like_the_dag(steps, retries=4, probe=probe)
+    (row,) = catalog.rows(engine)
+    assert row["host_restarted"] and row["status"] == ("failed" if window_closed else "succeeded"), row
+    journal = running.journal()
+    assert sum(line["event"] == "job_started" for line in journal) == (1 if window_closed else 2)
+    assert [line["type"] for line in journal if line["event"] == "checkpoint_removed"] == ["Recovery"] * (1 if window_closed else 2)
+    assert recovery_checkpoints() == []
+    state = running.state()["hosts"][0]
+    assert USER_CHECKPOINT["name"] in [c["name"] for vm in state["vms"] if vm["name"] == "VM1" for c in vm["checkpoints"]]
+    assert state["open_shells"] == 0
+
+
 def test_catalog_times_are_the_hosts_on_a_fast_fleet(start_fleet, monkeypatch, tmp_path):
     """At 1200x a poll is minutes of host time late: the catalog's times must still match the host's journal."""
     vms = [{"name": "SAVED", "guest_vss": "missing", "disk_gb": 20}, {"name": "ONLINE", "disk_gb": 20}]

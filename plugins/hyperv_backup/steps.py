@@ -337,8 +337,10 @@ class BackupSteps:
         """Read the host's record, decide (record.decide), act, record. Returns what to wait for
         (ours runs; another job holds the host before ours can start again), or ours once it
         succeeded. A job that failed for a reason a new job cures (0x800423F3, a host restart) gets
-        a new one, up to `max_attempts` jobs in all; the Recovery checkpoint our cut job left behind
-        is removed first (Remove-HvbRecoveryCheckpoint refuses any other kind)."""
+        a new one, up to `max_attempts` jobs in all. A Recovery checkpoint our cut job left behind is
+        removed first, also when no new job follows (the attempts are used up, the window has closed):
+        the VM would otherwise run on its .avhdx until the next night (Remove-HvbRecoveryCheckpoint
+        refuses any other kind)."""
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
         decision = self.decide(status, ours)
@@ -350,6 +352,8 @@ class BackupSteps:
             self.record(job_started_at=job.start, job_finished_at=job.end, bytes_copied=job.bytes_transferred,
                         attempts=len(ours), host_restarted=decision.restarted)
             return job.to_json()
+        if ours:  # ours ended and failed: a Recovery checkpoint it left (a restart cut it) goes, whatever comes next
+            self._remove_our_recovery_checkpoints(status, ours[0].start)
         if decision.action == record.Action.FAILED:
             raise self.fail(decision.reason, attempts=len(ours) or None, host_restarted=decision.restarted or None,
                             job_finished_at=decision.job.end if decision.job else None)
@@ -357,8 +361,6 @@ class BackupSteps:
             raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
                             "(the VM goes first next time)")
         if decision.action != record.Action.WAIT_HOST:
-            if ours:
-                self._remove_our_recovery_checkpoints(status, ours[0].start)
             try:
                 started = self._try_start(probe["vm_id"], last_start, window)
             except NotThisTime:
