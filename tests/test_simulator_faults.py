@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -10,6 +11,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError, told_once
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.operators import outcome
+from hyperv_backup.record import parse_time
 from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import first_trigger_event, use_connection, winrm_connection
@@ -203,6 +205,44 @@ def test_a_turns_trigger_follows_the_job_it_started_through_its_shadow_copy(star
     assert job.start < parse_time(event["clock_utc"]) <= status.clock
     (row,) = catalog.rows(catalog.engine_for(f"sqlite:///{path}"), **key)
     assert row["status"] == "running" and row["job_started_at"].replace(tzinfo=job.start.tzinfo) == job.start  # SQLite: naive UTC
+    assert running.state()["hosts"][0]["open_shells"] == 0
+
+
+def test_a_turns_trigger_reads_whose_turn_it_is_in_the_catalog_and_never_asks_airflow(start_fleet, monkeypatch, tmp_path):
+    """Earlier VMs' turns are read in the catalog. A trigger's question to Airflow would go through the triggerer's
+    one channel (its first one builds Airflow's execution API in the triggerer, holding every trigger's start for
+    seconds): there is none here, as in a trigger, and the trigger must not need it. While an earlier VM that has not
+    come yet keeps the host free for `task_states_seconds`, the wait ends and starts nothing: the step, in a
+    worker, asks Airflow whether that VM's task lives. Once every earlier VM has had its turn, the trigger takes it."""
+    import json
+
+    from hyperv_backup.record import Until
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=20, speed=60)
+    vm_id = _probe(hook)["vms"][0]["id"]
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    monkeypatch.setenv("AIRFLOW_CONN_HYPERV_BACKUP_CATALOG", json.dumps({"conn_type": "sqlite", "host": engine.url.database}))
+    monkeypatch.setenv("AIRFLOW__HYPERV_BACKUP__TASK_STATES_SECONDS", "1")
+    run = {"dag_id": "hyperv_backup_hv01", "run_id": "scheduled__1", "host": "HV01"}
+    clock = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)["clock_utc"]
+    catalog.upsert(engine, run | {"vm_name": "VM0"}, {"status": "running", "job_started_at": parse_time(clock)}, datetime.now(UTC))
+
+    def turn_trigger():
+        place = {"dag_id": run["dag_id"], "run_id": run["run_id"], "task_id": "backup_vm.snapshot", "map_index": 2,
+                 "earlier": ["VM0", "VMX"]}
+        return BackupJobTrigger("hv", vm_id, "VM1", Until.TURN, poll_interval=0.05, since=clock, turn=place,
+                                start={"target": "E:", **run, "vm_name": "VM1"})
+
+    began = time.monotonic()
+    event = first_trigger_event(turn_trigger())  # VMX has not come: the host stays free
+    assert event["status"] == "changed" and event["until"] == Until.TURN and time.monotonic() - began >= 1, event
+    assert not [line for line in running.journal() if line["event"] == "job_started"]  # the trigger started nothing
+    catalog.upsert(engine, run | {"vm_name": "VMX"}, {"status": "failed", "error": "its probe failed"}, datetime.now(UTC))
+    event = first_trigger_event(turn_trigger())  # every VM before it has had its turn: it takes the host
+    assert event["until"] == Until.SHADOW_COPY, event
+    assert [line["vms"] for line in running.journal() if line["event"] == "job_started"] == [["VM1"]]
+    assert catalog.row(engine, run | {"vm_name": "VM1"})["job_started_at"] is not None
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 

@@ -44,7 +44,7 @@ def _turn(ti) -> Callable[[], Turn]:
 
 
 def _place(ti) -> dict[str, Any]:
-    """Where a mapped step's task stands in its run: what `current_turn` (here, and in a turn's trigger) needs."""
+    """Where a mapped step's task stands in its run: what `current_turn` (here) and a turn's trigger (`triggers._still_to_go`) need."""
     order = ti.xcom_pull(task_ids="select_vms") or []
     return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
             "earlier": list(order[:ti.map_index])}

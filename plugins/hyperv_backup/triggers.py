@@ -3,8 +3,8 @@
 A step that must wait (for its turn and a free host, for its job's shadow copy, for the merge
 of the Recovery checkpoint, for the job's end) defers to this trigger, which polls until the
 host's record says the wait is over (`record.settled`) and then only says "look again": the
-step reads the record itself and decides. It only ever reads (Get-HvbVMBackupStatus, and Airflow's
-task states for the turn), on one remote shell kept for the whole wait: a lost connection, a
+step reads the record itself and decides. It only ever reads (Get-HvbVMBackupStatus, and the catalog
+for the turn), on one remote shell kept for the whole wait: a lost connection, a
 restarted triggerer or a re-deferred task re-attaches and can never start a second job. The shell
 is deleted before the event is yielded (the triggerer may cancel a trigger right after its event,
 so nothing after a `yield` is sure to run), and by `cleanup()`, which the triggerer awaits also
@@ -56,8 +56,8 @@ class BackupJobTrigger(KeptShellTrigger):
     """Waits, in the triggerer, until what a VM backup's step waits for has happened on the host.
 
     `until` (record.Until) is the condition; `job_start` names our job for the waits on it. A turn's
-    wait (`until="turn"`) first asks whether every VM earlier in the run's order has had its turn
-    (`turn`: where the task stands, see operators.current_turn), and only then the host;
+    wait (`until="turn"`) first reads in the catalog whether every VM earlier in the run's order has had
+    its turn (`turn`: where the task stands, see operators.current_turn), and only then asks the host;
     it ends when a job of the VM started at or after `since` (and not one of the `known` starts of
     other runs' jobs) exists, or the window closed (`not_after`). With `start` (`{"target", "dag_id",
     "run_id", "host", "vm_name"}`) the trigger starts the job itself the moment its turn comes and the
@@ -82,7 +82,7 @@ class BackupJobTrigger(KeptShellTrigger):
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
-        self.prepared, self._engine, self._states, self._states_every = False, None, (-float("inf"), {}), 0.0  # set by _prepare
+        self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -142,26 +142,21 @@ class BackupJobTrigger(KeptShellTrigger):
 
         hook.get_conn()
         self._engine = catalog_engine() if self.turn or self.start else None
-        self._states_every = task_states_seconds()
+        self._patience = task_states_seconds()
 
-    def _my_turn(self) -> tuple[bool, str | None]:
-        """Whether every VM earlier in the run's order has had its turn (operators.current_turn); else the one
-        VM still to have it, if only one is left (the next job on the host will be that VM's)."""
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    def _still_to_go(self) -> list[str]:
+        """The VMs earlier in the run's order that have yet to have their turn, as the catalog says (a row with a
+        started job, or one that ended: catalog.past_their_turn).
 
-        from .operators import current_turn
-        from .steps import Turn
+        Airflow is not asked from here. A trigger's question to Airflow goes through the triggerer's one
+        channel, and the first one in a triggerer's life builds Airflow's execution API in that process,
+        which holds every trigger's start and event for seconds (20 on a busy 2-core machine: the hosts
+        idled). Airflow's states tell only an earlier VM whose task died without a word; when the host
+        has stayed free that long (`task_states_seconds`), the wait ends and the step asks (`run`)."""
+        from .catalog import past_their_turn
 
-        def task_states(*args, **kwargs) -> dict:
-            """Airflow's task states, asked at most every `[hyperv_backup] task_states_seconds` (the catalog is read
-            at every poll)."""
-            asked, _ = self._states
-            if time.monotonic() - asked >= self._states_every:
-                self._states = time.monotonic(), RuntimeTaskInstance.get_task_states(*args, **kwargs)
-            return self._states[1]
-
-        turn, waiting_for = current_turn(self.turn, task_states, self._engine)
-        return turn == Turn.NOW, waiting_for[0] if len(waiting_for) == 1 else None
+        past = past_their_turn(self._engine, self.turn["dag_id"], self.turn["run_id"])
+        return [name for name in self.turn["earlier"] if name not in past]
 
     def _status(self, hook, seen: str) -> BackupStatus:
         wait = {"WaitSeconds": int(self.host_wait_seconds), "Seen": seen} if seen and self.host_wait_seconds >= 1 else {}
@@ -177,26 +172,26 @@ class BackupJobTrigger(KeptShellTrigger):
             await self.cleanup()
             return TriggerEvent(payload)
 
-        silent_since, failures, last_percent, seen = None, 0, None, ""
+        silent_since, failures, last_percent, seen, free_since = None, 0, None, "", None
         try:
             while True:
                 try:
                     if not self.prepared:
                         await off_loop(self._prepare)(hook)
                         self.prepared = True
-                    if self.turn:
-                        mine, last_before = await off_loop(self._my_turn)()
-                        if not mine and last_before is None:
-                            await asyncio.sleep(self.poll_interval)
-                            continue
+                    to_go = await off_loop(self._still_to_go)() if self.turn else []
                     status = await off_loop(self._status)(hook, seen)
-                    if self.turn and not mine:  # one VM is left before this one: its job's start on the host is the turn
-                        mine = status.host_job is not None and status.host_job.running and last_before in status.host_job.vms
-                        if not mine:
-                            seen = status.change_key
-                            if not seen or self.host_wait_seconds < 1:
-                                await asyncio.sleep(self.poll_interval)
-                            continue
+                    job = status.host_job  # when one VM is left before this one, its job's start on the host is the turn
+                    if to_go and not (len(to_go) == 1 and job is not None and job.running and to_go[0] in job.vms):
+                        free_since = None if status.host_busy() else free_since or time.monotonic()
+                        if free_since is not None and time.monotonic() - free_since >= self._patience:
+                            # the host idles for a VM that has not come: the step asks Airflow whether its task lives
+                            yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until)})
+                            return
+                        seen = status.change_key if status.host_busy() else ""  # a busy host says when its job changes
+                        if not seen or self.host_wait_seconds < 1:
+                            await asyncio.sleep(self.poll_interval)
+                        continue
                     self.turn = None  # once had, a turn stays: ask the host alone from now on
                     over = await self._over(hook, status)
                 except TransientHostError as error:
