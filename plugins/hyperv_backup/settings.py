@@ -62,8 +62,8 @@ def host_wait() -> timedelta:
 
 
 def task_states_seconds() -> float:
-    """How long a VM waiting for its turn lets the host stay free while an earlier VM has yet to start its job,
-    before its step asks Airflow whether that VM's task still lives (real seconds). The catalog, which says
+    """How long a VM waiting for its turn lets the host go without a job while an earlier VM has yet to start
+    its job, before its step asks Airflow whether that VM's task still lives (real seconds). The catalog, which says
     when an earlier VM's job started or its backup ended, is read at every poll; Airflow's task states only
     tell an earlier VM whose task died without a word, and a trigger does not ask them (triggers._still_to_go)."""
     return _get("task_states_seconds")

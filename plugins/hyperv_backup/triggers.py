@@ -151,8 +151,9 @@ class BackupJobTrigger(KeptShellTrigger):
         Airflow is not asked from here. A trigger's question to Airflow goes through the triggerer's one
         channel, and the first one in a triggerer's life builds Airflow's execution API in that process,
         which holds every trigger's start and event for seconds (20 on a busy 2-core machine: the hosts
-        idled). Airflow's states tell only an earlier VM whose task died without a word; when the host
-        has stayed free that long (`task_states_seconds`), the wait ends and the step asks (`run`)."""
+        idled). Airflow's states tell only an earlier VM whose task died without a word: when the host is
+        found free after `task_states_seconds` in which no job ran, the wait ends and the step asks (`run`).
+        While more than one earlier VM has yet to start, the host is asked only that often."""
         from .catalog import past_their_turn
 
         past = past_their_turn(self._engine, self.turn["dag_id"], self.turn["run_id"])
@@ -172,7 +173,7 @@ class BackupJobTrigger(KeptShellTrigger):
             await self.cleanup()
             return TriggerEvent(payload)
 
-        silent_since, failures, last_percent, seen, free_since = None, 0, None, "", None
+        silent_since, failures, last_percent, seen, stalled_since = None, 0, None, "", time.monotonic()
         try:
             while True:
                 try:
@@ -180,15 +181,19 @@ class BackupJobTrigger(KeptShellTrigger):
                         await off_loop(self._prepare)(hook)
                         self.prepared = True
                     to_go = await off_loop(self._still_to_go)() if self.turn else []
+                    if len(to_go) > 1 and time.monotonic() - stalled_since < self._patience:
+                        await asyncio.sleep(self.poll_interval)  # the catalog says when they start; the host can wait
+                        continue
                     status = await off_loop(self._status)(hook, seen)
                     job = status.host_job  # when one VM is left before this one, its job's start on the host is the turn
                     if to_go and not (len(to_go) == 1 and job is not None and job.running and to_go[0] in job.vms):
-                        free_since = None if status.host_busy() else free_since or time.monotonic()
-                        if free_since is not None and time.monotonic() - free_since >= self._patience:
+                        if status.host_busy():
+                            stalled_since = time.monotonic()
+                        elif time.monotonic() - stalled_since >= self._patience:
                             # the host idles for a VM that has not come: the step asks Airflow whether its task lives
                             yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until)})
                             return
-                        seen = status.change_key if status.host_busy() else ""  # a busy host says when its job changes
+                        seen = status.change_key
                         if not seen or self.host_wait_seconds < 1:
                             await asyncio.sleep(self.poll_interval)
                         continue
