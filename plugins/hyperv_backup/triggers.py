@@ -151,9 +151,9 @@ class BackupJobTrigger(KeptShellTrigger):
         Airflow is not asked from here. A trigger's question to Airflow goes through the triggerer's one
         channel, and the first one in a triggerer's life builds Airflow's execution API in that process,
         which holds every trigger's start and event for seconds (20 on a busy 2-core machine: the hosts
-        idled). Airflow's states tell only an earlier VM whose task died without a word: when the host is
-        found free after `task_states_seconds` in which no job ran, the wait ends and the step asks (`run`).
-        While more than one earlier VM has yet to start, the host is asked only that often."""
+        idled). Airflow's states tell only an earlier VM whose task died without a word: when the host has
+        been free for `task_states_seconds` and no earlier VM has started meanwhile, the wait ends and the
+        step asks (`run`). While more than one earlier VM has yet to start, the host is asked that often."""
         from .catalog import past_their_turn
 
         past = past_their_turn(self._engine, self.turn["dag_id"], self.turn["run_id"])
@@ -173,7 +173,8 @@ class BackupJobTrigger(KeptShellTrigger):
             await self.cleanup()
             return TriggerEvent(payload)
 
-        silent_since, failures, last_percent, seen, stalled_since = None, 0, None, "", time.monotonic()
+        silent_since, failures, last_percent, seen = None, 0, None, ""
+        went_before, free_since, asked_at = list(self.turn["earlier"]) if self.turn else [], None, -float("inf")
         try:
             while True:
                 try:
@@ -181,15 +182,17 @@ class BackupJobTrigger(KeptShellTrigger):
                         await off_loop(self._prepare)(hook)
                         self.prepared = True
                     to_go = await off_loop(self._still_to_go)() if self.turn else []
-                    if len(to_go) > 1 and time.monotonic() - stalled_since < self._patience:
+                    if len(to_go) < len(went_before):
+                        free_since = None  # an earlier VM took its turn: the host was not left idle
+                    went_before = to_go
+                    if len(to_go) > 1 and free_since is None and time.monotonic() - asked_at < self._patience:
                         await asyncio.sleep(self.poll_interval)  # the catalog says when they start; the host can wait
                         continue
-                    status = await off_loop(self._status)(hook, seen)
+                    status, asked_at = await off_loop(self._status)(hook, seen), time.monotonic()
                     job = status.host_job  # when one VM is left before this one, its job's start on the host is the turn
                     if to_go and not (len(to_go) == 1 and job is not None and job.running and to_go[0] in job.vms):
-                        if status.host_busy():
-                            stalled_since = time.monotonic()
-                        elif time.monotonic() - stalled_since >= self._patience:
+                        free_since = None if status.host_busy() else free_since or asked_at
+                        if free_since is not None and asked_at - free_since >= self._patience:
                             # the host idles for a VM that has not come: the step asks Airflow whether its task lives
                             yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until)})
                             return
