@@ -81,6 +81,7 @@ class AirflowCluster:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),  # the fleet page (plugins/hyperv_backup_plugin.py)
+            "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",  # loaded as each service starts: the task code is preloaded
             "AIRFLOW__CORE__EXECUTOR": topology.executor,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -117,11 +118,24 @@ class AirflowCluster:
         return done
 
     def start(self, timeout: float = 120) -> AirflowCluster:
+        """Airflow's processes, those that run tasks (the scheduler's LocalExecutor, the Celery workers) once the
+        api-server answers: a task's first call is to its execution API, and a task started before it listens
+        fails its try (as docker-compose.yaml orders them with its health checks)."""
         self.cli("db", "migrate")
-        for name, command, env in self._components():
+        components = self._components()
+        runs_tasks = {"scheduler"} | {name for name, _, _ in components if name.startswith("worker-")}
+        self._launch([c for c in components if c[0] not in runs_tasks])
+        self._wait_until_healthy(timeout)
+        self._launch([c for c in components if c[0] in runs_tasks])
+        return self
+
+    def _launch(self, components: list[tuple[str, list[str], dict[str, str]]]) -> None:
+        for name, command, env in components:
             log = open(self.home / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
             self.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", *command], env=self.env | env, cwd=ROOT,
                                                     stdout=log, stderr=subprocess.STDOUT)
+
+    def _wait_until_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -135,7 +149,6 @@ class AirflowCluster:
                 self.stop()
                 raise RuntimeError(f"Airflow did not come up ({', '.join(dead) or 'timeout'}); see {self.home}/*.log")
             time.sleep(1)
-        return self
 
     def _components(self) -> list[tuple[str, list[str], dict[str, str]]]:
         """(name, `airflow` arguments, extra environment) of each process: Airflow's four, and the Celery workers."""

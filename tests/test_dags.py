@@ -113,3 +113,17 @@ def test_a_task_start_builds_only_its_own_hosts_dag(tmp_path):
     found = _parse(tmp_path, [path], _AIRFLOW_PARSING_CONTEXT_DAG_ID="hyperv_backup_hv02",
                    _AIRFLOW_PARSING_CONTEXT_TASK_ID="backup_vm.probe")
     assert found[path + " DAGs"] == ["hyperv_backup_hv02"]
+
+
+def test_airflow_services_preload_the_backup_steps_and_winrm_but_not_the_reports(tmp_path):
+    """As include/cluster.py and docker-compose.yaml run Airflow (plugins loaded as a service starts), the services
+    hold the backup's task code and WinRM before any task: a task try, forked from the executor's worker, imports
+    neither again. pandas and matplotlib, which only the daily report uses, are not loaded into every service."""
+    from include.cluster import AirflowCluster
+
+    cluster = AirflowCluster(tmp_path / "airflow", {})
+    script = ("import sys, airflow\nprint('RESULT', sorted(m for m in ('hyperv_backup.operators', 'hyperv_backup.steps', "
+              "'hyperv_backup.hooks', 'hyperv_backup.retrying', 'winrm', 'pandas', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT")), done.stderr[-2000:])
+    assert line == "RESULT ['hyperv_backup.hooks', 'hyperv_backup.operators', 'hyperv_backup.retrying', 'hyperv_backup.steps', 'winrm']"

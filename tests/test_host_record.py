@@ -144,6 +144,17 @@ CURED = [  # (os, the VM's guest VSS, fault kind, at)
 ]
 
 
+def _scheduled_steps(engine) -> BackupSteps:
+    """VM1's steps in a scheduled run: the only kind of run whose window can close."""
+    return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
+                       poll_seconds=0.05)
+
+
+def _closed_at_the_job_start(engine) -> tuple:
+    """A copy window of 22:00-06:00 whose last moment was the job's start: no new job may start after it."""
+    return (lambda: catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)), "22:00-06:00 (UTC)"
+
+
 @pytest.mark.parametrize("times", [1, 5])
 @pytest.mark.parametrize(("os_version", "guest_vss", "kind", "at"), CURED)
 def test_a_fault_a_new_job_cures(start_fleet, monkeypatch, tmp_path, os_version, guest_vss, kind, at, times):
@@ -190,14 +201,10 @@ def test_a_restart_after_the_window_closed_starts_no_new_job_and_says_so(start_f
 
     running = _fleet(start_fleet, monkeypatch, "2019", [{"kind": "host_reboot", "at": at}], guest_vss)
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
-                        poll_seconds=0.05)
-
-    def closed():  # the job started at the window's last moment
-        return catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)
+    steps = _scheduled_steps(engine)
 
     with pytest.raises(PermanentHostError, match="restarted") as raised:  # the restart drops the connection: retried
-        backup_like_the_dag(steps, retries=4, copy_window=(closed, "22:00-06:00 (UTC)"))
+        backup_like_the_dag(steps, retries=4, copy_window=_closed_at_the_job_start(engine))
 
     assert "no new job was started because the backup window 22:00-06:00 (UTC) has closed" in str(raised.value)
     (row,) = catalog.rows(engine)
@@ -224,8 +231,7 @@ def test_a_restart_during_the_shadow_copy_leaves_no_recovery_checkpoint_behind(s
 
     running = _fleet(start_fleet, monkeypatch, "2019", [], "missing", speed=5)  # no guest VSS: a Recovery checkpoint
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
-                        poll_seconds=0.05)
+    steps = _scheduled_steps(engine)
 
     def recovery_checkpoints() -> list[dict]:
         vm = next(vm for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "VM1")
@@ -240,12 +246,9 @@ def test_a_restart_during_the_shadow_copy_leaves_no_recovery_checkpoint_behind(s
     running.reboot("HV01")
     assert recovery_checkpoints(), "the restart removed the Recovery checkpoint: nothing is left to test"
 
-    def closed():  # the job started at the window's last moment
-        return catalog.rows(engine)[0]["job_started_at"].replace(tzinfo=UTC)
-
     if window_closed:
         with pytest.raises(PermanentHostError, match="restarted") as raised:
-            backup_like_the_dag(steps, retries=4, probe=probe, copy_window=(closed, "22:00-06:00 (UTC)"))
+            backup_like_the_dag(steps, retries=4, probe=probe, copy_window=_closed_at_the_job_start(engine))
         assert "no new job was started because the backup window 22:00-06:00 (UTC) has closed" in str(raised.value)
     else:
         backup_like_the_dag(steps, retries=4, probe=probe)
