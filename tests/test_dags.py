@@ -60,6 +60,9 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     starts = {dag["weights"][t][1] for t in ("select_vms", "backup_vm.probe", "backup_vm.snapshot")}
     later = {dag["weights"][t][1] for t in steps[2:]}
     assert rules == {"absolute"} and len(starts) == 1 and min(starts) > max(later), dag["weights"]
+    others = {dag_id: built["weights"] for dag_id, built in result["dags"].items() if not dag_id.startswith("hyperv_backup_hv")}
+    for dag_id, weights in others.items():  # the report, the audit, the watch, the restore tests: no window holds them
+        assert {rule for rule, _ in weights.values()} == {"absolute"} and max(w for _, w in weights.values()) < min(later), dag_id
 
 
 def test_a_wrong_inventory_is_one_import_error_naming_file_line_and_key(tmp_path):

@@ -68,7 +68,7 @@ def build_audit_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "hygiene"],
         doc_md=__doc__,
-        default_args=settings.retry_policy() | {"execution_timeout": timedelta(hours=1)},
+        default_args=settings.retry_policy() | settings.yields_to_backups() | {"execution_timeout": timedelta(hours=1)},
         params={"remediate": Param(False, type=["boolean", "string", "null"], enum=[False, True, "ask", None],
                                    description="true: remove the Recovery checkpoints backups left, on every host (never other "
                                                "types); ask: list them for an administrator to approve, then remove those")},

@@ -28,13 +28,6 @@ def _schedule(schedule: str, timezone: str):
     return schedule if schedule.startswith("@") else CronTriggerTimetable(schedule, timezone=timezone)
 
 
-# Which ready tasks a short supply of worker slots runs first (weight_rule "absolute"; Airflow breaks ties by the
-# map index, which is the VM's place in the run's order). The probe and the snapshot lead to the host's next job:
-# the next VM must be waiting in the triggerer before the job ahead of it ends, or the host idles. The later steps
-# only read what the host recorded, which keeps.
-STARTS_A_JOB, READS_THE_RECORD = 2, 1
-
-
 def dag_id(entry: HostEntry) -> str:
     return f"hyperv_backup_{entry.name.lower()}"
 
@@ -59,7 +52,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         doc_md=doc,
         deadline=deadline,
         default_args=settings.retry_policy() | {"execution_timeout": settings.step_timeout(), "weight_rule": "absolute",
-                                                "priority_weight": READS_THE_RECORD},
+                                                "priority_weight": settings.READS_THE_RECORD},
         params={
             # Typed Params are required in the trigger form unless they allow null (Airflow's Params UI tutorial).
             "vms": Param([], type=["array", "null"], description="back up only these VMs (empty: all of the inventory)"),
@@ -75,7 +68,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             return steps_for(context, host, conn, target, vm_name, settings.poll_seconds(), entry.clean_recovery_checkpoints,
                              allowed_modes=entry.allowed_modes(vm_name))
 
-        @task(priority_weight=STARTS_A_JOB)
+        @task(priority_weight=settings.STARTS_A_JOB)
         def select_vms(params=None) -> list[str]:
             """The VMs of this run, in the order their jobs should start (priority, then oldest good backup)."""
             try:
@@ -102,7 +95,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             for vm_name in sorted(known):
                 _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}", host_fault=True)
 
-        @task(map_index_template="{{ vm_name }}", priority_weight=STARTS_A_JOB)
+        @task(map_index_template="{{ vm_name }}", priority_weight=settings.STARTS_A_JOB)
         def probe(vm_name: str, params=None) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
@@ -121,7 +114,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "vm_name": vm_name, "probe": probed,
                      "poll_interval": settings.poll_seconds(), "job_timeout": settings.job_timeout(), "silence": settings.host_silence(), "host_wait": settings.host_wait(),
                      "window": entry.window, "max_attempts": settings.job_attempts(), "map_index_template": "{{ vm_name }}"}
-            snap = SnapshotOperator(task_id="snapshot", priority_weight=STARTS_A_JOB, **waits)
+            snap = SnapshotOperator(task_id="snapshot", priority_weight=settings.STARTS_A_JOB, **waits)
             merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=settings.merge_timeout(), **waits)
             copied = WaitForBackupJobOperator(task_id="copy", **waits)
             snap >> merged >> copied

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from . import preflight
+from . import preflight, settings
 from .errors import HostError
 from .inventory import load_inventory
 
@@ -73,7 +73,7 @@ def build_preflight_dag() -> DAG:
         is_paused_upon_creation=False,
         tags=["hyperv", "backup", "preflight"],
         doc_md=__doc__,
-        default_args={"retries": 0, "execution_timeout": timedelta(minutes=15)},
+        default_args=settings.yields_to_backups() | {"retries": 0, "execution_timeout": timedelta(minutes=15)},
     ) as dag:
 
         @task

@@ -56,7 +56,7 @@ def build_report_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "report"],
         doc_md=__doc__,
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+        default_args=settings.yields_to_backups() | {"retries": 2, "retry_delay": timedelta(seconds=30)},
         params={
             "interval_start": Param("", type=["string", "null"], description="rebuild the report of this interval (ISO 8601); empty: the run's"),
             "interval_end": Param("", type=["string", "null"], description="end of that interval (ISO 8601)"),

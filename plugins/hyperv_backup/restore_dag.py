@@ -254,7 +254,7 @@ def build_restore_test_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "restore"],
         doc_md=__doc__,
-        default_args={"retries": 0, "execution_timeout": settings.step_timeout()},
+        default_args=settings.yields_to_backups() | {"retries": 0, "execution_timeout": settings.step_timeout()},
         params={
             "vms": Param([], type=["array", "null"], items={"type": "string"},
                          description="VM names (or HOST/VM) to test now; empty: the rotation (every VM within restore_test_days)"),

@@ -146,7 +146,7 @@ def build_rpo_watch_dag() -> DAG:
         max_active_runs=1,
         tags=["hyperv", "backup", "rpo"],
         doc_md=__doc__,
-        default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+        default_args=settings.yields_to_backups() | {"retries": 2, "retry_delay": timedelta(seconds=30)},
     ) as dag:
 
         @task

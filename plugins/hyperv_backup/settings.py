@@ -14,6 +14,14 @@ from pathlib import Path
 
 from .facts import DEFAULT_JOB_ATTEMPTS
 
+# Which ready task a short supply of worker slots runs first (Airflow's `priority_weight` with weight_rule "absolute";
+# it breaks ties by the map index, the VM's place in its run's order). The backup steps that lead to the host's next
+# job (select_vms, the probe, the snapshot) go first: the next VM must be waiting in the triggerer before the job
+# ahead of it ends, or the host idles. A VM's later steps only read what the host recorded, which keeps. The other
+# DAGs (the report, the RPO watch, the checkpoint audit, the restore tests, the preflight) answer to no backup window:
+# they wait for the backups' steps (`yields_to_backups`).
+STARTS_A_JOB, READS_THE_RECORD, CAN_WAIT = 2, 1, 0
+
 SECTION = "hyperv_backup"
 DEFAULTS: dict[str, float | int | bool | str | None] = {
     "poll_seconds": 5.0,
@@ -175,6 +183,11 @@ def _engine(url: str):
     from . import catalog
 
     return catalog.engine_for(url)
+
+
+def yields_to_backups() -> dict:
+    """default_args of a DAG whose tasks let the backups' steps take the worker slots first (CAN_WAIT above)."""
+    return {"weight_rule": "absolute", "priority_weight": CAN_WAIT}
 
 
 def catalog_asset():
