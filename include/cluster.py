@@ -119,8 +119,9 @@ class AirflowCluster:
 
     def start(self, timeout: float = 120) -> AirflowCluster:
         """Airflow's processes, those that run tasks (the scheduler's LocalExecutor, the Celery workers) once the
-        api-server answers: a task's first call is to its execution API, and a task started before it listens
-        fails its try (as docker-compose.yaml orders them with its health checks)."""
+        api-server's execution API answers: a task's first call is to it, and a task started before it listens
+        fails its try. The first request also builds the execution API's routes (5 s on a quiet machine, 9 s
+        on this busy one, which the first tasks waited out); docker-compose.yaml's health check asks the same."""
         self.cli("db", "migrate")
         components = self._components()
         runs_tasks = {"scheduler"} | {name for name, _, _ in components if name.startswith("worker-")}
@@ -139,7 +140,7 @@ class AirflowCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
+                with urllib.request.urlopen(f"{self.url}/execution/health", timeout=30) as response:
                     if response.status == 200:
                         break
             except OSError:
