@@ -7,8 +7,8 @@ Docker deployment). The package `hyperv_backup/` beside it is not a plugin (.air
 It also imports the backup's task code (the DAG factory, its operators and steps, the WinRM hook and pywinrm).
 Where Airflow loads its plugins as it starts (`[core] lazy_load_plugins = False`, as include/cluster.py and
 docker-compose.yaml run it), the executor's workers then hold that code, and every task try, which is a fork of
-a worker, starts with it imported instead of importing it again: a backup's step tries import nothing, and a try
-holds its worker slot for less (bench.scheduler's worker-slot figure, README). The price: a change to the code
+a worker, starts with it imported instead of importing it again, and holds its worker slot for less
+(bench.scheduler's worker-slot figure, README). The report's pandas and matplotlib are left to its own tasks. The price: a change to the code
 under plugins/ takes a restart of Airflow's services, as any plugin's does.
 """
 
