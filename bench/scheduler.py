@@ -10,6 +10,10 @@ state (each holds a worker slot), and prints, from the simulator's journal (host
 - the fleet's makespan (first job start to last job end) over its longest host's job time;
 - worker-slot seconds (real) of the backup's tasks over job seconds (host time, the time the jobs
   would take on real hosts: the simulator's speed shrinks the jobs, not Airflow's overheads);
+- how far apart the hosts' first jobs started (host time: the makespan's cold start);
+- the tries Airflow failed in its deferral race (apache/airflow#67287: the scheduler's log says the
+  executor "reported that the task instance ... finished with state success, but the task instance's
+  state attribute is queued"), which the steps' retries recover;
 - HTTP requests per VM (the simulator counts every request it serves) against what the stock
   provider's WinRMOperator would need for the same work: 5 requests a command (open shell, command,
   receive, signal, delete shell) for each one-shot script, plus 5 a poll of the job's status every
@@ -42,6 +46,7 @@ from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 
 POLL_SECONDS = 5.0  # the product's default `[hyperv_backup] poll_seconds`
+RACE = "finished with state success, but the task instance's state attribute is"  # Airflow's deferral race, in its words
 ONE_SHOT = ("Get-HvbHostVMs", "Get-HvbVMBackupProbe", "Start-HvbVMBackup", "Get-HvbVMBackupResult", "wbadmin get versions")
 
 
@@ -154,7 +159,10 @@ def figures(out: Path, result: dict, vms: int) -> dict:
     waits = sum((end - first).total_seconds() for spans in jobs.values() for _, end in spans)
     stock = 5 * one_shot + 5 * waits / POLL_SECONDS
     requests = sum(h["requests"] for h in state["hosts"])
-    return {"hosts": hosts, "makespan": (last - first).total_seconds(), "longest": max(h["busy"] for h in hosts.values()),
+    scheduler_log = out / "airflow" / "scheduler.log"
+    raced = scheduler_log.read_text(errors="replace").count(RACE) if scheduler_log.exists() else 0
+    return {"first_starts": {host: (spans[0][0] - first).total_seconds() for host, spans in sorted(jobs.items())}, "raced": raced,
+            "hosts": hosts, "makespan": (last - first).total_seconds(), "longest": max(h["busy"] for h in hosts.values()),
             "job_seconds": job_seconds, "slot_seconds": sum(result["slots"].values()), "slots": result["slots"],
             "requests_per_vm": requests / vm_count, "stock_per_vm": stock / vm_count,
             "scripts_per_vm": {k: v / vm_count for k, v in sorted(scripts.items())},
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{host:>6} {h['jobs']:>5} {h['busy']:>18.0f} {h['idle']:>14.0f} {h['idle'] / h['busy']:>14.1%}")
     print(f"\nfleet makespan / longest host's job time: {f['makespan']:.0f} / {f['longest']:.0f} host s = "
           f"{f['makespan'] / f['longest']:.3f}")
+    print("hosts' first jobs, host s after the first: " + ", ".join(f"{h} +{s:.0f}" for h, s in f["first_starts"].items()))
+    print(f"tries Airflow failed in its deferral race (apache/airflow#67287), retried by the steps: {f['raced']}")
     print(f"worker-slot seconds (real) / job seconds (host): {f['slot_seconds']:.0f} / {f['job_seconds']:.0f} = "
           f"{f['slot_seconds'] / f['job_seconds']:.1%}  (by step: "
           + ", ".join(f"{k} {v:.0f}" for k, v in sorted(f["slots"].items())) + ")")
