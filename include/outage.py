@@ -110,7 +110,10 @@ def play(scenario_path: Path, out: Path, intervals: int, stoppers: list) -> dict
         "HYPERV_BACKUP_INVENTORY": str(out / "inventory.yaml"),
         "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
         "AIRFLOW__HYPERV_BACKUP__POLL_SECONDS": "0.5",
-        "AIRFLOW__HYPERV_BACKUP__RETRIES": "0",  # an unreachable host fails its run at once; the backfill is the retry
+        # an unreachable host fails its run within seconds (one more try, 2-4 s later); the backfill is the catch-up. The
+        # one retry is the product's answer to a try Airflow itself failed (README, "Tasks failed by Airflow itself")
+        "AIRFLOW__HYPERV_BACKUP__RETRIES": "1",
+        "AIRFLOW__HYPERV_BACKUP__RETRY_DELAY_SECONDS": "2",
         "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports"),
     }
     story: dict = {"dags": {}}

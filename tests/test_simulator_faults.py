@@ -184,23 +184,29 @@ def test_busy_is_its_own_error_class():
 
 def test_a_turns_trigger_follows_the_job_it_started_through_its_shadow_copy(start_fleet, monkeypatch, tmp_path):
     """The trigger that takes a VM's turn starts its job, writes the start to the catalog, and answers only once
-    the host says the shadow copy is over: the snapshot step resumes once, not once per wait."""
+    the host says the shadow copy is over: the snapshot step resumes once, not once per wait. It starts the job at
+    once, but answers no sooner than `settle_seconds` after it began (Airflow's deferral race): the shadow copy
+    takes 20-30 host seconds, half a real second at 60x."""
     import json
 
     from hyperv_backup.record import SHADOW_COPY_TEXTS, BackupStatus, Until, parse_time
     from hyperv_backup.triggers import BackupJobTrigger
 
-    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=20, speed=60)
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=200, speed=60)  # copying outlasts the settle
     vm_id = _probe(hook)["vms"][0]["id"]
     path = tmp_path / "catalog.sqlite"
     monkeypatch.setenv("AIRFLOW_CONN_HYPERV_BACKUP_CATALOG", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     since = hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)["clock_utc"]
     key = {"dag_id": "hyperv_backup_hv01", "run_id": "scheduled__1", "host": "HV01", "vm_name": "VM1"}
-    trigger = BackupJobTrigger("hv", vm_id, "VM1", Until.TURN, poll_interval=0.05, since=since, start={"target": "E:", **key})
+    trigger = BackupJobTrigger("hv", vm_id, "VM1", Until.TURN, poll_interval=0.05, since=since, start={"target": "E:", **key},
+                               settle_seconds=3)
+    began = time.monotonic()
     event = first_trigger_event(trigger)
+    assert time.monotonic() - began >= 3
     status = BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id))
     (job,) = status.jobs
     assert event["status"] == "changed" and event["until"] == Until.SHADOW_COPY, event
+    assert (job.start - parse_time(since)).total_seconds() < 90  # the host was not kept waiting: 1.5 real s at 60x
     assert job.running and job.operation not in SHADOW_COPY_TEXTS, job  # answered past the shadow copy, before the end
     assert job.start < parse_time(event["clock_utc"]) <= status.clock
     (row,) = catalog.rows(catalog.engine_for(f"sqlite:///{path}"), **key)

@@ -17,7 +17,7 @@ from . import catalog, windows
 from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS, Status
 from .record import Until, parse_time
-from .settings import catalog_engine
+from .settings import catalog_engine, resume_after_seconds
 from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
 from .triggers import BackupJobTrigger, seen_at
 
@@ -141,14 +141,16 @@ class HostStepOperator(BaseOperator):
             result = self.step(steps, context, event)
         if not isinstance(result, Wait):
             return result
-        later = datetime.now(UTC) + timedelta(seconds=self.poll_interval)
-        if triggers_inline(context) and (result.others_first or result.until is None):
-            raise AirflowRescheduleException(later)
+        inline = triggers_inline(context)
+        if inline and (result.others_first or result.until is None):
+            raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poll_interval))
+        settle = 0.0 if inline else resume_after_seconds()  # KeptShellTrigger: Airflow's deferral race
         if result.until is None:
-            self.defer(trigger=DateTimeTrigger(later), method_name="resume")
+            self.defer(trigger=DateTimeTrigger(datetime.now(UTC) + timedelta(seconds=max(self.poll_interval, settle))),
+                       method_name="resume")
         turn = _place(context["ti"]) if result.until == Until.TURN else None
         self.defer(trigger=trigger_for(result, steps, self.winrm_conn_id, self.probe["vm_id"], self.poll_interval,
-                                       self.job_timeout, self.silence, self.host_wait, turn), method_name="resume")
+                                       self.job_timeout, self.silence, self.host_wait, turn, settle), method_name="resume")
 
     def last_start(self, context) -> tuple[datetime | None, str]:
         """The last moment a new job may start (the window's end plus grace, scheduled runs only), and the window's words."""
@@ -169,7 +171,7 @@ def triggers_inline(context) -> bool:
 
 def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: float, job_timeout: timedelta = timedelta(hours=12),
                 silence: timedelta = timedelta(minutes=30), host_wait: timedelta = timedelta(minutes=1),
-                turn: dict[str, Any] | None = None) -> BackupJobTrigger:
+                turn: dict[str, Any] | None = None, settle_seconds: float = 0) -> BackupJobTrigger:
     """The trigger that waits for `wait`. A turn's trigger also gets where the task stands in its run (`turn`),
     and what it needs to start the VM's job itself (the target, the catalog row)."""
     def iso(value: datetime | None) -> str | None:
@@ -180,7 +182,7 @@ def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: 
                             iso(wait.merge_deadline), job_timeout.total_seconds(), silence.total_seconds(),
                             turn=turn if is_turn else None, since=iso(wait.since), known=[iso(t) for t in wait.known],
                             start={"target": steps.target, **steps.run.key()} if is_turn and wait.trigger_starts else None,
-                            host_wait_seconds=host_wait.total_seconds())
+                            host_wait_seconds=host_wait.total_seconds(), settle_seconds=settle_seconds)
 
 
 def raise_for_event(steps: BackupSteps, event: dict[str, Any]) -> None:

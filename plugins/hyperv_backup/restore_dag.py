@@ -39,9 +39,7 @@ class RestoreTestTrigger(KeptShellTrigger):
     kept shell, deleted before the event is yielded and by `cleanup()`. A host that does not answer at all is given
     up after `silence_seconds` (real time: a silent host has no clock). `test` (the test's name, folder, start, ...)
     travels back in the event: the next phase needs it, and the event is what every way of running a trigger
-    hands back. No event comes sooner than `settle_seconds` after the wait began ([hyperv_backup]
-    resume_after_seconds): Airflow 3.3's scheduler fails a deferred task whose trigger fired before it had read the
-    worker's exit from the deferral (apache/airflow#72716), and a phase can be over on the host that fast."""
+    hands back. No event comes sooner than `settle_seconds` after the wait began (KeptShellTrigger)."""
 
     def __init__(self, winrm_conn_id: str, test: dict[str, Any], phase: str, deadline: str, host_wait_seconds: float = 60,
                  poll_interval: float = 5.0, silence_seconds: float = 1800, settle_seconds: float = 0):
@@ -65,13 +63,12 @@ class RestoreTestTrigger(KeptShellTrigger):
         from .errors import PermanentHostError, TransientHostError
         from .hooks import HyperVHook
 
+        self.begin()
         self._hook = hook = HyperVHook(self.winrm_conn_id, keep_shell=True)
-        deadline, seen, silent_since, began = parse_time(self.deadline), "", None, time.monotonic()
+        deadline, seen, silent_since = parse_time(self.deadline), "", None
 
         async def event(payload: dict[str, Any]) -> TriggerEvent:
-            await self.cleanup()
-            await asyncio.sleep(max(0.0, self.settle_seconds - (time.monotonic() - began)))
-            return TriggerEvent({"test": self.test} | payload)
+            return await self.answer({"test": self.test} | payload)
 
         try:
             while True:

@@ -99,9 +99,11 @@ def restore_heartbeat() -> timedelta:
 
 
 def resume_after_seconds() -> float:
-    """The least time a restore test's deferred wait lasts (real seconds). Airflow 3.3's scheduler fails a deferred task
-    whose trigger fired before the scheduler had read the worker's exit from the deferral (apache/airflow#72716, open):
-    a phase over on the host within a second would otherwise fail its test."""
+    """The least time a deferred wait lasts, a backup step's or a restore test's (real seconds). Airflow 3.3's scheduler
+    fails a deferred task whose trigger fired before the scheduler had read the worker's exit from the deferral
+    (apache/airflow#67287, #72716, open): a shadow copy, a merge or a restore phase over on the host within a second or
+    two would otherwise fail its try. A few of the scheduler's loops (`[scheduler] scheduler_idle_sleep_time`, 1 s,
+    plus the loop's own work) are enough; the host does not wait for it (triggers.KeptShellTrigger)."""
     return _get("resume_after_seconds")
 
 

@@ -43,7 +43,26 @@ def off_loop(function):
 
 class KeptShellTrigger(BaseTrigger):
     """A wait on one host over one remote shell, kept for the whole wait in `self._hook` and deleted by `cleanup()`,
-    which the triggerer awaits also after it cancelled the wait (nothing after a `yield` is sure to run)."""
+    which the triggerer awaits also after it cancelled the wait (nothing after a `yield` is sure to run).
+
+    No event comes sooner than `settle_seconds` after the wait began ([hyperv_backup] resume_after_seconds; 0 where
+    the trigger runs inline, under dag.test). Airflow 3.3's scheduler fails a deferred task whose trigger fired before
+    it had read the worker's exit from the deferral (apache/airflow#67287, #72716), and the host can be done that
+    fast: a shadow copy or a merge of seconds, at a simulator's speed or a small VM's. The host is not kept
+    waiting by it: the trigger's own work (starting a job in its turn) is done at once; only the step's next try,
+    which reads what the host recorded, comes that much later."""
+
+    settle_seconds: float = 0.0
+
+    def begin(self) -> None:
+        """Mark the wait's start (in `run`, before anything else), from which `settle_seconds` count."""
+        self._began = time.monotonic()
+
+    async def answer(self, payload: dict[str, Any]) -> TriggerEvent:
+        """The wait's event: the shell deleted first, then held until `settle_seconds` after the wait began."""
+        await self.cleanup()
+        await asyncio.sleep(max(0.0, self.settle_seconds - (time.monotonic() - getattr(self, "_began", time.monotonic()))))
+        return TriggerEvent(payload)
 
     async def cleanup(self) -> None:
         """Delete the wait's remote shell, once."""
@@ -76,12 +95,13 @@ class BackupJobTrigger(KeptShellTrigger):
                  job_start: str | None = None, not_after: str | None = None, merge_deadline: str | None = None,
                  job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None,
                  since: str | None = None, known: list[str] | None = None, start: dict[str, Any] | None = None,
-                 host_wait_seconds: float = 60):
+                 host_wait_seconds: float = 60, settle_seconds: float = 0):
         super().__init__()
         self.winrm_conn_id, self.vm_id, self.vm_name, self.until = winrm_conn_id, vm_id, vm_name, Until(until)
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
+        self.settle_seconds = settle_seconds
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -90,7 +110,7 @@ class BackupJobTrigger(KeptShellTrigger):
                  "poll_interval": self.poll_interval, "job_start": self.job_start, "not_after": self.not_after,
                  "merge_deadline": self.merge_deadline, "job_timeout_seconds": self.job_timeout_seconds,
                  "silence_seconds": self.silence_seconds, "turn": self.turn, "since": self.since, "known": self.known,
-                 "start": self.start, "host_wait_seconds": self.host_wait_seconds})
+                 "start": self.start, "host_wait_seconds": self.host_wait_seconds, "settle_seconds": self.settle_seconds})
 
     async def _over(self, hook, status: BackupStatus) -> bool:
         """Whether the wait is over. A turn's is once a job of ours exists or the window closed; while the host is
@@ -167,12 +187,9 @@ class BackupJobTrigger(KeptShellTrigger):
         from .errors import PermanentHostError, TransientHostError
         from .hooks import HyperVHook
 
+        self.begin()
         hook = self._hook = HyperVHook(self.winrm_conn_id, keep_shell=True)  # one shell for the whole wait
-
-        async def answer(payload: dict[str, Any]) -> TriggerEvent:
-            await self.cleanup()
-            return TriggerEvent(payload)
-
+        answer = self.answer
         silent_since, failures, last_percent, seen = None, 0, None, ""
         went_before, free_since, asked_at = list(self.turn["earlier"]) if self.turn else [], None, -float("inf")
         try:
