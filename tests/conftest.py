@@ -129,10 +129,12 @@ def dag_test(dags: Path, dag_id: str, env: dict[str, str], run_conf: dict | None
                           capture_output=True, text=True, timeout=300)
 
 
-def first_trigger_event(trigger) -> dict:
-    """A trigger's first event, taken as dag.test takes it: the generator made (and closed) in the loop."""
-    async def first() -> dict:
-        return (await anext(trigger.run())).payload
+def first_trigger_event(trigger, whole: bool = False):
+    """A trigger's first event's payload, taken as dag.test takes it: the generator made (and closed) in the loop.
+    `whole`: the event itself (one that ends the task carries its XComs, not a payload)."""
+    async def first():
+        event = await anext(trigger.run())
+        return event if whole else event.payload
     return asyncio.run(first())
 
 
@@ -160,7 +162,8 @@ def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05)
                 time.sleep(poll)
                 continue
             event = first_trigger_event(trigger_for(result, steps, conn_id, vm_id, poll))
-            raise_for_event(steps, event)
+            event = event if isinstance(event, dict) else {}  # an event that ended the task: dag.test resumes the step
+            raise_for_event(steps, event)                      # with its state's name (operators.HostStepOperator.resume)
     finally:
         if before is None:
             os.environ.pop(key, None)

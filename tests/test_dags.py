@@ -21,6 +21,7 @@ for dag_id, dag in bag.dags.items():
                           "spread_retries": sorted(t.task_id for t in dag.tasks if type(t.retry_policy).__name__ == "SpreadRetries"),
                           "execution_timeouts": sorted({{str(t.execution_timeout) for t in dag.tasks}}),
                           "weights": {{t.task_id: [str(t.weight_rule), t.priority_weight] for t in dag.tasks}},
+                          "split_outputs": sorted(t.task_id for t in dag.tasks if getattr(t, "multiple_outputs", False)),
                           "required": sorted(k for k, p in dag.params.items() if "null" not in p.schema.get("type", ["null"]))}}
 print("RESULT" + json.dumps(out))
 """
@@ -60,6 +61,8 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     starts = {dag["weights"][t][1] for t in ("select_vms", "backup_vm.probe", "backup_vm.snapshot")}
     later = {dag["weights"][t][1] for t in steps[2:]}
     assert rules == {"absolute"} and len(starts) == 1 and min(starts) > max(later), dag["weights"]
+    for dag_id, built in result["dags"].items():  # a dict pushed key by key costs the worker slot a request per key
+        assert built["split_outputs"] == [], (dag_id, built["split_outputs"])
     others = {dag_id: built["weights"] for dag_id, built in result["dags"].items() if not dag_id.startswith("hyperv_backup_hv")}
     for dag_id, weights in others.items():  # the report, the audit, the watch, the restore tests: no window holds them
         assert {rule for rule, _ in weights.values()} == {"absolute"} and max(w for _, w in weights.values()) < min(later), dag_id

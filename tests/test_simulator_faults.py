@@ -183,12 +183,13 @@ def test_busy_is_its_own_error_class():
 
 
 def test_a_turns_trigger_follows_the_job_it_started_through_its_shadow_copy(start_fleet, monkeypatch, tmp_path):
-    """The trigger that takes a VM's turn starts its job, writes the start to the catalog, and answers only once
-    the host says the shadow copy is over: the snapshot step resumes once, not once per wait. It starts the job at
-    once, but answers no sooner than `settle_seconds` after it began (Airflow's deferral race): the shadow copy
-    takes 20-30 host seconds, half a real second at 60x."""
+    """The trigger that takes a VM's turn starts its job, writes the start to the catalog, and once the host says the
+    shadow copy is over, ends the snapshot step itself with the step's result: no worker takes the step up again. It
+    starts the job at once, but answers no sooner than `settle_seconds` after it began (Airflow's deferral race): the
+    shadow copy takes 20-30 host seconds, half a real second at 60x."""
     import json
 
+    from airflow.triggers.base import TaskSuccessEvent
     from hyperv_backup.record import SHADOW_COPY_TEXTS, BackupStatus, Until, parse_time
     from hyperv_backup.triggers import BackupJobTrigger
 
@@ -201,16 +202,19 @@ def test_a_turns_trigger_follows_the_job_it_started_through_its_shadow_copy(star
     trigger = BackupJobTrigger("hv", vm_id, "VM1", Until.TURN, poll_interval=0.05, since=since, start={"target": "E:", **key},
                                settle_seconds=3)
     began = time.monotonic()
-    event = first_trigger_event(trigger)
+    event = first_trigger_event(trigger, whole=True)
     assert time.monotonic() - began >= 3
     status = BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id))
     (job,) = status.jobs
-    assert event["status"] == "changed" and event["until"] == Until.SHADOW_COPY, event
+    assert isinstance(event, TaskSuccessEvent), event
+    result = event.xcoms["return_value"]  # what the step returns (steps.BackupSteps.snapshot), for verify to read
+    assert result["job_started_at"] == job.start.isoformat()
     assert (job.start - parse_time(since)).total_seconds() < 90  # the host was not kept waiting: 1.5 real s at 60x
     assert job.running and job.operation not in SHADOW_COPY_TEXTS, job  # answered past the shadow copy, before the end
-    assert job.start < parse_time(event["clock_utc"]) <= status.clock
+    assert job.start < parse_time(result["snapshot_seen_at"]) <= status.clock
     (row,) = catalog.rows(catalog.engine_for(f"sqlite:///{path}"), **key)
     assert row["status"] == "running" and row["job_started_at"].replace(tzinfo=job.start.tzinfo) == job.start  # SQLite: naive UTC
+    assert row["attempts"] == 1
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 
@@ -245,8 +249,8 @@ def test_a_turns_trigger_reads_whose_turn_it_is_in_the_catalog_and_never_asks_ai
     assert event["status"] == "changed" and event["until"] == Until.TURN and time.monotonic() - began >= 1, event
     assert not [line for line in running.journal() if line["event"] == "job_started"]  # the trigger started nothing
     catalog.upsert(engine, run | {"vm_name": "VMX"}, {"status": "failed", "error": "its probe failed"}, datetime.now(UTC))
-    event = first_trigger_event(turn_trigger())  # every VM before it has had its turn: it takes the host
-    assert event["until"] == Until.SHADOW_COPY, event
+    event = first_trigger_event(turn_trigger(), whole=True)  # every VM before it has had its turn: it takes the host
+    assert event.xcoms["return_value"]["snapshot_seen_at"], event  # and ends the step past the shadow copy
     assert [line["vms"] for line in running.journal() if line["event"] == "job_started"] == [["VM1"]]
     assert catalog.row(engine, run | {"vm_name": "VM1"})["job_started_at"] is not None
     assert running.state()["hosts"][0]["open_shells"] == 0

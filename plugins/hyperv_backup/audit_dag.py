@@ -79,7 +79,7 @@ def build_audit_dag() -> DAG:
             return [{"name": h.name, "connection": h.connection, "clean": h.clean_recovery_checkpoints}
                     for h in load_inventory().hosts]
 
-        @task(map_index_template="{{ host_name }}")
+        @task(map_index_template="{{ host_name }}", multiple_outputs=False)  # no XCom per key (dag_factory.probe)
         def audit(host: dict, params=None) -> dict:
             from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
 

@@ -19,6 +19,7 @@ from .errors import HostError, told_once
 from .facts import Status
 from .inventory import HostEntry, Inventory
 from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
+from .triggers import pushed_by_trigger
 
 
 @cache
@@ -95,18 +96,20 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             for vm_name in sorted(known):
                 _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}", host_fault=True)
 
-        @task(map_index_template="{{ vm_name }}", priority_weight=settings.STARTS_A_JOB)
+        # multiple_outputs=False: a task annotated `-> dict` otherwise pushes each key as an XCom of its own besides the
+        # whole (Airflow infers it), one api-server request each, in the worker slot: 9 for a probe, none of them read
+        @task(map_index_template="{{ vm_name }}", priority_weight=settings.STARTS_A_JOB, multiple_outputs=False)
         def probe(vm_name: str, params=None) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
                 steps.begin(windows.run_kind(get_current_context()["dag_run"].run_type), bool(params.get("force")))
                 return steps.probe()
 
-        @task(map_index_template="{{ vm_name }}")
+        @task(map_index_template="{{ vm_name }}", multiple_outputs=False)
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
-                return steps.verify(probed, snap, job)
+                return steps.verify(probed, pushed_by_trigger(snap), job)
 
         @task_group
         def backup_vm(vm_name: str):

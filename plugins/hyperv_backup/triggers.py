@@ -19,13 +19,14 @@ has no clock to ask), with what to check.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from .facts import Status
 from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled
@@ -58,11 +59,12 @@ class KeptShellTrigger(BaseTrigger):
         """Mark the wait's start (in `run`, before anything else), from which `settle_seconds` count."""
         self._began = time.monotonic()
 
-    async def answer(self, payload: dict[str, Any]) -> TriggerEvent:
-        """The wait's event: the shell deleted first, then held until `settle_seconds` after the wait began."""
+    async def answer(self, payload: dict[str, Any] | TriggerEvent) -> TriggerEvent:
+        """The wait's event (a payload, or an event that ends the task): the shell deleted first, then held until
+        `settle_seconds` after the wait began."""
         await self.cleanup()
         await asyncio.sleep(max(0.0, self.settle_seconds - (time.monotonic() - getattr(self, "_began", time.monotonic()))))
-        return TriggerEvent(payload)
+        return payload if isinstance(payload, TriggerEvent) else TriggerEvent(payload)
 
     async def cleanup(self) -> None:
         """Delete the wait's remote shell, once."""
@@ -83,8 +85,10 @@ class BackupJobTrigger(KeptShellTrigger):
     host is free, and writes its start to the catalog: a worker would start it seconds to minutes
     later (the scheduler's round trip), and the host would idle meanwhile. Starting twice is not
     possible: the host refuses a job while one runs, and the wait ends once ours exists. A job the
-    trigger started is followed on through its shadow copy, the snapshot step's next wait: the step
-    resumes once, not twice (a task's try costs a worker seconds of CPU).
+    trigger started is followed on through its shadow copy, and the trigger then ends the snapshot step
+    itself with the step's result (`_snapshot_done`): the host's record already says all the step's
+    next try would have read, and a try costs a worker slot a second or more. Whatever else the record
+    shows (the host restarted, the job vanished) goes back to the step.
 
     Between answers the host waits (`Get-HvbVMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
     of host time, until what the last answer showed changes): a job's end is seen within a second
@@ -103,6 +107,7 @@ class BackupJobTrigger(KeptShellTrigger):
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
         self.settle_seconds = settle_seconds
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
+        self._took_turn = False  # this trigger started the job it now follows (not serialized: a new one asks the host)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -137,10 +142,23 @@ class BackupJobTrigger(KeptShellTrigger):
             return bool(answer.get("window_closed"))
         started = answer["job"]["start_time_utc"]
         key = {k: self.start[k] for k in catalog.KEY}
-        catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(started)}, datetime.now(UTC))
+        catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(started), "attempts": 1},
+                       datetime.now(UTC))
         self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name, started)
-        self.until, self.job_start = Until.SHADOW_COPY, started
+        self.until, self.job_start, self._took_turn = Until.SHADOW_COPY, started, True
         return False
+
+    def _snapshot_done(self, status: BackupStatus) -> TaskSuccessEvent | None:
+        """The snapshot step's result (steps.BackupSteps.snapshot), once the job this trigger started is past its shadow
+        copy and still runs on the host it started on: its only job of this run (the turn's wait ends once one exists,
+        and none did when it began), so the step's next try would only read the same record and return this. Ended
+        here, the step takes no worker slot again. None: anything else, which the step reads and decides."""
+        job = status.job_started_at(parse_time(self.job_start)) if self._took_turn and self.until == Until.SHADOW_COPY else None
+        if job is None or not job.runs_after(status.boot_time):
+            return None
+        self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
+        return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat(),
+                                                        "snapshot_seen_at": status.clock.isoformat()}})
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
@@ -236,8 +254,9 @@ class BackupJobTrigger(KeptShellTrigger):
                     return
                 silent_since, failures = None, 0
                 if over:
-                    yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
-                                        "merge_deadline": self.merge_deadline})
+                    yield await answer(self._snapshot_done(status) or {
+                        "status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
+                        "merge_deadline": self.merge_deadline})
                     return
                 overdue = self._overdue(status)
                 if overdue is not None:
@@ -260,6 +279,14 @@ class BackupJobTrigger(KeptShellTrigger):
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 3600:g} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
+
+
+def pushed_by_trigger(value: Any) -> Any:
+    """An XCom that a trigger may have pushed (BackupJobTrigger._snapshot_done), as the task that pulls it gets it.
+    Airflow 3.3.2 stores a trigger's XCom JSON-encoded once more than a task's (the triggerer's XComModel.set
+    serializes it, the execution API stores a task's as sent), so a dict arrives as its JSON text: decoded here.
+    A value the step's own try returned arrives as it was."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def seen_at(event: dict[str, Any] | None, until: Until) -> datetime | None:
