@@ -111,7 +111,7 @@ def play(scenario_path: Path, out: Path, intervals: int, stoppers: list) -> dict
         "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
         "AIRFLOW__HYPERV_BACKUP__POLL_SECONDS": "0.5",
         # an unreachable host fails its run within seconds (one more try, 2-4 s later); the backfill is the catch-up. The
-        # one retry is the product's answer to a try Airflow itself failed (README, "Tasks failed by Airflow itself")
+        # one retry is the product's answer to a try Airflow itself failed (README, "Tasks Airflow itself would fail")
         "AIRFLOW__HYPERV_BACKUP__RETRIES": "1",
         "AIRFLOW__HYPERV_BACKUP__RETRY_DELAY_SECONDS": "2",
         "AIRFLOW__HYPERV_BACKUP__REPORTS_PATH": str(out / "reports"),

@@ -207,7 +207,6 @@ class BackupJobTrigger(KeptShellTrigger):
 
         self.begin()
         hook = self._hook = HyperVHook(self.winrm_conn_id, keep_shell=True)  # one shell for the whole wait
-        answer = self.answer
         silent_since, failures, last_percent, seen = None, 0, None, ""
         went_before, free_since, asked_at = list(self.turn["earlier"]) if self.turn else [], None, -float("inf")
         try:
@@ -229,7 +228,7 @@ class BackupJobTrigger(KeptShellTrigger):
                         free_since = None if status.host_busy() else free_since or asked_at
                         if free_since is not None and asked_at - free_since >= self._patience:
                             # the host idles for a VM that has not come: the step asks Airflow whether its task lives
-                            yield await answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until)})
+                            yield await self.answer({"status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until)})
                             return
                         seen = status.change_key
                         if not seen or self.host_wait_seconds < 1:
@@ -241,7 +240,7 @@ class BackupJobTrigger(KeptShellTrigger):
                     silent_since, failures = silent_since or time.monotonic(), failures + 1
                     if time.monotonic() - silent_since >= self.silence_seconds:
                         minutes = (time.monotonic() - silent_since) / 60
-                        yield await answer({"status": "unreachable", "message": (
+                        yield await self.answer({"status": "unreachable", "message": (
                             f"did not answer {failures} times over {minutes:.0f} minutes (the last time: {error.message})"
                             + (f"; {error.advice}" if error.advice else ""))})
                         return
@@ -250,17 +249,17 @@ class BackupJobTrigger(KeptShellTrigger):
                     await asyncio.sleep(self.poll_interval)
                     continue
                 except PermanentHostError as error:
-                    yield await answer({"status": "error", "message": str(error)})
+                    yield await self.answer({"status": "error", "message": str(error)})
                     return
                 silent_since, failures = None, 0
                 if over:
-                    yield await answer(self._snapshot_done(status) or {
+                    yield await self.answer(self._snapshot_done(status) or {
                         "status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
                         "merge_deadline": self.merge_deadline})
                     return
                 overdue = self._overdue(status)
                 if overdue is not None:
-                    yield await answer({"status": "error", "message": self._overdue_message(overdue, status)})
+                    yield await self.answer({"status": "error", "message": self._overdue_message(overdue, status)})
                     return
                 job = status.job if self.until == Until.JOB_ENDED else None
                 percent = int(100 * job.bytes_transferred / job.bytes_total) if job and job.bytes_total else None
