@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from datetime import datetime, timedelta
 
+import pytest
 from hyperv_backup import catalog
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey, Wait
@@ -51,8 +53,20 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
         outcome["error"] = error
 
 
-def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatch, tmp_path):
+@pytest.mark.parametrize("write_delay", [0.0, 0.5], ids=["prompt-catalog", "slow-catalog"])
+def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatch, tmp_path, write_delay):
+    """With a slow catalog, the host lists the job that one run started half a second before that run's row
+    records it: the other run, which the host refused, must not take it for its own then (catalog.claim_jobs),
+    or it follows that job and, once the row claims it, starts a second one (seen once in CI without the delay)."""
     running, engine, clock = _fleet(start_fleet, monkeypatch, tmp_path)
+    if write_delay:
+        upsert = catalog.upsert
+
+        def slow_upsert(engine, key, values, now):
+            if values.get("job_started_at") is not None and values.get("attempts") is None:  # a job's start, just taken
+                time.sleep(write_delay)
+            upsert(engine, key, values, now)
+        monkeypatch.setattr(catalog, "upsert", slow_upsert)
     barrier = threading.Barrier(2)
     outcomes = [{}, {}]
     threads = [threading.Thread(target=_whole_backup, args=(_steps(engine, clock, night), barrier, outcomes[night - 1]))

@@ -15,7 +15,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.record import Action, EventRecord, JobRecord, decide, timings
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, timings
 from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import backup_like_the_dag, use_connection, winrm_connection
@@ -74,6 +74,23 @@ def test_a_job_that_failed_long_before_a_restart_was_not_cut_by_it():
     failed = _job("Failed", hresult=HResult.BACKUP_FAILED, minutes=3)
     decision = _decide([failed], boot=T0 + timedelta(hours=2))
     assert decision.action == Action.FAILED and not decision.restarted
+
+
+def test_a_backup_owns_the_jobs_it_recorded_or_claimed_and_never_another_runs():
+    first, second = _job("Failed", minutes=3), _job("Running", start=T0 + timedelta(minutes=5))
+    someone_elses = _job("Running", start=T0 + timedelta(minutes=1))
+    probed = T0 - timedelta(minutes=1)
+    # its row records the second job and claimed from before the first: both are its own, oldest first
+    assert ours([first, second], "VM1", probed, set(), second.start, T0) == [first, second]
+    # a job another run's row records is that run's, whatever this row claims
+    assert ours([first, second], "VM1", probed, {first.start}, second.start, T0) == [second]
+    # started by another run that has not written it down yet: not this one's, which never asked (or was refused)
+    assert ours([someone_elses], "VM1", probed, set(), None, None) == []
+    # its own Start whose answer was lost: the claim finds the job
+    assert ours([someone_elses], "VM1", probed, set(), None, T0) == [someone_elses]
+    # before the probe, or of another VM: never
+    assert ours([_job(start=probed - timedelta(seconds=1)), JobRecord("Completed", T0, T0, 0, "", ("VM2",))],
+                "VM1", probed, set(), None, probed - timedelta(hours=1)) == []
 
 
 # -- the catalog's times, from the host's events ------------------------------------------

@@ -74,6 +74,7 @@ vm_backups = Table(
     Column("run_kind", String(32)),  # scheduled, manual or backfill: who asked for this backup
     Column("restore_points", Integer),  # backup versions holding the VM on its target after this backup (the host's list)
     Column("oldest_restore_point", DateTime(timezone=True)),  # the oldest of them
+    Column("claimed_from", DateTime(timezone=True)),  # host time: this row asked for a job then; see claim_jobs
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
 )
@@ -148,6 +149,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (4, ("restore_points", "oldest_restore_point")),
     (5, ()),  # the restore_tests table (created with the tables added since)
     (6, ("host_fault",)),
+    (7, ("claimed_from",)),
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 
@@ -359,17 +361,41 @@ def backups_under_way(engine: Engine, host: str, vm_name: str, after: datetime, 
         return [dict(found._mapping) for found in db.execute(query)]
 
 
-def job_owner(engine: Engine, host: str, vm_name: str, job_started_at: datetime) -> tuple[str, str] | None:
-    """The (dag_id, run_id) whose row records this VM's job started at that host time, if any."""
-    query = select(vm_backups.c.dag_id, vm_backups.c.run_id).where(
-        vm_backups.c.host == host, vm_backups.c.vm_name == vm_name, vm_backups.c.job_started_at == job_started_at)
+def claim_jobs(engine: Engine, key: dict[str, Any], at: datetime | None) -> None:
+    """Right before a Start-HvbVMBackup (`at`: the host's clock just before): the jobs of this VM that start from
+    then on and that no other row records are this row's (`jobs_recorded_by_others`). The host starts a job a
+    moment before its starter can write it down; a concurrent run of the same VM that sees the job in that
+    moment must not take it for its own, and it does not: it never asked for one, or the host refused it and
+    it gave its claim back (`at` None, while the row has no job yet). Kept once set: a later job of the same
+    backup (after a failed one, a restart) is claimed from the first. A Start whose answer was lost keeps the
+    claim, and the step's next try finds its job."""
+    where = [vm_backups.c[k] == key[k] for k in KEY]
+    if at is None:
+        statement = vm_backups.update().where(*where, vm_backups.c.job_started_at.is_(None)).values(claimed_from=None)
+    else:
+        statement = vm_backups.update().where(*where, vm_backups.c.claimed_from.is_(None)).values(claimed_from=_as_utc(at))
+    with engine.begin() as db:
+        db.execute(statement)
+
+
+def job_claims(engine: Engine, key: dict[str, Any], since: datetime) -> tuple[datetime | None, datetime | None, set[datetime]]:
+    """What the catalog says of a VM's jobs since `since` (host time, UTC), for one row: the job it records, its
+    claim (`claim_jobs`), and the starts that other runs' rows record as theirs."""
+    query = select(vm_backups.c.dag_id, vm_backups.c.run_id, vm_backups.c.job_started_at, vm_backups.c.claimed_from).where(
+        vm_backups.c.host == key["host"], vm_backups.c.vm_name == key["vm_name"],
+        or_(vm_backups.c.job_started_at >= _as_utc(since), (vm_backups.c.dag_id == key["dag_id"]) & (vm_backups.c.run_id == key["run_id"])))
+    mine, claimed, others = None, None, set()
     with engine.connect() as db:
-        found = db.execute(query).first()
-    return (found.dag_id, found.run_id) if found else None
+        for found in db.execute(query):
+            if (found.dag_id, found.run_id) == (key["dag_id"], key["run_id"]):
+                mine, claimed = _utc(found.job_started_at), _utc(found.claimed_from)
+            elif found.job_started_at is not None:
+                others.add(_utc(found.job_started_at))
+    return mine, claimed, others
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands naive datetimes back
+def _utc(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands naive datetimes back
 
 
 def mail_sent(engine: Engine, report_key: str) -> dict[str, Any] | None:

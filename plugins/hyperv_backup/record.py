@@ -162,6 +162,18 @@ def restarted_during(job: JobRecord, boot_time: datetime) -> bool:
             and (job.end is None or job.end >= boot_time - SHUTDOWN_ALLOWANCE))
 
 
+def ours(jobs: tuple[JobRecord, ...] | list[JobRecord], vm_name: str, since: datetime, recorded_by_others: set[datetime],
+         mine: datetime | None, claimed_from: datetime | None) -> list[JobRecord]:
+    """The jobs of a VM that one backup started, in the host's order: each holds the VM, started at or after
+    `since` (the backup's probe, host clock), is not recorded by another run's row (a concurrent run's job is
+    waited for, never adopted), and is either the one this backup's row records (`mine`) or started since the
+    row's claim (`claimed_from`, catalog.claim_jobs): an earlier job of its own (the row records the latest),
+    or one it asked for whose start it could not write down (the answer was lost, the worker died). A backup
+    that never asked the host for a job owns none but the one its row records."""
+    return [job for job in jobs if vm_name in job.vms and job.start >= since and job.start not in recorded_by_others
+            and (job.start == mine or (claimed_from is not None and job.start >= claimed_from))]
+
+
 def decide(ours: list[JobRecord], boot_time: datetime, host_job: JobRecord | None, max_attempts: int, host: str,
            vm_name: str) -> Decision:
     """The state machine of one VM backup, from the host's record alone.

@@ -236,11 +236,10 @@ class BackupSteps:
         raise AssertionError("unreachable")
 
     def ours(self, status: record.BackupStatus, probe: dict[str, Any]) -> list[record.JobRecord]:
-        """This VM's jobs that this backup started: they hold the VM, started after this run's probe (host
-        clock), and no other run's row claims them (a concurrent run's job is waited for, never adopted)."""
+        """This VM's jobs that this backup started (record.ours), by the host's job list and the catalog's rows."""
         since = _parse_time(probe["clock_utc"])
-        return [job for job in status.jobs if self.run.vm_name in job.vms and job.start >= since
-                and catalog.job_owner(self.engine, self.run.host, self.run.vm_name, job.start) in (None, (self.run.dag_id, self.run.run_id))]
+        mine, claimed_from, others = catalog.job_claims(self.engine, self.run.key(), since)
+        return record.ours(status.jobs, self.run.vm_name, since, others, mine, claimed_from)
 
     def decide(self, status: record.BackupStatus, ours: list[record.JobRecord]) -> record.Decision:
         return record.decide(ours, status.boot_time, status.host_job, self.max_attempts, self.run.host, self.run.vm_name)
@@ -270,7 +269,7 @@ class BackupSteps:
             if last_start is not None and status.clock > last_start:
                 self._window_closed(window, status.clock)
             turn = self.turn()
-            if turn != Turn.NOW or status.host_busy() or not self._try_start(vm_id, last_start, window):
+            if turn != Turn.NOW or status.host_busy() or not self._try_start(vm_id, status.clock, last_start, window):
                 since = _parse_time(probe["clock_utc"])
                 return Wait(record.Until.TURN, not_after=last_start, since=since,
                             known=tuple(j.start for j in status.jobs if j.start >= since), others_first=turn == Turn.YIELD,
@@ -288,14 +287,17 @@ class BackupSteps:
             seen_at = seen_at or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
         return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
-    def _try_start(self, vm_id: str, last_start: datetime | None, window: str) -> bool:
-        """One Start-HvbVMBackup: True when the host took the job, False while another job holds it;
-        NotThisTime (recorded `deferred`) when the host's clock says the window has closed."""
+    def _try_start(self, vm_id: str, clock: datetime, last_start: datetime | None, window: str) -> bool:
+        """One Start-HvbVMBackup, claimed first (catalog.claim_jobs; `clock`: the host's, just before): True when
+        the host took the job, False while another job holds it (the claim given back); NotThisTime (recorded
+        `deferred`) when the host's clock says the window has closed."""
         limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
+        catalog.claim_jobs(self.engine, self.run.key(), clock)
         started = self.hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
         if started["started"]:
             self.record(status=Status.RUNNING, job_started_at=_parse_time(started["job"]["start_time_utc"]))
             return True
+        catalog.claim_jobs(self.engine, self.run.key(), None)
         if started.get("window_closed"):  # the host's clock decided, right before it would have started
             self._window_closed(window, _parse_time(started["clock_utc"]))
         return False
@@ -362,7 +364,7 @@ class BackupSteps:
                             "(the VM goes first next time)")
         if decision.action != record.Action.WAIT_HOST:
             try:
-                started = self._try_start(probe["vm_id"], last_start, window)
+                started = self._try_start(probe["vm_id"], status.clock, last_start, window)
             except NotThisTime:
                 raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
                                 "(the VM goes first next time)") from None

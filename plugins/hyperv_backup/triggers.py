@@ -107,7 +107,6 @@ class BackupJobTrigger(KeptShellTrigger):
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
         self.settle_seconds = settle_seconds
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
-        self._took_turn = False  # this trigger started the job it now follows (not serialized: a new one asks the host)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -127,25 +126,28 @@ class BackupJobTrigger(KeptShellTrigger):
             return True
         if not settled(Until.TURN, status, not_after=parse_time(self.not_after)):
             return False
-        return status.host_busy() or not self.start or await off_loop(self._take_turn)(hook)
+        return status.host_busy() or not self.start or await off_loop(self._take_turn)(hook, status.clock)
 
-    def _take_turn(self, hook) -> bool:
-        """Start our job now (the host is free, the turn is ours). True once the window has closed; once the job
+    def _take_turn(self, hook, clock: datetime) -> bool:
+        """Start our job now (the host is free, the turn is ours), claimed first as the step claims its own
+        (catalog.claim_jobs; `clock`: the host's, just before). True once the window has closed; once the job
         started, the wait goes on as its shadow copy's (False)."""
-        from datetime import UTC, datetime
+        from datetime import UTC
 
         from . import catalog
 
+        key = {k: self.start[k] for k in catalog.KEY}
         limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
+        catalog.claim_jobs(self._engine, key, clock)
         answer = hook.run_script("Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
         if not answer["started"]:
+            catalog.claim_jobs(self._engine, key, None)
             return bool(answer.get("window_closed"))
         started = answer["job"]["start_time_utc"]
-        key = {k: self.start[k] for k in catalog.KEY}
         catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(started), "attempts": 1},
                        datetime.now(UTC))
         self.log.info("%s: its turn; started its Windows Server Backup job at %s (host clock)", self.vm_name, started)
-        self.until, self.job_start, self._took_turn = Until.SHADOW_COPY, started, True
+        self.until, self.job_start = Until.SHADOW_COPY, started
         return False
 
     def _snapshot_done(self, status: BackupStatus) -> TaskSuccessEvent | None:
@@ -153,7 +155,8 @@ class BackupJobTrigger(KeptShellTrigger):
         copy and still runs on the host it started on: its only job of this run (the turn's wait ends once one exists,
         and none did when it began), so the step's next try would only read the same record and return this. Ended
         here, the step takes no worker slot again. None: anything else, which the step reads and decides."""
-        job = status.job_started_at(parse_time(self.job_start)) if self._took_turn and self.until == Until.SHADOW_COPY else None
+        took_turn = self.start is not None and self.until == Until.SHADOW_COPY  # a turn's wait follows only the job it started
+        job = status.job_started_at(parse_time(self.job_start)) if took_turn else None
         if job is None or not job.runs_after(status.boot_time):
             return None
         self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
