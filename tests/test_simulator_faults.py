@@ -11,7 +11,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostBusyError, PermanentHostError, TransientHostError, told_once
 from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.operators import outcome
-from hyperv_backup.record import parse_time
+from hyperv_backup.record import BackupStatus, parse_time
 from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import first_trigger_event, use_connection, winrm_connection
@@ -215,6 +215,42 @@ def test_a_turns_trigger_follows_the_job_it_started_through_its_shadow_copy(star
     (row,) = catalog.rows(catalog.engine_for(f"sqlite:///{path}"), **key)
     assert row["status"] == "running" and row["job_started_at"].replace(tzinfo=job.start.tzinfo) == job.start  # SQLite: naive UTC
     assert row["attempts"] == 1
+    assert running.state()["hosts"][0]["open_shells"] == 0
+
+
+@pytest.mark.parametrize("fault", [None, "vss_transient"])
+def test_a_wait_for_the_jobs_end_ends_the_copy_step_itself_once_the_job_succeeded(start_fleet, monkeypatch, tmp_path, fault):
+    """The copy step's wait records the job's success as the step does (its times, bytes, the jobs it took) and ends the
+    step with the job's record, for verify to read: no worker takes the step up again. A job that failed goes back to
+    the step, which decides (a new job, here), and the trigger records nothing."""
+    import json
+
+    from airflow.triggers.base import TaskSuccessEvent
+    from hyperv_backup.record import Until
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    faults = [{"kind": fault, "at": "copy"}] if fault else []
+    running, hook = _fleet(start_fleet, monkeypatch, faults, disk_gb=20, speed=60)
+    vm_id, started = _start(hook)
+    path = tmp_path / "catalog.sqlite"
+    monkeypatch.setenv("AIRFLOW_CONN_HYPERV_BACKUP_CATALOG", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    key = {"dag_id": "hyperv_backup_hv01", "run_id": "scheduled__1", "host": "HV01", "vm_name": "VM1"}
+    engine = catalog.engine_for(f"sqlite:///{path}")
+    catalog.upsert(engine, key, {"status": "running", "job_started_at": parse_time(started["job"]["start_time_utc"])}, datetime.now(UTC))
+    trigger = BackupJobTrigger("hv", vm_id, "VM1", Until.JOB_ENDED, poll_interval=0.05, job_start=started["job"]["start_time_utc"],
+                               finish={**key, "attempts": 2, "host_restarted": True})
+    event = first_trigger_event(trigger, whole=True)
+    (job,) = BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)).jobs
+    (row,) = catalog.rows(engine, **key)
+    if fault:
+        assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "changed", event
+        assert not job.succeeded and row["job_finished_at"] is None and row["attempts"] is None
+    else:
+        assert isinstance(event, TaskSuccessEvent), event
+        assert event.xcoms["return_value"] == job.to_json()  # what the step returns (steps.BackupSteps.advance)
+        assert job.succeeded and row["status"] == "running"  # verify, which checks the version landed, says succeeded
+        assert (row["job_finished_at"].replace(tzinfo=UTC), row["bytes_copied"], row["attempts"], row["host_restarted"]) == (
+            job.end, job.bytes_transferred, 2, True)
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 

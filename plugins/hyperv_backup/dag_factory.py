@@ -109,7 +109,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
             steps = _steps(vm_name)
             with outcome(steps):
-                return steps.verify(probed, pushed_by_trigger(snap), job)
+                return steps.verify(probed, pushed_by_trigger(snap), pushed_by_trigger(job))
 
         @task_group
         def backup_vm(vm_name: str):

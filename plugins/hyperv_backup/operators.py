@@ -173,7 +173,8 @@ def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: 
                 silence: timedelta = timedelta(minutes=30), host_wait: timedelta = timedelta(minutes=1),
                 turn: dict[str, Any] | None = None, settle_seconds: float = 0) -> BackupJobTrigger:
     """The trigger that waits for `wait`. A turn's trigger also gets where the task stands in its run (`turn`),
-    and what it needs to start the VM's job itself (the target, the catalog row)."""
+    and what it needs to start the VM's job itself (the target, the catalog row); a wait for our job's end, what
+    it needs to record the job's success itself (the catalog row, the jobs so far)."""
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
@@ -182,7 +183,9 @@ def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: 
                             iso(wait.merge_deadline), job_timeout.total_seconds(), silence.total_seconds(),
                             turn=turn if is_turn else None, since=iso(wait.since), known=[iso(t) for t in wait.known],
                             start={"target": steps.target, **steps.run.key()} if is_turn and wait.trigger_starts else None,
-                            host_wait_seconds=host_wait.total_seconds(), settle_seconds=settle_seconds)
+                            host_wait_seconds=host_wait.total_seconds(), settle_seconds=settle_seconds,
+                            finish={**steps.run.key(), "attempts": wait.attempts, "host_restarted": wait.restarted}
+                            if wait.until == Until.JOB_ENDED else None)
 
 
 def raise_for_event(steps: BackupSteps, event: dict[str, Any]) -> None:

@@ -209,6 +209,13 @@ def decide(ours: list[JobRecord], boot_time: datetime, host_job: JobRecord | Non
     return Decision(Action.WAIT_HOST if busy else Action.NEW_JOB, last, why, restarted)
 
 
+def succeeded_values(job: JobRecord, attempts: int, restarted: bool) -> dict[str, Any]:
+    """What the catalog records of a backup whose last job succeeded (the copy step's end, or its trigger's):
+    the job's own times and bytes, and how many jobs it took."""
+    return {"job_started_at": job.start, "job_finished_at": job.end, "bytes_copied": job.bytes_transferred,
+            "attempts": attempts, "host_restarted": restarted}
+
+
 class Until(StrEnum):
     """What a step waits for on the host, deferred to the triggerer (BackupJobTrigger)."""
 

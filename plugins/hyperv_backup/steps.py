@@ -77,6 +77,8 @@ class Wait:
     known: tuple[datetime, ...] = ()  # ...unless it is one of these (other runs' jobs of the VM)
     others_first: bool = False
     trigger_starts: bool = True  # a turn's trigger may start the job itself (not a catch-up: another run's may cover it)
+    attempts: int = 0  # a wait for our job's end: the jobs it took so far, and whether a restart cut one;
+    restarted: bool = False  # the trigger records them with the job's success (record.succeeded_values)
 
 
 @dataclass
@@ -348,12 +350,10 @@ class BackupSteps:
         decision = self.decide(status, ours)
         if decision.action == record.Action.FOLLOW:
             self._record_job(decision.job, len(ours), decision.restarted)
-            return Wait(record.Until.JOB_ENDED, job_start=decision.job.start)
+            return Wait(record.Until.JOB_ENDED, job_start=decision.job.start, attempts=len(ours), restarted=decision.restarted)
         if decision.action == record.Action.SUCCEEDED:
-            job = decision.job
-            self.record(job_started_at=job.start, job_finished_at=job.end, bytes_copied=job.bytes_transferred,
-                        attempts=len(ours), host_restarted=decision.restarted)
-            return job.to_json()
+            self.record(**record.succeeded_values(decision.job, len(ours), decision.restarted))
+            return decision.job.to_json()
         if ours:  # ours ended and failed: a Recovery checkpoint it left (a restart cut it) goes, whatever comes next
             self._remove_our_recovery_checkpoints(status, ours[0].start)
         if decision.action == record.Action.FAILED:

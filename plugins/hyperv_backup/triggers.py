@@ -29,7 +29,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from .facts import Status
-from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled
+from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled, succeeded_values
 
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
 
@@ -86,9 +86,10 @@ class BackupJobTrigger(KeptShellTrigger):
     later (the scheduler's round trip), and the host would idle meanwhile. Starting twice is not
     possible: the host refuses a job while one runs, and the wait ends once ours exists. A job the
     trigger started is followed on through its shadow copy, and the trigger then ends the snapshot step
-    itself with the step's result (`_snapshot_done`): the host's record already says all the step's
-    next try would have read, and a try costs a worker slot a second or more. Whatever else the record
-    shows (the host restarted, the job vanished) goes back to the step.
+    itself with the step's result; a wait for our job's end (`finish`) ends the copy step itself once
+    the job succeeded (`_step_done`): the host's record already says all the step's next try would
+    have read, and a try costs a worker slot a second or more. Whatever else the record shows (the
+    host restarted, the job vanished or failed) goes back to the step.
 
     Between answers the host waits (`Get-HvbVMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
     of host time, until what the last answer showed changes): a job's end is seen within a second
@@ -99,13 +100,13 @@ class BackupJobTrigger(KeptShellTrigger):
                  job_start: str | None = None, not_after: str | None = None, merge_deadline: str | None = None,
                  job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None,
                  since: str | None = None, known: list[str] | None = None, start: dict[str, Any] | None = None,
-                 host_wait_seconds: float = 60, settle_seconds: float = 0):
+                 host_wait_seconds: float = 60, settle_seconds: float = 0, finish: dict[str, Any] | None = None):
         super().__init__()
         self.winrm_conn_id, self.vm_id, self.vm_name, self.until = winrm_conn_id, vm_id, vm_name, Until(until)
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
-        self.settle_seconds = settle_seconds
+        self.settle_seconds, self.finish = settle_seconds, finish
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -114,7 +115,8 @@ class BackupJobTrigger(KeptShellTrigger):
                  "poll_interval": self.poll_interval, "job_start": self.job_start, "not_after": self.not_after,
                  "merge_deadline": self.merge_deadline, "job_timeout_seconds": self.job_timeout_seconds,
                  "silence_seconds": self.silence_seconds, "turn": self.turn, "since": self.since, "known": self.known,
-                 "start": self.start, "host_wait_seconds": self.host_wait_seconds, "settle_seconds": self.settle_seconds})
+                 "start": self.start, "host_wait_seconds": self.host_wait_seconds, "settle_seconds": self.settle_seconds,
+                 "finish": self.finish})
 
     async def _over(self, hook, status: BackupStatus) -> bool:
         """Whether the wait is over. A turn's is once a job of ours exists or the window closed; while the host is
@@ -150,18 +152,35 @@ class BackupJobTrigger(KeptShellTrigger):
         self.until, self.job_start = Until.SHADOW_COPY, started
         return False
 
-    def _snapshot_done(self, status: BackupStatus) -> TaskSuccessEvent | None:
-        """The snapshot step's result (steps.BackupSteps.snapshot), once the job this trigger started is past its shadow
-        copy and still runs on the host it started on: its only job of this run (the turn's wait ends once one exists,
-        and none did when it began), so the step's next try would only read the same record and return this. Ended
-        here, the step takes no worker slot again. None: anything else, which the step reads and decides."""
-        took_turn = self.start is not None and self.until == Until.SHADOW_COPY  # a turn's wait follows only the job it started
-        job = status.job_started_at(parse_time(self.job_start)) if took_turn else None
-        if job is None or not job.runs_after(status.boot_time):
+    def _step_done(self, status: BackupStatus) -> TaskSuccessEvent | None:
+        """The step's result, once the host's record says all that the step's next try would read before returning it.
+        Ended here, the step takes no worker slot again (a try costs one a second or more). None: anything else (the
+        host restarted, the job vanished or failed), which the step reads and decides.
+
+        - A turn's wait that started the job (`start`), once the job is past its shadow copy and still runs on the host
+          it started on: the snapshot step's result. It is the run's only job of the VM: the turn's wait ends once one
+          exists, and none did when it began.
+        - A wait for our job's end (`finish`: the row's key, and the `attempts` and `host_restarted` the copy step
+          recorded when it began the wait), once the job succeeded: the copy step's result, recorded as the step
+          records it (record.succeeded_values). No later job of ours can exist: only we start one."""
+        from datetime import UTC
+
+        from . import catalog
+
+        job = status.job_started_at(parse_time(self.job_start))
+        if job is None:
             return None
-        self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
-        return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat(),
-                                                        "snapshot_seen_at": status.clock.isoformat()}})
+        if self.start is not None and self.until == Until.SHADOW_COPY and job.runs_after(status.boot_time):
+            self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
+            return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat(),
+                                                            "snapshot_seen_at": status.clock.isoformat()}})
+        if self.finish is not None and self.until == Until.JOB_ENDED and job.succeeded:
+            key = {k: self.finish[k] for k in catalog.KEY}
+            catalog.upsert(self._engine, key, succeeded_values(job, self.finish["attempts"], self.finish["host_restarted"]),
+                           datetime.now(UTC))
+            self.log.info("%s: its job succeeded at %s (host clock); the copy step is done", self.vm_name, job.end.isoformat())
+            return TaskSuccessEvent(xcoms={"return_value": job.to_json()})
+        return None
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
         """The job this wait is on (ours, or the one holding the host) once it has run longer than allowed, host time."""
@@ -182,7 +201,7 @@ class BackupJobTrigger(KeptShellTrigger):
         from .settings import catalog_engine, task_states_seconds
 
         hook.get_conn()
-        self._engine = catalog_engine() if self.turn or self.start else None
+        self._engine = catalog_engine() if self.turn or self.start or self.finish else None
         self._patience = task_states_seconds()
 
     def _still_to_go(self) -> list[str]:
@@ -256,7 +275,7 @@ class BackupJobTrigger(KeptShellTrigger):
                     return
                 silent_since, failures = None, 0
                 if over:
-                    yield await self.answer(self._snapshot_done(status) or {
+                    yield await self.answer(await off_loop(self._step_done)(status) or {
                         "status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
                         "merge_deadline": self.merge_deadline})
                     return
@@ -284,7 +303,7 @@ def _duration(seconds: float) -> str:
 
 
 def pushed_by_trigger(value: Any) -> Any:
-    """An XCom that a trigger may have pushed (BackupJobTrigger._snapshot_done), as the task that pulls it gets it.
+    """An XCom that a trigger may have pushed (BackupJobTrigger._step_done), as the task that pulls it gets it.
     Airflow 3.3.2 stores a trigger's XCom JSON-encoded once more than a task's (the triggerer's XComModel.set
     serializes it, the execution API stores a task's as sent), so a dict arrives as its JSON text: decoded here.
     A value the step's own try returned arrives as it was."""
