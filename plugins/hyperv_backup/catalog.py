@@ -363,7 +363,7 @@ def backups_under_way(engine: Engine, host: str, vm_name: str, after: datetime, 
 
 def claim_jobs(engine: Engine, key: dict[str, Any], at: datetime | None) -> None:
     """Right before a Start-HvbVMBackup (`at`: the host's clock just before): the jobs of this VM that start from
-    then on and that no other row records are this row's (`jobs_recorded_by_others`). The host starts a job a
+    then on and that no other row records are this row's (`job_claims`, record.ours). The host starts a job a
     moment before its starter can write it down; a concurrent run of the same VM that sees the job in that
     moment must not take it for its own, and it does not: it never asked for one, or the host refused it and
     it gave its claim back (`at` None, while the row has no job yet). Kept once set: a later job of the same
