@@ -56,7 +56,7 @@ def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: d
 @pytest.mark.parametrize("write_delay", [0.0, 0.5], ids=["prompt-catalog", "slow-catalog"])
 def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatch, tmp_path, write_delay):
     """With a slow catalog, the host lists the job that one run started half a second before that run's row
-    records it: the other run, which the host refused, must not take it for its own then (catalog.claim_jobs),
+    records it: the other run, which the host refused, must not take it for its own then (catalog.start_claimed),
     or it follows that job and, once the row claims it, starts a second one (seen once in CI without the delay)."""
     running, engine, clock = _fleet(start_fleet, monkeypatch, tmp_path)
     if write_delay:

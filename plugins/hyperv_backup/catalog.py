@@ -7,7 +7,7 @@ a retry updates the same row (the key is dag_id, run_id, host, vm_name), never a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,7 +74,7 @@ vm_backups = Table(
     Column("run_kind", String(32)),  # scheduled, manual or backfill: who asked for this backup
     Column("restore_points", Integer),  # backup versions holding the VM on its target after this backup (the host's list)
     Column("oldest_restore_point", DateTime(timezone=True)),  # the oldest of them
-    Column("claimed_from", DateTime(timezone=True)),  # host time: this row asked for a job then; see claim_jobs
+    Column("claimed_from", DateTime(timezone=True)),  # host time: this row asked for a job then; see start_claimed
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
 )
@@ -361,26 +361,29 @@ def backups_under_way(engine: Engine, host: str, vm_name: str, after: datetime, 
         return [dict(found._mapping) for found in db.execute(query)]
 
 
-def claim_jobs(engine: Engine, key: dict[str, Any], at: datetime | None) -> None:
-    """Right before a Start-HvbVMBackup (`at`: the host's clock just before): the jobs of this VM that start from
-    then on and that no other row records are this row's (`job_claims`, record.ours). The host starts a job a
-    moment before its starter can write it down; a concurrent run of the same VM that sees the job in that
-    moment must not take it for its own, and it does not: it never asked for one, or the host refused it and
-    it gave its claim back (`at` None, while the row has no job yet). Kept once set: a later job of the same
-    backup (after a failed one, a restart) is claimed from the first. A Start whose answer was lost keeps the
-    claim, and the step's next try finds its job."""
+def start_claimed(engine: Engine, key: dict[str, Any], clock: datetime, start: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Ask the host for a job (`start`: one Start-HvbVMBackup, returning the host's answer), claimed first
+    (`clock`: the host's, just before): the jobs of this VM that start from then on and that no other row
+    records are this row's (`job_claims`, record.ours).
+
+    The host starts a job a moment before its starter can write it down; a concurrent run of the same VM that
+    sees the job in that moment must not take it for its own, and it does not: it never asked for one, or the
+    host refused it and it gave its claim back (while its row has no job yet). A claim is kept once set: a
+    later job of the same backup (after a failed one, a restart) is claimed from the first. A Start whose
+    answer was lost (`start` raised) keeps the claim, and the step's next try finds its job."""
     where = [vm_backups.c[k] == key[k] for k in KEY]
-    if at is None:
-        statement = vm_backups.update().where(*where, vm_backups.c.job_started_at.is_(None)).values(claimed_from=None)
-    else:
-        statement = vm_backups.update().where(*where, vm_backups.c.claimed_from.is_(None)).values(claimed_from=_as_utc(at))
     with engine.begin() as db:
-        db.execute(statement)
+        db.execute(vm_backups.update().where(*where, vm_backups.c.claimed_from.is_(None)).values(claimed_from=_as_utc(clock)))
+    answer = start()
+    if not answer["started"]:
+        with engine.begin() as db:
+            db.execute(vm_backups.update().where(*where, vm_backups.c.job_started_at.is_(None)).values(claimed_from=None))
+    return answer
 
 
 def job_claims(engine: Engine, key: dict[str, Any], since: datetime) -> tuple[datetime | None, datetime | None, set[datetime]]:
     """What the catalog says of a VM's jobs since `since` (host time, UTC), for one row: the job it records, its
-    claim (`claim_jobs`), and the starts that other runs' rows record as theirs."""
+    claim (`start_claimed`), and the starts that other runs' rows record as theirs."""
     query = select(vm_backups.c.dag_id, vm_backups.c.run_id, vm_backups.c.job_started_at, vm_backups.c.claimed_from).where(
         vm_backups.c.host == key["host"], vm_backups.c.vm_name == key["vm_name"],
         or_(vm_backups.c.job_started_at >= _as_utc(since), (vm_backups.c.dag_id == key["dag_id"]) & (vm_backups.c.run_id == key["run_id"])))

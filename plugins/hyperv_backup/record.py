@@ -167,7 +167,7 @@ def ours(jobs: tuple[JobRecord, ...] | list[JobRecord], vm_name: str, since: dat
     """The jobs of a VM that one backup started, in the host's order: each holds the VM, started at or after
     `since` (the backup's probe, host clock), is not recorded by another run's row (a concurrent run's job is
     waited for, never adopted), and is either the one this backup's row records (`mine`) or started since the
-    row's claim (`claimed_from`, catalog.claim_jobs): an earlier job of its own (the row records the latest),
+    row's claim (`claimed_from`, catalog.start_claimed): an earlier job of its own (the row records the latest),
     or one it asked for whose start it could not write down (the answer was lost, the worker died). A backup
     that never asked the host for a job owns none but the one its row records."""
     return [job for job in jobs if vm_name in job.vms and job.start >= since and job.start not in recorded_by_others

@@ -290,16 +290,15 @@ class BackupSteps:
         return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
     def _try_start(self, vm_id: str, clock: datetime, last_start: datetime | None, window: str) -> bool:
-        """One Start-HvbVMBackup, claimed first (catalog.claim_jobs; `clock`: the host's, just before): True when
-        the host took the job, False while another job holds it (the claim given back); NotThisTime (recorded
-        `deferred`) when the host's clock says the window has closed."""
+        """One Start-HvbVMBackup, claimed first (catalog.start_claimed; `clock`: the host's, just before): True when
+        the host took the job, False while another job holds it; NotThisTime (recorded `deferred`) when the host's
+        clock says the window has closed."""
         limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
-        catalog.claim_jobs(self.engine, self.run.key(), clock)
-        started = self.hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.target, **limit)
+        started = catalog.start_claimed(self.engine, self.run.key(), clock, lambda: self.hook.run_script(
+            "Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.target, **limit))
         if started["started"]:
             self.record(status=Status.RUNNING, job_started_at=_parse_time(started["job"]["start_time_utc"]))
             return True
-        catalog.claim_jobs(self.engine, self.run.key(), None)
         if started.get("window_closed"):  # the host's clock decided, right before it would have started
             self._window_closed(window, _parse_time(started["clock_utc"]))
         return False

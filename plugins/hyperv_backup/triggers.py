@@ -23,11 +23,12 @@ import json
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from . import catalog
 from .facts import Status
 from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled, succeeded_values
 
@@ -132,18 +133,13 @@ class BackupJobTrigger(KeptShellTrigger):
 
     def _take_turn(self, hook, clock: datetime) -> bool:
         """Start our job now (the host is free, the turn is ours), claimed first as the step claims its own
-        (catalog.claim_jobs; `clock`: the host's, just before). True once the window has closed; once the job
+        (catalog.start_claimed; `clock`: the host's, just before). True once the window has closed; once the job
         started, the wait goes on as its shadow copy's (False)."""
-        from datetime import UTC
-
-        from . import catalog
-
         key = {k: self.start[k] for k in catalog.KEY}
         limit = {"NotAfterUtc": self.not_after} if self.not_after else {}
-        catalog.claim_jobs(self._engine, key, clock)
-        answer = hook.run_script("Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit)
+        answer = catalog.start_claimed(self._engine, key, clock, lambda: hook.run_script(
+            "Start-HvbVMBackup", VMId=self.vm_id, BackupTarget=self.start["target"], **limit))
         if not answer["started"]:
-            catalog.claim_jobs(self._engine, key, None)
             return bool(answer.get("window_closed"))
         started = answer["job"]["start_time_utc"]
         catalog.upsert(self._engine, key, {"status": Status.RUNNING, "job_started_at": parse_time(started), "attempts": 1},
@@ -163,10 +159,6 @@ class BackupJobTrigger(KeptShellTrigger):
         - A wait for our job's end (`finish`: the row's key, and the `attempts` and `host_restarted` the copy step
           recorded when it began the wait), once the job succeeded: the copy step's result, recorded as the step
           records it (record.succeeded_values). No later job of ours can exist: only we start one."""
-        from datetime import UTC
-
-        from . import catalog
-
         job = status.job_started_at(parse_time(self.job_start))
         if job is None:
             return None
