@@ -17,7 +17,9 @@ from datetime import datetime, timedelta
 
 import pytest
 from hyperv_backup import catalog
+from hyperv_backup.errors import TransientHostError
 from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.operators import outcome
 from hyperv_backup.steps import BackupSteps, NotThisTime, RunKey, Wait
 
 from tests.conftest import backup_like_the_dag, dag_test, until_done, use_connection, winrm_connection
@@ -40,17 +42,17 @@ def _steps(engine, clock, night: int, run_alive=None) -> BackupSteps:
     return BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05, run_alive=run_alive)
 
 
-def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, outcome: dict) -> None:
+def _whole_backup(steps: BackupSteps, probed_both: threading.Barrier, ended: dict) -> None:
     """probe -> snapshot -> verify merge -> copy -> verify, as the DAG's tasks call them."""
     try:
         steps.begin("backfill")
         probe = steps.probe()
         probed_both.wait(timeout=30)  # both runs have probed before either starts a job
-        outcome["result"] = backup_like_the_dag(steps, probe=probe, catch_up=True)
+        ended["result"] = backup_like_the_dag(steps, probe=probe, catch_up=True)
     except NotThisTime as reason:
-        outcome["result"] = str(reason)
+        ended["result"] = str(reason)
     except BaseException as error:  # noqa: BLE001 - handed to the test's thread, which re-raises it
-        outcome["error"] = error
+        ended["error"] = error
 
 
 @pytest.mark.parametrize("write_delay", [0.0, 0.5], ids=["prompt-catalog", "slow-catalog"])
@@ -75,9 +77,9 @@ def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatc
         thread.start()
     for thread in threads:
         thread.join(timeout=180)
-    for outcome in outcomes:
-        if "error" in outcome:
-            raise outcome["error"]
+    for ended in outcomes:
+        if "error" in ended:
+            raise ended["error"]
 
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
     rows = sorted(catalog.rows(engine), key=lambda r: r["status"])
@@ -107,8 +109,30 @@ def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, 
     assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
 
 
+@pytest.mark.parametrize("tried_again", [True, False], ids=["retry-pending", "retries-used-up"])
+def test_a_catch_up_whose_step_failed_keeps_the_other_run_waiting_while_it_is_tried_again(start_fleet, monkeypatch, tmp_path, tried_again):
+    """A run's catch-up job runs; its step fails a try (the host stopped answering) and Airflow will try it again. The
+    backup is still under way: its row stays `running` with the error, and the other backfilled interval waits for its
+    result rather than start a second catch-up once the host is free. Once the retries are used up the row is `failed`
+    and the other run goes ahead (its wait is then for the host, which the failed run's job still holds)."""
+    running, engine, clock = _fleet(start_fleet, monkeypatch, tmp_path, disk_gb=200)
+    first = _steps(engine, clock, 1)
+    first.tried_again = lambda: tried_again
+    probe = first.probe()
+    assert until_done(first, probe["vm_id"], lambda event: first.snapshot(probe, catch_up=True))["job_started_at"]
+    with pytest.raises(TransientHostError), outcome(first):
+        raise TransientHostError("HV01", "did not answer 6 times over 2 minutes", "check that WinRM runs and port 5986 is open")
+    row = catalog.row(engine, first.run.key())
+    assert row["status"] == ("running" if tried_again else "failed") and "did not answer" in row["error"]
+
+    second = _steps(engine, clock, 2)
+    wait = second.snapshot(second.probe(), catch_up=True)
+    assert (wait.until is None) is tried_again  # None: waits on the other run, not on the host
+    assert [e["vms"] for e in running.journal() if e["event"] == "job_started"] == [["DC01"]]
+
+
 _ALIVE_DAG = """
-from datetime import datetime
+from datetime import datetime, timedelta
 from airflow.sdk import DAG, get_current_context, task
 
 with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
@@ -127,17 +151,28 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
         states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])[ti.run_id]
         print("TURN", ti.map_index, _turn(ti)(), turn_of(states, ti.task_id, 99))
 
+    @task(retries=1, retry_delay=timedelta(0))
+    def flaky():
+        from hyperv_backup.operators import _tried_again
+        ti = get_current_context()["ti"]
+        print("AGAIN", ti.try_number, _tried_again(ti)())
+        if ti.try_number == 1:
+            raise RuntimeError("the first try fails")
+
     ask() >> step.expand(n=[0, 1, 2])
+    flaky()
 """
 
 def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     """The waiting above trusts `run_alive`; in a task it asks Airflow (get_dagrun_state): this run is
     running, a run that does not exist (deleted) is not, and neither answer is an error. The host's
-    turns trust `ahead` (get_task_states of the mapped step)."""
+    turns trust `ahead` (get_task_states of the mapped step). A failed try's row trusts `tried_again`:
+    true on a try that has a retry left, false on the last."""
     (tmp_path / "dags").mkdir()
     (tmp_path / "dags" / "alive.py").write_text(_ALIVE_DAG)
     done = dag_test(tmp_path / "dags", "alive", dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home")))
     assert "ANSWERS True False" in done.stdout and "STATE success" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "AGAIN 1 True" in done.stdout and "AGAIN 2 False" in done.stdout  # a failed try's row: BackupSteps.failed_try
     # the first in the order has its turn at once; to a VM after all three, each sees one running (itself,
     # in a worker): it would give way, never wait deferred on it
     turns = sorted(line.split("TURN ", 1)[1] for line in done.stdout.splitlines() if "TURN " in line)

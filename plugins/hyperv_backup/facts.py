@@ -46,7 +46,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"  # nothing to back up (plan only, the VM is gone, ...)
     COVERED = "covered"  # an earlier catch-up backup covers this (backfilled) interval
     DEFERRED = "deferred"  # the window closed before the VM's turn
-    RUNNING = "running"  # not ended: under way, or a worker died mid-step
+    RUNNING = "running"  # not ended: under way (a job-holding step to be tried again too), or a worker died mid-step
 
 
 

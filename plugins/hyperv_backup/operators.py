@@ -32,7 +32,13 @@ def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_
                  windows.run_kind(dag_run.run_type))
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
                        run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts,
-                       allowed_modes=allowed_modes)
+                       allowed_modes=allowed_modes, tried_again=_tried_again(context["ti"]))
+
+
+def _tried_again(ti) -> Callable[[], bool]:
+    """Whether Airflow tries this task again if the current try fails: its retries are not used up (the
+    api-server's rule, `max_tries != 0 and try_number <= max_tries`; AirflowFailException never retries)."""
+    return lambda: ti.max_tries != 0 and ti.try_number <= ti.max_tries
 
 
 def _turn(ti) -> Callable[[], Turn]:
@@ -83,7 +89,8 @@ def _run_alive(ti) -> Callable[[str, str], bool]:
 def outcome(steps: BackupSteps) -> Iterator[None]:
     """How a step's end becomes Airflow's: not this time -> skipped; permanent -> failed at once, no retry;
     transient -> retried by Airflow. Every host error is written to the VM's row first, so a try
-    that ends here leaves the cause in the catalog, not a `running` row."""
+    that ends here leaves the cause in the catalog (the row stays `running` only while a backup whose
+    job started is still to be tried again: BackupSteps.failed_try)."""
     try:
         with steps.hook.session():  # one remote shell for all the step's commands
             yield
@@ -93,7 +100,7 @@ def outcome(steps: BackupSteps) -> Iterator[None]:
         steps.record(status=Status.FAILED, error=str(error), host_fault=error.host_wide)
         raise AirflowFailException(str(error)) from None
     except HostError as error:
-        steps.record(status=Status.FAILED, error=str(error), host_fault=error.host_wide)
+        steps.failed_try(str(error), error.host_wide)
         raise
 
 

@@ -108,14 +108,16 @@ class BackupSteps:
     def __init__(self, hook: HyperVHook, engine, run: RunKey, target: str, poll_seconds: float = 0.5,
                  clean_recovery_checkpoints: bool = False, run_alive: Callable[[str, str], bool] | None = None,
                  turn: Callable[[], Turn] | None = None, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
-                 allowed_modes: list[Mode] | None = None):
+                 allowed_modes: list[Mode] | None = None, tried_again: Callable[[], bool] | None = None):
         """`run_alive(dag_id, run_id)` tells whether another Airflow run still runs: a `running` row of
         a run that died (a killed worker) must not keep this run waiting for its backup. `turn()` says
         where this VM stands in its run's order (`turn_of`): the host goes to earlier VMs first. `allowed_modes`:
-        the modes the inventory's `require` allows this VM's backup in (None: any)."""
+        the modes the inventory's `require` allows this VM's backup in (None: any). `tried_again()` tells whether
+        Airflow tries the current step again if this try fails (`failed_try`)."""
         self.hook, self.engine, self.run, self.target, self.poll = hook, engine, run, target, poll_seconds
         self.clean = clean_recovery_checkpoints
         self.run_alive = run_alive or (lambda dag_id, run_id: True)
+        self.tried_again = tried_again or (lambda: False)
         self.turn = turn or (lambda: Turn.NOW)
         self.max_attempts, self.allowed_modes = max_attempts, allowed_modes
         self.log = logging.getLogger(__name__)
@@ -128,6 +130,15 @@ class BackupSteps:
         if self.run.kind:
             base["run_kind"] = self.run.kind
         catalog.upsert(self.engine, self.run.key(), base | values, datetime.now(UTC))
+
+    def failed_try(self, error: str, host_fault: bool) -> None:
+        """A try that ended in a host error Airflow may retry: the row says why. A backup whose job has started stays
+        `running` while its step will be tried again: it is still under way, and a concurrent backfilled run of the VM
+        waits for its result (`_catch_up_elsewhere`) rather than start a second catch-up job. Any other is `failed`
+        (one with no job yet thus gives its turn up meanwhile: catalog.past_their_turn)."""
+        row = catalog.row(self.engine, self.run.key()) if self.tried_again() else None
+        under_way = row is not None and row["job_started_at"] is not None
+        self.record(status=Status.RUNNING if under_way else Status.FAILED, error=error, host_fault=host_fault)
 
     def fail(self, error: str, **values: Any) -> PermanentHostError:
         self.record(status=Status.FAILED, error=error, **values)
