@@ -190,7 +190,8 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
             try:
                 return step()
             except TransientHostError as error:
-                steps.record(status="failed", error=str(error))
+                steps.tried_again = lambda: attempt < retries  # noqa: B023 - asked right here, in this iteration
+                steps.failed_try(str(error), error.host_wide)
                 if attempt == retries:
                     raise
                 time.sleep(retry_delay)

@@ -8,17 +8,18 @@ jobs, the catalog's times against the simulator's journal, the user's checkpoint
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hyperv_backup import catalog
-from hyperv_backup.errors import HostError
+from hyperv_backup.errors import HostError, PermanentHostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, timings
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, parse_time, timings
 from hyperv_backup.steps import BackupSteps, RunKey
 
-from tests.conftest import backup_like_the_dag, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, until_done, use_connection, winrm_connection
 
 T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=40)
@@ -121,6 +122,15 @@ def test_a_restart_resets_uptime_but_is_no_checkpoint():
     assert times.job_started_at == good.start and times.snapshot_at == good.end  # a late poll is kept within the job
 
 
+def test_a_sighting_of_an_earlier_job_past_its_shadow_copy_is_not_taken_for_the_last_ones():
+    """The snapshot step saw the first job past its shadow copy; that job then failed (0x800423F3) and the copy step
+    started another, whose shadow copy no poll saw and no event marks: its time is unknown, not the first one's."""
+    failed = _job("Failed", hresult=HResult.VSS_WRITER_TRANSIENT, minutes=2)
+    good = _job(start=T0 + timedelta(minutes=10))
+    times = timings([failed, good], [], LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(seconds=30))
+    assert times.snapshot_at is None and times.merged_at is None and times.job_started_at == good.start
+
+
 def test_an_online_backup_without_events_resets_nothing():
     times = timings([_job()], [], LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(seconds=30))
     assert not times.uptime_reset and times.merged_at == times.snapshot_at == T0 + timedelta(seconds=30)
@@ -148,6 +158,30 @@ def _backup(engine, vm_name):
         return backup_like_the_dag(steps)
     except HostError as error:
         return error
+
+
+def test_a_recovery_checkpoint_never_merged_fails_the_backup_also_once_its_job_succeeded(start_fleet, monkeypatch, tmp_path):
+    """Hyper-V never merges the Recovery checkpoint: the VM runs on its .avhdx, whatever the job's result. The job does
+    not wait for the merge, and a fast one has succeeded before the verify merge step first looks (seen under the real
+    scheduler at 60x: the row said `succeeded` and the checkpoint stayed). The step still waits for the merge up to its
+    limit in host time, then fails with what to do."""
+    running = _fleet(start_fleet, monkeypatch, "2019", [{"kind": "merge_stuck", "at": "merge"}], "missing")
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    run = RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1")
+    steps, hook = BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05), HyperVHook("hv")
+    probe = steps.probe()
+    until_done(steps, probe["vm_id"], lambda event: steps.snapshot(probe))
+    while (status := hook.run_script("Get-HvbVMBackupStatus", VMId=probe["vm_id"]))["job"]["job_state"] == "Running":
+        time.sleep(0.05)
+    assert status["job"]["job_state"] == "Completed" and [c["type"] for c in status["vm"]["checkpoints"]] == ["Standard", "Recovery"]
+    with pytest.raises(PermanentHostError, match="was not merged within 2 minutes of host time"):
+        until_done(steps, probe["vm_id"], lambda event: steps.verify_merge(probe, timedelta(minutes=2),
+                                                                           parse_time((event or {}).get("merge_deadline"))))
+    after = hook.run_script("Get-HvbVMBackupStatus", VMId=probe["vm_id"])
+    assert parse_time(after["clock_utc"]) - parse_time(status["clock_utc"]) >= timedelta(minutes=2) * 0.9  # it waited, host time
+    row = catalog.row(engine, run.key())
+    assert row["status"] == "failed" and "Remove-VMSnapshot" in row["error"] and ".avhdx" in row["error"]
+    assert running.state()["hosts"][0]["open_shells"] == 0
 
 
 CURED = [  # (os, the VM's guest VSS, fault kind, at)

@@ -238,13 +238,15 @@ def settled(until: Until, status: BackupStatus, job_start: datetime | None = Non
     A wait on our job (`job_start`) is over as soon as the job no longer runs, vanished, or the host
     restarted under it, whatever it waited for; a wait for the host is over at `not_after` (the
     window's end, host clock), and a merge's at `merge_deadline` (host clock), so the step can say so.
+    A merge is waited for also after our job succeeded: the job does not wait for it, and a Recovery
+    checkpoint Hyper-V never merged leaves the VM on its .avhdx whatever the job's result.
     A turn's wait is also over once a new job of the VM exists (the trigger started it: see
     triggers.BackupJobTrigger), which the trigger checks with `new_job`.
     """
     if until in (Until.TURN, Until.HOST_FREE):
         return not status.host_busy() or (not_after is not None and status.clock >= not_after)
     job = status.job_started_at(job_start)
-    if job is None or not job.runs_after(status.boot_time):
+    if job is None or not (job.runs_after(status.boot_time) or (until == Until.MERGED and job.succeeded)):
         return True
     if until == Until.SHADOW_COPY:
         return job.operation not in SHADOW_COPY_TEXTS
@@ -285,7 +287,8 @@ def timings(ours: list[JobRecord], events: tuple[EventRecord, ...] | list[EventR
     - snapshot_at: the end of the shadow copy. Windows logs no event for it, so it is read from
       what happens right after it: the VM restored from Saved state, or the Recovery checkpoint
       removed for its merge. In online and offline backups nothing marks it; then the first moment
-      a poll saw the job past the shadow copy is kept, within the job's own start and end;
+      a poll saw the job past the shadow copy is kept, up to the job's end. A sighting before the job
+      began was of an earlier job of ours (one that failed) and says nothing of this one: no time then;
     - merged_at: the merge of the Recovery checkpoint done (VMMS), else the snapshot's end (no
       checkpoint was left then);
     - uptime_reset: the host logged a Recovery checkpoint or a restore from Saved state, or the host
@@ -307,8 +310,8 @@ def timings(ours: list[JobRecord], events: tuple[EventRecord, ...] | list[EventR
         snapshot_at = merge_started.time
     elif restored:
         snapshot_at = restored.time
-    elif observed_snapshot_at is not None:
-        snapshot_at = max(last.start, min(observed_snapshot_at, until or observed_snapshot_at))
+    elif observed_snapshot_at is not None and observed_snapshot_at >= last.start:
+        snapshot_at = min(observed_snapshot_at, until or observed_snapshot_at)
     else:
         snapshot_at = None
     merged_at = merge_done.time if merge_done else (snapshot_at if not created else None)

@@ -326,12 +326,13 @@ class BackupSteps:
 
         The limit is host time (`[hyperv_backup] merge_timeout_minutes`), counted on the host's clock
         from the first look (`deadline`, once set, comes back with the trigger's event). A job of ours
-        that ended meanwhile (failed, or cut by a host restart) ends this wait at once: the copy step
-        decides what comes next from the host's record.
+        that ended meanwhile and failed (or was cut by a host restart) ends this wait at once: the copy
+        step decides what comes next from the host's record. One that succeeded does not: its Recovery
+        checkpoint must still be merged (a fast job ends before this step first looks).
         """
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
-        if not ours or not ours[-1].runs_after(status.boot_time):
+        if not ours or not (ours[-1].runs_after(status.boot_time) or ours[-1].succeeded):
             return {"merged": False, "job_state": ours[-1].state if ours else None}
         if rules.merged(status.vm):
             return {"merged": True}
