@@ -110,3 +110,15 @@ def test_wbadmin_versions_in_japanese_oldest_first():
 def test_no_backups_gives_an_empty_list():
     assert parse_wbadmin_versions("wbadmin 1.0 - Backup command-line tool\r\n\r\n") == []
     assert parse_wbadmin_versions("") == []
+
+
+def test_a_hosts_error_reads_as_one_sentence_then_the_advice():
+    """The host's own message often ends with a period (PowerShell's do): the advice follows it, with no second one."""
+    from hyperv_backup.errors import classify_script_error
+
+    gone = classify_script_error("HV01", "Get-HvbVMBackupStatus", {
+        "message": 'Hyper-V was unable to find a virtual machine with ID "02C7".', "category": "ObjectNotFound"})
+    assert str(gone) == ('HV01 (Get-HvbVMBackupStatus): Hyper-V was unable to find a virtual machine with ID "02C7". '
+                         "check that the VM and the backup target still exist on the host")
+    bare = classify_script_error("HV01", "Start-HvbVMBackup", {"message": "no such target", "category": "ObjectNotFound"})
+    assert str(bare).startswith("HV01 (Start-HvbVMBackup): no such target. check")

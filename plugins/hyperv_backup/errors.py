@@ -16,7 +16,7 @@ class HostError(Exception):
     def __init__(self, host: str, message: str, advice: str = "", script: str | None = None, cause: str | None = None):
         self.host, self.message, self.advice, self.script, self.cause = host, message, advice, script, cause
         where = f"{host}" + (f" ({script})" if script else "")
-        super().__init__(f"{where}: {message}" + (f". {advice}" if advice else ""))
+        super().__init__(f"{where}: {message}" + (f"{'' if message.endswith('.') else '.'} {advice}" if advice else ""))
 
     @property
     def host_wide(self) -> bool:
