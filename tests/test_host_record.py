@@ -181,6 +181,8 @@ def test_a_recovery_checkpoint_never_merged_fails_the_backup_also_once_its_job_s
     assert parse_time(after["clock_utc"]) - parse_time(status["clock_utc"]) >= timedelta(minutes=2) * 0.9  # it waited, host time
     row = catalog.row(engine, run.key())
     assert row["status"] == "failed" and "Remove-VMSnapshot" in row["error"] and ".avhdx" in row["error"]
+    assert "The backup job itself succeeded" in row["error"]  # ... and the row keeps the job's record
+    assert catalog._utc(row["job_finished_at"]) == parse_time(status["job"]["end_time_utc"]) and row["bytes_copied"] > 0
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 

@@ -341,10 +341,14 @@ class BackupSteps:
             return Wait(record.Until.MERGED, job_start=ours[-1].start, merge_deadline=deadline)
         names = ", ".join(repr(c["name"]) for c in rules.recovery_checkpoints(status.vm["checkpoints"])) or "(none listed)"
         avhdx = rules.on_avhdx(status.vm["disks"])
+        job = ours[-1]  # a job that succeeded keeps its record on the row: the copy is on the target
+        done = record.succeeded_values(job, len(ours), self.decide(status, ours).restarted) if job.succeeded else {}
         raise self.fail(
             f"the Recovery checkpoint {names} was not merged within {limit.total_seconds() / 60:.0f} minutes of host time "
             f"and the VM still runs on {', '.join(avhdx) or 'its .avhdx'}; clean up with Remove-VMSnapshot -VMName "
-            f"'{self.run.vm_name}' -Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)")
+            f"'{self.run.vm_name}' -Name <that name> and let Hyper-V merge (never delete .avhdx files by hand)"
+            + (f". The backup job itself succeeded at {job.end:%H:%M} UTC (host clock): its copy is on the target" if done else ""),
+            **done)
 
     # -- copy: the state machine (its waits are the trigger's) ----------------------------
 
