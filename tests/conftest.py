@@ -203,5 +203,5 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
     snap = waiting(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY), **snapshot_options))
     waiting(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
     window = (copy_window[0](), copy_window[1]) if copy_window else ()
-    job = waiting(lambda event: steps.advance(probe, *window))
+    job = waiting(lambda event: steps.advance(probe, *window, seen=parse_time((event or {}).get("snapshot_seen_at"))))
     return task(lambda: steps.verify(probe, snap, job))

@@ -103,7 +103,7 @@ def _event(kind, seconds):
 
 def test_checkpoint_times_come_from_hyperv_events_not_polls():
     events = [_event(HostEvent.CHECKPOINT_CREATED, 1), _event(HostEvent.MERGE_STARTED, 25), _event(HostEvent.MERGE_DONE, 40)]
-    times = timings([_job()], events, LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(minutes=7))
+    times = timings([_job()], events, LONG_AGO, was_running=True, sightings=(T0 + timedelta(minutes=7),))
     assert times.snapshot_at == T0 + timedelta(seconds=25) and times.merged_at == T0 + timedelta(seconds=40)
     assert times.saw_recovery_checkpoint and times.uptime_reset and not times.host_restarted and times.offline_seconds == 0
 
@@ -117,22 +117,26 @@ def test_saved_state_is_timed_from_the_workers_events():
 def test_a_restart_resets_uptime_but_is_no_checkpoint():
     cut = _job("Failed", hresult=HResult.BACKUP_FAILED, minutes=3)
     good = _job(start=T0 + timedelta(minutes=10))
-    times = timings([cut, good], [], T0 + timedelta(minutes=4), was_running=True, observed_snapshot_at=T0 + timedelta(hours=5))
+    times = timings([cut, good], [], T0 + timedelta(minutes=4), was_running=True, sightings=(T0 + timedelta(hours=5),))
     assert times.host_restarted and times.uptime_reset and not times.saw_recovery_checkpoint
     assert times.job_started_at == good.start and times.snapshot_at == good.end  # a late poll is kept within the job
 
 
 def test_a_sighting_of_an_earlier_job_past_its_shadow_copy_is_not_taken_for_the_last_ones():
     """The snapshot step saw the first job past its shadow copy; that job then failed (0x800423F3) and the copy step
-    started another, whose shadow copy no poll saw and no event marks: its time is unknown, not the first one's."""
+    started another, whose shadow copy no event marks: its time is the copy step's wait's sighting, or unknown
+    without one, never the first job's."""
     failed = _job("Failed", hresult=HResult.VSS_WRITER_TRANSIENT, minutes=2)
     good = _job(start=T0 + timedelta(minutes=10))
-    times = timings([failed, good], [], LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(seconds=30))
+    times = timings([failed, good], [], LONG_AGO, was_running=True, sightings=(T0 + timedelta(seconds=30),))
     assert times.snapshot_at is None and times.merged_at is None and times.job_started_at == good.start
+    copy_wait_saw = good.start + timedelta(seconds=40)  # the copy step's wait saw the new job past it (triggers._sight)
+    times = timings([failed, good], [], LONG_AGO, was_running=True, sightings=(T0 + timedelta(seconds=30), copy_wait_saw))
+    assert times.snapshot_at == times.merged_at == copy_wait_saw
 
 
 def test_an_online_backup_without_events_resets_nothing():
-    times = timings([_job()], [], LONG_AGO, was_running=True, observed_snapshot_at=T0 + timedelta(seconds=30))
+    times = timings([_job()], [], LONG_AGO, was_running=True, sightings=(T0 + timedelta(seconds=30),))
     assert not times.uptime_reset and times.merged_at == times.snapshot_at == T0 + timedelta(seconds=30)
 
 

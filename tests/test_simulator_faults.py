@@ -247,7 +247,9 @@ def test_a_wait_for_the_jobs_end_ends_the_copy_step_itself_once_the_job_succeede
         assert not job.succeeded and row["job_finished_at"] is None and row["attempts"] is None
     else:
         assert isinstance(event, TaskSuccessEvent), event
-        assert event.xcoms["return_value"] == job.to_json()  # what the step returns (steps.BackupSteps.advance)
+        result = event.xcoms["return_value"]
+        seen = parse_time(result.pop("snapshot_seen_at"))  # the wait saw the job past its shadow copy, within it
+        assert result == job.to_json() and job.start < seen < job.end  # else what the step returns (BackupSteps.advance)
         assert job.succeeded and row["status"] == "running"  # verify, which checks the version landed, says succeeded
         assert (row["job_finished_at"].replace(tzinfo=UTC), row["bytes_copied"], row["attempts"], row["host_restarted"]) == (
             job.end, job.bytes_transferred, 2, True)

@@ -238,4 +238,4 @@ class WaitForBackupJobOperator(HostStepOperator):
     """
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
-        return steps.advance(self.probe, *self.last_start(context))
+        return steps.advance(self.probe, *self.last_start(context), seen=parse_time((event or {}).get("snapshot_seen_at")))

@@ -231,6 +231,12 @@ def new_job(status: BackupStatus, since: datetime, known: tuple[datetime, ...] =
     return next((j for j in reversed(status.jobs) if j.start >= since and j.start not in known), None)
 
 
+def past_shadow_copy(job: JobRecord, boot_time: datetime) -> bool:
+    """Whether a poll sees the job running past its shadow copy: the sighting that times an online shadow copy's
+    end, for which Windows logs nothing (`timings`)."""
+    return job.runs_after(boot_time) and job.operation not in SHADOW_COPY_TEXTS
+
+
 def settled(until: Until, status: BackupStatus, job_start: datetime | None = None, not_after: datetime | None = None,
             merge_deadline: datetime | None = None) -> bool:
     """Whether the wait `until` is over, by the host's record: the step must look again and decide.
@@ -280,15 +286,16 @@ def _first(events: list[EventRecord], kind: tuple[str, int], after: datetime, be
 
 
 def timings(ours: list[JobRecord], events: tuple[EventRecord, ...] | list[EventRecord], boot_time: datetime, was_running: bool,
-            observed_snapshot_at: datetime | None = None) -> Timings:
+            sightings: tuple[datetime, ...] = ()) -> Timings:
     """What the catalog records of a backup whose last job is `ours[-1]`.
 
     - offline_seconds: every Saved-state span the host logged (saved -> restored) during our jobs;
     - snapshot_at: the end of the shadow copy. Windows logs no event for it, so it is read from
       what happens right after it: the VM restored from Saved state, or the Recovery checkpoint
       removed for its merge. In online and offline backups nothing marks it; then the first moment
-      a poll saw the job past the shadow copy is kept, up to the job's end. A sighting before the job
-      began was of an earlier job of ours (one that failed) and says nothing of this one: no time then;
+      a poll saw the job past the shadow copy is kept (`sightings`: the snapshot step's and the copy
+      step's, `past_shadow_copy`), up to the job's end. A sighting before the job began was of an
+      earlier job of ours (one that failed) and says nothing of this one; with no other, no time;
     - merged_at: the merge of the Recovery checkpoint done (VMMS), else the snapshot's end (no
       checkpoint was left then);
     - uptime_reset: the host logged a Recovery checkpoint or a restore from Saved state, or the host
@@ -310,8 +317,8 @@ def timings(ours: list[JobRecord], events: tuple[EventRecord, ...] | list[EventR
         snapshot_at = merge_started.time
     elif restored:
         snapshot_at = restored.time
-    elif observed_snapshot_at is not None and observed_snapshot_at >= last.start:
-        snapshot_at = min(observed_snapshot_at, until or observed_snapshot_at)
+    elif (seen := min((t for t in sightings if t >= last.start), default=None)) is not None:
+        snapshot_at = min(seen, until or seen)
     else:
         snapshot_at = None
     merged_at = merge_done.time if merge_done else (snapshot_at if not created else None)

@@ -296,7 +296,7 @@ class BackupSteps:
         self._record_job(job, len(ours), self.decide(status, ours).restarted)
         if not record.settled(record.Until.SHADOW_COPY, status, job.start):
             return Wait(record.Until.SHADOW_COPY, job_start=job.start)
-        if job.runs_after(status.boot_time):
+        if record.past_shadow_copy(job, status.boot_time):
             seen_at = seen_at or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
         return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
 
@@ -352,14 +352,16 @@ class BackupSteps:
 
     # -- copy: the state machine (its waits are the trigger's) ----------------------------
 
-    def advance(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "") -> dict[str, Any] | Wait:
+    def advance(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "",
+                seen: datetime | None = None) -> dict[str, Any] | Wait:
         """Read the host's record, decide (record.decide), act, record. Returns what to wait for
         (ours runs; another job holds the host before ours can start again), or ours once it
         succeeded. A job that failed for a reason a new job cures (0x800423F3, a host restart) gets
         a new one, up to `max_attempts` jobs in all. A Recovery checkpoint our cut job left behind is
         removed first, also when no new job follows (the attempts are used up, the window has closed):
         the VM would otherwise run on its .avhdx until the next night (Remove-HvbRecoveryCheckpoint
-        refuses any other kind)."""
+        refuses any other kind). `seen`: when the wait on our job first saw it past its shadow copy (for verify:
+        record.timings)."""
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
         decision = self.decide(status, ours)
@@ -368,7 +370,7 @@ class BackupSteps:
             return Wait(record.Until.JOB_ENDED, job_start=decision.job.start, attempts=len(ours), restarted=decision.restarted)
         if decision.action == record.Action.SUCCEEDED:
             self.record(**record.succeeded_values(decision.job, len(ours), decision.restarted))
-            return decision.job.to_json()
+            return decision.job.to_json() | ({"snapshot_seen_at": seen.isoformat()} if seen else {})
         if ours:  # ours ended and failed: a Recovery checkpoint it left (a restart cut it) goes, whatever comes next
             self._remove_our_recovery_checkpoints(status, ours[0].start)
         if decision.action == record.Action.FAILED:
@@ -405,8 +407,8 @@ class BackupSteps:
         ours = self.ours(status, probe)
         final = record.JobRecord.from_json(job)
         ours = [j for j in ours if j.start <= final.start] or [final]
-        times = record.timings(ours, status.events, status.boot_time, probe["state"] == "Running",
-                               _parse_time(snap.get("snapshot_seen_at")))
+        sightings = tuple(_parse_time(seen) for seen in (snap.get("snapshot_seen_at"), job.get("snapshot_seen_at")) if seen)
+        times = record.timings(ours, status.events, status.boot_time, probe["state"] == "Running", sightings)
         result = self.hook.run_script("Get-HvbVMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
                                       SinceUtc=final.start.isoformat())
         versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]

@@ -30,7 +30,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from . import catalog
 from .facts import Status
-from .record import BackupStatus, JobRecord, Until, new_job, parse_time, settled, succeeded_values
+from .record import BackupStatus, JobRecord, Until, new_job, parse_time, past_shadow_copy, settled, succeeded_values
 
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
 
@@ -109,6 +109,7 @@ class BackupJobTrigger(KeptShellTrigger):
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
         self.settle_seconds, self.finish = settle_seconds, finish
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
+        self._seen_past_shadow_copy: datetime | None = None  # set by _sight
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (f"{type(self).__module__}.{type(self).__name__}",
@@ -148,6 +149,14 @@ class BackupJobTrigger(KeptShellTrigger):
         self.until, self.job_start = Until.SHADOW_COPY, started
         return False
 
+    def _sight(self, status: BackupStatus) -> None:
+        """Note the first moment this wait saw our job running past its shadow copy: nothing on the host marks an
+        online shadow copy's end (record.timings). A job the copy step started (after a failed one, a restart) is
+        seen so only here; the copy step's result carries it to verify."""
+        job = status.job_started_at(parse_time(self.job_start)) if self.job_start else None
+        if self._seen_past_shadow_copy is None and job is not None and past_shadow_copy(job, status.boot_time):
+            self._seen_past_shadow_copy = status.clock
+
     def _step_done(self, status: BackupStatus) -> TaskSuccessEvent | None:
         """The step's result, once the host's record says all that the step's next try would read before returning it.
         Ended here, the step takes no worker slot again (a try costs one a second or more). None: anything else (the
@@ -171,7 +180,8 @@ class BackupJobTrigger(KeptShellTrigger):
             catalog.upsert(self._engine, key, succeeded_values(job, self.finish["attempts"], self.finish["host_restarted"]),
                            datetime.now(UTC))
             self.log.info("%s: its job succeeded at %s (host clock); the copy step is done", self.vm_name, job.end.isoformat())
-            return TaskSuccessEvent(xcoms={"return_value": job.to_json()})
+            seen = self._seen_past_shadow_copy
+            return TaskSuccessEvent(xcoms={"return_value": job.to_json() | ({"snapshot_seen_at": seen.isoformat()} if seen else {})})
         return None
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
@@ -249,6 +259,7 @@ class BackupJobTrigger(KeptShellTrigger):
                             await asyncio.sleep(self.poll_interval)
                         continue
                     self.turn = None  # once had, a turn stays: ask the host alone from now on
+                    self._sight(status)
                     over = await self._over(hook, status)
                 except TransientHostError as error:
                     silent_since, failures = silent_since or time.monotonic(), failures + 1
@@ -267,9 +278,10 @@ class BackupJobTrigger(KeptShellTrigger):
                     return
                 silent_since, failures = None, 0
                 if over:
+                    sighted = self._seen_past_shadow_copy.isoformat() if self._seen_past_shadow_copy else None
                     yield await self.answer(await off_loop(self._step_done)(status) or {
                         "status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
-                        "merge_deadline": self.merge_deadline})
+                        "merge_deadline": self.merge_deadline, "snapshot_seen_at": sighted})
                     return
                 overdue = self._overdue(status)
                 if overdue is not None:
