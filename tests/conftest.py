@@ -182,8 +182,7 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
     from datetime import timedelta
 
     from hyperv_backup.errors import TransientHostError
-    from hyperv_backup.record import Until, parse_time
-    from hyperv_backup.triggers import seen_at
+    from hyperv_backup.record import parse_time, sighted
 
     def task(step):
         for attempt in range(retries + 1):
@@ -200,8 +199,8 @@ def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_dela
         return task(lambda: until_done(steps, probe["vm_id"], step, conn_id, poll))
 
     probe = probe or task(steps.probe)
-    snap = waiting(lambda event: steps.snapshot(probe, seen_at=seen_at(event, Until.SHADOW_COPY), **snapshot_options))
+    snap = waiting(lambda event: steps.snapshot(probe, seen=sighted(event), **snapshot_options))
     waiting(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
     window = (copy_window[0](), copy_window[1]) if copy_window else ()
-    job = waiting(lambda event: steps.advance(probe, *window, seen=parse_time((event or {}).get("snapshot_seen_at"))))
+    job = waiting(lambda event: steps.advance(probe, *window, seen=sighted(event)))
     return task(lambda: steps.verify(probe, snap, job))

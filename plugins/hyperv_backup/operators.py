@@ -16,10 +16,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleExcept
 from . import catalog, windows
 from .errors import HostError, PermanentHostError, TransientHostError
 from .facts import DEFAULT_JOB_ATTEMPTS, Status
-from .record import Until, parse_time
+from .record import Until, parse_time, sighted
 from .settings import catalog_engine, resume_after_seconds
 from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
-from .triggers import BackupJobTrigger, seen_at
+from .triggers import BackupJobTrigger
 
 
 def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
@@ -215,7 +215,7 @@ class SnapshotOperator(HostStepOperator):
             raise AirflowSkipException("plan only")
         last_start, window = self.last_start(context)
         catch_up = windows.run_kind(context["dag_run"].run_type) == windows.BACKFILL and not params.get("force")
-        return steps.snapshot(self.probe, last_start, window, catch_up, seen_at(event, Until.SHADOW_COPY))
+        return steps.snapshot(self.probe, last_start, window, catch_up, sighted(event))
 
 
 class VerifyMergeOperator(HostStepOperator):
@@ -238,4 +238,4 @@ class WaitForBackupJobOperator(HostStepOperator):
     """
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
-        return steps.advance(self.probe, *self.last_start(context), seen=parse_time((event or {}).get("snapshot_seen_at")))
+        return steps.advance(self.probe, *self.last_start(context), seen=sighted(event))

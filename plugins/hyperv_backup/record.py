@@ -232,9 +232,23 @@ def new_job(status: BackupStatus, since: datetime, known: tuple[datetime, ...] =
 
 
 def past_shadow_copy(job: JobRecord, boot_time: datetime) -> bool:
-    """Whether a poll sees the job running past its shadow copy: the sighting that times an online shadow copy's
-    end, for which Windows logs nothing (`timings`)."""
-    return job.runs_after(boot_time) and job.operation not in SHADOW_COPY_TEXTS
+    """Whether a poll sees the job past its shadow copy: the sighting that times an online shadow copy's end, for
+    which Windows logs nothing (`timings`). A job seen already succeeded was past it too (`timings` keeps such a
+    sighting within the job)."""
+    return job.succeeded or (job.runs_after(boot_time) and job.operation not in SHADOW_COPY_TEXTS)
+
+
+SIGHTING = "snapshot_seen_at"  # the key under which a step's result or a wait's event carries a sighting
+
+
+def sighting(seen: datetime | None) -> dict[str, str]:
+    """A sighting (`past_shadow_copy`) as a step's result or a wait's event carries it on: empty without one."""
+    return {SIGHTING: seen.isoformat()} if seen else {}
+
+
+def sighted(document: dict[str, Any] | None) -> datetime | None:
+    """The sighting a step's result or a wait's event carries (`sighting`), if any."""
+    return parse_time((document or {}).get(SIGHTING))
 
 
 def settled(until: Until, status: BackupStatus, job_start: datetime | None = None, not_after: datetime | None = None,

@@ -263,7 +263,7 @@ class BackupSteps:
     # -- snapshot / checkpoint ---------------------------------------------------------
 
     def snapshot(self, probe: dict[str, Any], last_start: datetime | None = None, window: str = "", catch_up: bool = False,
-                 seen_at: datetime | None = None) -> dict[str, Any] | Wait:
+                 seen: datetime | None = None) -> dict[str, Any] | Wait:
         """Start this VM's job in its turn (or find the one this backup started) and see it through the shadow copy.
 
         Returns the step's result, or what to wait for before looking again. `last_start` is the
@@ -271,7 +271,7 @@ class BackupSteps:
         then recorded `deferred` and goes first next time. `catch_up` (a backfilled interval) starts
         no job while another run's catch-up of the VM is under way, and none once one has succeeded.
         A job of ours that already ended (a retry after it failed, or after the host restarted) is
-        left to the copy step's decision. `seen_at`: when the trigger saw the job past its shadow copy.
+        left to the copy step's decision. `seen`: when the trigger saw the job past its shadow copy.
         """
         vm_id = probe["vm_id"]
         status = self.status(vm_id)
@@ -297,8 +297,8 @@ class BackupSteps:
         if not record.settled(record.Until.SHADOW_COPY, status, job.start):
             return Wait(record.Until.SHADOW_COPY, job_start=job.start)
         if record.past_shadow_copy(job, status.boot_time):
-            seen_at = seen_at or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
-        return {"job_started_at": ours[0].start.isoformat(), "snapshot_seen_at": seen_at.isoformat() if seen_at else None}
+            seen = seen or status.clock  # nothing on the host marks the end of an online shadow copy: see record.timings
+        return {"job_started_at": ours[0].start.isoformat()} | record.sighting(seen)
 
     def _try_start(self, vm_id: str, clock: datetime, last_start: datetime | None, window: str) -> bool:
         """One Start-HvbVMBackup, claimed first (catalog.start_claimed; `clock`: the host's, just before): True when
@@ -370,7 +370,7 @@ class BackupSteps:
             return Wait(record.Until.JOB_ENDED, job_start=decision.job.start, attempts=len(ours), restarted=decision.restarted)
         if decision.action == record.Action.SUCCEEDED:
             self.record(**record.succeeded_values(decision.job, len(ours), decision.restarted))
-            return decision.job.to_json() | ({"snapshot_seen_at": seen.isoformat()} if seen else {})
+            return decision.job.to_json() | record.sighting(seen)
         if ours:  # ours ended and failed: a Recovery checkpoint it left (a restart cut it) goes, whatever comes next
             self._remove_our_recovery_checkpoints(status, ours[0].start)
         if decision.action == record.Action.FAILED:
@@ -407,7 +407,7 @@ class BackupSteps:
         ours = self.ours(status, probe)
         final = record.JobRecord.from_json(job)
         ours = [j for j in ours if j.start <= final.start] or [final]
-        sightings = tuple(_parse_time(seen) for seen in (snap.get("snapshot_seen_at"), job.get("snapshot_seen_at")) if seen)
+        sightings = tuple(seen for seen in (record.sighted(snap), record.sighted(job)) if seen)
         times = record.timings(ours, status.events, status.boot_time, probe["state"] == "Running", sightings)
         result = self.hook.run_script("Get-HvbVMBackupResult", VMId=probe["vm_id"], VMName=self.run.vm_name,
                                       SinceUtc=final.start.isoformat())

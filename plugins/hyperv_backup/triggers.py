@@ -30,7 +30,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from . import catalog
 from .facts import Status
-from .record import BackupStatus, JobRecord, Until, new_job, parse_time, past_shadow_copy, settled, succeeded_values
+from .record import BackupStatus, JobRecord, Until, new_job, parse_time, past_shadow_copy, settled, sighting, succeeded_values
 
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
 
@@ -173,15 +173,14 @@ class BackupJobTrigger(KeptShellTrigger):
             return None
         if self.start is not None and self.until == Until.SHADOW_COPY and job.runs_after(status.boot_time):
             self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
-            return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat(),
-                                                            "snapshot_seen_at": status.clock.isoformat()}})
+            return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat()}
+                                                           | sighting(self._seen_past_shadow_copy)})
         if self.finish is not None and self.until == Until.JOB_ENDED and job.succeeded:
             key = {k: self.finish[k] for k in catalog.KEY}
             catalog.upsert(self._engine, key, succeeded_values(job, self.finish["attempts"], self.finish["host_restarted"]),
                            datetime.now(UTC))
             self.log.info("%s: its job succeeded at %s (host clock); the copy step is done", self.vm_name, job.end.isoformat())
-            seen = self._seen_past_shadow_copy
-            return TaskSuccessEvent(xcoms={"return_value": job.to_json() | ({"snapshot_seen_at": seen.isoformat()} if seen else {})})
+            return TaskSuccessEvent(xcoms={"return_value": job.to_json() | sighting(self._seen_past_shadow_copy)})
         return None
 
     def _overdue(self, status: BackupStatus) -> JobRecord | None:
@@ -278,10 +277,9 @@ class BackupJobTrigger(KeptShellTrigger):
                     return
                 silent_since, failures = None, 0
                 if over:
-                    sighted = self._seen_past_shadow_copy.isoformat() if self._seen_past_shadow_copy else None
                     yield await self.answer(await off_loop(self._step_done)(status) or {
                         "status": "changed", "clock_utc": status.clock.isoformat(), "until": str(self.until),
-                        "merge_deadline": self.merge_deadline, "snapshot_seen_at": sighted})
+                        "merge_deadline": self.merge_deadline} | sighting(self._seen_past_shadow_copy))
                     return
                 overdue = self._overdue(status)
                 if overdue is not None:
@@ -313,7 +311,3 @@ def pushed_by_trigger(value: Any) -> Any:
     A value the step's own try returned arrives as it was."""
     return json.loads(value) if isinstance(value, str) else value
 
-
-def seen_at(event: dict[str, Any] | None, until: Until) -> datetime | None:
-    """The host's clock at the poll that saw `until` happen, if this event is that trigger's."""
-    return parse_time(event.get("clock_utc")) if event and event.get("until") == until else None
