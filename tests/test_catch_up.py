@@ -133,9 +133,17 @@ def test_a_catch_up_whose_step_failed_keeps_the_other_run_waiting_while_it_is_tr
 
 _ALIVE_DAG = """
 from datetime import datetime, timedelta
-from airflow.sdk import DAG, get_current_context, task
+from airflow.sdk import DAG, get_current_context, task, task_group
 
 with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
+    @task
+    def select_vms():
+        return ["a", "b", "c"]
+
+    @task
+    def double(n):
+        return {"twice": n * 2}  # a step's result is a dict (pulled decodes one a trigger pushed)
+
     @task
     def ask():
         from hyperv_backup.operators import _run_alive
@@ -145,11 +153,16 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
 
     @task
     def step(n):
-        from hyperv_backup.operators import _turn
+        from hyperv_backup.operators import _turn, pulled, run_order
         from hyperv_backup.steps import turn_of
         ti = get_current_context()["ti"]
         states = ti.get_task_states(ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id])[ti.run_id]
-        print("TURN", ti.map_index, _turn(ti)(), turn_of(states, ti.task_id, 99))
+        print("TURN", ti.map_index, _turn(ti, [])(), turn_of(states, ti.task_id, 99))
+        print("PULLED", ti.map_index, run_order(ti)[ti.map_index], pulled(ti, "vm.double"))
+
+    @task_group
+    def vm(n):
+        double(n) >> step(n)
 
     @task(retries=1, retry_delay=timedelta(0))
     def flaky():
@@ -159,7 +172,7 @@ with DAG("alive", start_date=datetime(2026, 1, 1), schedule=None):
         if ti.try_number == 1:
             raise RuntimeError("the first try fails")
 
-    ask() >> step.expand(n=[0, 1, 2])
+    ask() >> vm.expand(n=select_vms())
     flaky()
 """
 
@@ -177,6 +190,8 @@ def test_what_the_steps_ask_of_airflow_comes_from_the_task_sdk(tmp_path):
     # in a worker): it would give way, never wait deferred on it
     turns = sorted(line.split("TURN ", 1)[1] for line in done.stdout.splitlines() if "TURN " in line)
     assert len(turns) == 3 and turns[0] == "0 now yield" and all(t.endswith(" yield") for t in turns), turns
+    # a step's VM is its place in select_vms's list; the results of its group's earlier tasks are its own VM's
+    assert {f"PULLED {i} {n} [{{'twice': '{n * 2}'}}]" for i, n in enumerate("abc")} <= set(done.stdout.splitlines()), done.stdout[-2000:]
 
 
 def test_a_catch_up_waiting_for_the_host_never_lets_its_trigger_start_the_job(start_fleet, monkeypatch, tmp_path):

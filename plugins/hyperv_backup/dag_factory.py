@@ -18,8 +18,7 @@ from . import catalog, rpo_dag, settings, windows
 from .errors import HostError, told_once
 from .facts import Status
 from .inventory import HostEntry, Inventory
-from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, steps_for
-from .triggers import pushed_by_trigger
+from .operators import SnapshotOperator, VerifyMergeOperator, WaitForBackupJobOperator, outcome, pulled, steps_for
 
 
 @cache
@@ -106,22 +105,22 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 return steps.probe()
 
         @task(map_index_template="{{ vm_name }}", multiple_outputs=False)
-        def verify(vm_name: str, probed: dict, snap: dict, job: dict) -> dict:
+        def verify(vm_name: str, steps_before: list[str]) -> dict:
+            """`steps_before`: the task ids of the probe, snapshot and copy steps, whose results it pulls (operators.pulled)."""
             steps = _steps(vm_name)
             with outcome(steps):
-                return steps.verify(probed, pushed_by_trigger(snap), pushed_by_trigger(job))
+                return steps.verify(*pulled(get_current_context()["ti"], *steps_before))
 
         @task_group
         def backup_vm(vm_name: str):
             probed = probe(vm_name)
-            waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "vm_name": vm_name, "probe": probed,
+            waits = {"host": host, "winrm_conn_id": conn, "backup_target": target, "probe_task_id": probed.operator.task_id,
                      "poll_interval": settings.poll_seconds(), "job_timeout": settings.job_timeout(), "silence": settings.host_silence(), "host_wait": settings.host_wait(),
                      "window": entry.window, "max_attempts": settings.job_attempts(), "map_index_template": "{{ vm_name }}"}
             snap = SnapshotOperator(task_id="snapshot", priority_weight=settings.STARTS_A_JOB, **waits)
             merged = VerifyMergeOperator(task_id="verify_merge", merge_timeout=settings.merge_timeout(), **waits)
             copied = WaitForBackupJobOperator(task_id="copy", **waits)
-            snap >> merged >> copied
-            verify(vm_name, probed, snap.output, copied.output)
+            probed >> snap >> merged >> copied >> verify(vm_name, [probed.operator.task_id, snap.task_id, copied.task_id])
 
         @task(outlets=[settings.catalog_asset()], trigger_rule="all_done")
         def catalog_updated() -> None:

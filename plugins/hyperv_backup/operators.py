@@ -3,7 +3,7 @@ merge, copy), and shared wiring (the catalog engine, the hook and the run key of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,20 +19,36 @@ from .facts import DEFAULT_JOB_ATTEMPTS, Status
 from .record import Until, parse_time, sighted
 from .settings import catalog_engine, resume_after_seconds
 from .steps import BackupSteps, NotThisTime, RunKey, Turn, Wait, pending_places, turn_of
-from .triggers import BackupJobTrigger
+from .triggers import BackupJobTrigger, pushed_by_trigger
 
 
 def steps_for(context: dict[str, Any], host: str, conn_id: str, target: str, vm_name: str, poll: float,
               clean_recovery_checkpoints: bool = False, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
-              allowed_modes: list | None = None) -> BackupSteps:
+              allowed_modes: list | None = None, order: list[str] | None = None) -> BackupSteps:
+    """A step's BackupSteps. `order`: the run's order (run_order), if the step has it already."""
     from .hooks import HyperVHook  # WinRM is imported by the task that uses it, not by the DAG file
 
-    dag_run = context["dag_run"]
+    dag_run, ti = context["dag_run"], context["ti"]
     run = RunKey(dag_run.dag_id, dag_run.run_id, context.get("data_interval_start"), context.get("data_interval_end"), host, vm_name,
                  windows.run_kind(dag_run.run_type))
     return BackupSteps(HyperVHook(conn_id), catalog_engine(), run, target, poll, clean_recovery_checkpoints,
-                       run_alive=_run_alive(context["ti"]), turn=_turn(context["ti"]), max_attempts=max_attempts,
-                       allowed_modes=allowed_modes, tried_again=_tried_again(context["ti"]))
+                       run_alive=_run_alive(ti), turn=_turn(ti, order),
+                       max_attempts=max_attempts, allowed_modes=allowed_modes, tried_again=_tried_again(ti))
+
+
+def run_order(ti) -> list[str]:
+    """The run's VMs in the order their jobs start (select_vms's list): a mapped step's map index is its VM's
+    place in it. One request (`map_indexes=None`: pulled without it, the Task SDK reads the list in slices)."""
+    return ti.xcom_pull(task_ids="select_vms", map_indexes=None) or []
+
+
+def pulled(ti, *task_ids: str) -> list[Any]:
+    """The results of earlier steps of this VM (tasks of its mapped group), one request each.
+
+    A step is not handed them as XComArgs: inside a mapped task group, Airflow's Task SDK resolves an
+    XComArg with two more requests to the api-server (the group's task count, asked twice) on every try and
+    resumption, and each request holds the worker slot (bench.scheduler: 584 of 2,746 a night of 48 VMs)."""
+    return [pushed_by_trigger(ti.xcom_pull(task_ids=task_id, map_indexes=ti.map_index)) for task_id in task_ids]
 
 
 def _tried_again(ti) -> Callable[[], bool]:
@@ -41,17 +57,17 @@ def _tried_again(ti) -> Callable[[], bool]:
     return lambda: ti.max_tries != 0 and ti.try_number <= ti.max_tries
 
 
-def _turn(ti) -> Callable[[], Turn]:
-    """This VM's turn, by its place in the run's order (the map index: select_vms returned the VMs in order)."""
+def _turn(ti, order: list[str] | None) -> Callable[[], Turn]:
+    """This VM's turn, by its place in the run's order (`order`, else pulled when first asked)."""
     def turn() -> Turn:
-        place = _place(ti) if ti.map_index is not None and ti.map_index >= 0 else None
-        return current_turn(place, ti.get_task_states, catalog_engine())[0] if place and place["earlier"] else Turn.NOW
+        here = place(ti, run_order(ti) if order is None else order) if ti.map_index is not None and ti.map_index >= 0 else None
+        return current_turn(here, ti.get_task_states, catalog_engine())[0] if here and here["earlier"] else Turn.NOW
     return turn
 
 
-def _place(ti) -> dict[str, Any]:
-    """Where a mapped step's task stands in its run: what `current_turn` (here) and a turn's trigger (`triggers._still_to_go`) need."""
-    order = ti.xcom_pull(task_ids="select_vms") or []
+def place(ti, order: list[str]) -> dict[str, Any]:
+    """Where a mapped step's task stands in its run (`order`: run_order): what `current_turn` (here) and a turn's
+    trigger (`triggers._still_to_go`) need."""
     return {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
             "earlier": list(order[:ti.map_index])}
 
@@ -113,15 +129,14 @@ class HostStepOperator(BaseOperator):
     after `poll_interval`. The worker slot is held only while deciding and acting.
     """
 
-    template_fields: Sequence[str] = ("vm_name", "probe")
-
-    def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, vm_name: Any, probe: Any, poll_interval: float = 5.0,
+    def __init__(self, *, host: str, winrm_conn_id: str, backup_target: str, probe_task_id: str, poll_interval: float = 5.0,
                  job_timeout: timedelta = timedelta(hours=12), silence: timedelta = timedelta(minutes=30),
                  host_wait: timedelta = timedelta(minutes=1), window=None, max_attempts: int = DEFAULT_JOB_ATTEMPTS,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
-        self.vm_name, self.probe, self.poll_interval = vm_name, probe, poll_interval
+        self.probe_task_id, self.poll_interval = probe_task_id, poll_interval
+        self.vm_name, self.order, self.probe = "", [], {}  # pulled when a try begins (_steps)
         self.job_timeout, self.silence, self.host_wait, self.window, self.max_attempts = job_timeout, silence, host_wait, window, max_attempts
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
@@ -138,9 +153,14 @@ class HostStepOperator(BaseOperator):
         return self._turn(context, event, steps)
 
     def _steps(self, context) -> BackupSteps:
-        context["vm_name"] = self.vm_name
+        """The try's BackupSteps, with what the step reads of its run: its VM (its place in the run's order) and
+        the probe's result. Pulled, not templated: two requests in all (see `pulled`), and no rendered fields to write."""
+        ti = context["ti"]
+        self.order = run_order(ti)
+        self.vm_name = context["vm_name"] = self.order[ti.map_index]  # context: for map_index_template
+        self.probe, = pulled(ti, self.probe_task_id)
         return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
-                         max_attempts=self.max_attempts)
+                         max_attempts=self.max_attempts, order=self.order)
 
     def _turn(self, context, event: dict[str, Any] | None, steps: BackupSteps | None = None):
         steps = steps or self._steps(context)
@@ -155,7 +175,7 @@ class HostStepOperator(BaseOperator):
         if result.until is None:
             self.defer(trigger=DateTimeTrigger(datetime.now(UTC) + timedelta(seconds=max(self.poll_interval, settle))),
                        method_name="resume")
-        turn = _place(context["ti"]) if result.until == Until.TURN else None
+        turn = place(context["ti"], self.order) if result.until == Until.TURN else None
         self.defer(trigger=trigger_for(result, steps, self.winrm_conn_id, self.probe["vm_id"], self.poll_interval,
                                        self.job_timeout, self.silence, self.host_wait, turn, settle), method_name="resume")
 
