@@ -136,8 +136,10 @@ class HostStepOperator(BaseOperator):
         super().__init__(**kwargs)
         self.host, self.winrm_conn_id, self.backup_target = host, winrm_conn_id, backup_target
         self.probe_task_id, self.poll_interval = probe_task_id, poll_interval
-        self.vm_name, self.order, self.probe = "", [], {}  # pulled when a try begins (_steps)
+        self.vm_name, self.order, self.probe = "", None, {}  # pulled when a try begins (_steps)
         self.job_timeout, self.silence, self.host_wait, self.window, self.max_attempts = job_timeout, silence, host_wait, window, max_attempts
+
+    takes_turns = False  # whether the step waits for its VM's turn in the run's order (Until.TURN)
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         raise NotImplementedError
@@ -153,12 +155,13 @@ class HostStepOperator(BaseOperator):
         return self._turn(context, event, steps)
 
     def _steps(self, context) -> BackupSteps:
-        """The try's BackupSteps, with what the step reads of its run: its VM (its place in the run's order) and
-        the probe's result. Pulled, not templated: two requests in all (see `pulled`), and no rendered fields to write."""
+        """The try's BackupSteps, with what the step reads of its run: the probe's result (which names the VM)
+        and, for a step that takes turns, the run's order. Pulled, not templated: a request each (see `pulled`),
+        and no rendered fields to write."""
         ti = context["ti"]
-        self.order = run_order(ti)
-        self.vm_name = context["vm_name"] = self.order[ti.map_index]  # context: for map_index_template
         self.probe, = pulled(ti, self.probe_task_id)
+        self.vm_name = context["vm_name"] = self.probe["vm_name"]  # context: for map_index_template
+        self.order = run_order(ti) if self.takes_turns else None
         return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
                          max_attempts=self.max_attempts, order=self.order)
 
@@ -228,6 +231,8 @@ class SnapshotOperator(HostStepOperator):
     """Start the VM's job in its turn (the run's order: priority, then the oldest good backup) and follow it
     through the shadow copy; a backfilled interval waits for another run's catch-up of the VM."""
 
+    takes_turns = True
+
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         params = context["params"]
         if params.get("plan_only"):
@@ -239,14 +244,23 @@ class SnapshotOperator(HostStepOperator):
 
 
 class VerifyMergeOperator(HostStepOperator):
-    """Wait until the Recovery checkpoint is merged, up to `merge_timeout` of host time."""
+    """Wait until the Recovery checkpoint is merged, up to `merge_timeout` of host time. Its result is logged, not
+    pushed as an XCom: no step reads it, and a push is one more api-server request in the worker slot."""
 
     def __init__(self, *, merge_timeout: timedelta = timedelta(minutes=60), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(do_xcom_push=False, **kwargs)
         self.merge_timeout = merge_timeout
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
-        return steps.verify_merge(self.probe, self.merge_timeout, parse_time((event or {}).get("merge_deadline")))
+        result = steps.verify_merge(self.probe, self.merge_timeout, parse_time((event or {}).get("merge_deadline")))
+        if isinstance(result, Wait):
+            return result
+        if result["merged"]:
+            self.log.info("%s: no Recovery checkpoint of ours is left; the VM runs on its own disks", self.vm_name)
+        else:
+            self.log.info("%s: its job ended (%s) before the merge; the copy step decides what comes next", self.vm_name,
+                          result["job_state"] or "no longer listed")
+        return result
 
 
 class WaitForBackupJobOperator(HostStepOperator):

@@ -229,7 +229,7 @@ class BackupSteps:
             free_gb, need_gb = result["target"]["free_bytes"] / 1024**3, size / 1024**3
             raise self.fail(f"the backup target {self.target} has {free_gb:.1f} GB free; this VM needs {need_gb:.1f} GB", **values)
         self.record(status=Status.RUNNING, error=None, **values)
-        return {"vm_id": vm["id"], "os_version": os_version, "predicted_mode": prediction.mode.value,
+        return {"vm_name": self.run.vm_name, "vm_id": vm["id"], "os_version": os_version, "predicted_mode": prediction.mode.value,
                 "reasons": prediction.reasons, "uptime_seconds": vm["uptime_seconds"], "state": vm["state"],
                 "clock_utc": result["host"]["clock_utc"], "size_bytes": size}
 
