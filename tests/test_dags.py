@@ -133,3 +133,29 @@ def test_airflow_services_preload_the_backup_steps_and_winrm_but_not_the_reports
     done = subprocess.run([sys.executable, "-c", script], env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT")), done.stderr[-2000:])
     assert line == "RESULT ['hyperv_backup.hooks', 'hyperv_backup.operators', 'hyperv_backup.retrying', 'hyperv_backup.steps', 'winrm']"
+
+
+def test_a_waiting_step_names_its_vm_from_the_probe_in_one_request_or_from_its_place_in_the_run(monkeypatch):
+    """A step pulls the probe's result by its map index (no XComArg: the Task SDK would ask for the group's task
+    count twice more), and that result names the VM. A probe of the version before named none (a night that
+    went on across an upgrade): the step's place in select_vms's list does."""
+    from hyperv_backup import operators
+
+    pulls, results = [], {"select_vms": ["A", "B", "C"]}
+
+    class TaskInstance:
+        map_index = 1
+
+        def xcom_pull(self, task_ids, map_indexes):
+            pulls.append((task_ids, map_indexes))
+            return results[task_ids]
+
+    monkeypatch.setattr(operators, "steps_for", lambda context, host, conn, target, vm_name, *args, **kwargs: vm_name)
+    step = operators.VerifyMergeOperator(task_id="verify_merge", host="HV01", winrm_conn_id="winrm_hv01", backup_target="E:",
+                                         probe_task_id="backup_vm.probe")
+    results["backup_vm.probe"] = {"vm_name": "B", "vm_id": "9F0C"}
+    context = {"ti": TaskInstance()}
+    assert step._steps(context) == "B" == context["vm_name"] and pulls == [("backup_vm.probe", 1)]
+    pulls.clear()
+    results["backup_vm.probe"] = {"vm_id": "9F0C"}
+    assert step._steps(context) == "B" and pulls == [("backup_vm.probe", 1), ("select_vms", None)]

@@ -160,8 +160,9 @@ class HostStepOperator(BaseOperator):
         and no rendered fields to write."""
         ti = context["ti"]
         self.probe, = pulled(ti, self.probe_task_id)
-        self.vm_name = context["vm_name"] = self.probe["vm_name"]  # context: for map_index_template
-        self.order = run_order(ti) if self.takes_turns else None
+        self.order = run_order(ti) if self.takes_turns or "vm_name" not in self.probe else None  # a probe of the
+        # version before did not name its VM (a night that went on across an upgrade): its place in the order does
+        self.vm_name = context["vm_name"] = self.probe.get("vm_name") or self.order[ti.map_index]  # context: map_index_template
         return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
                          max_attempts=self.max_attempts, order=self.order)
 
