@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hyperv_backup import catalog
@@ -89,6 +89,32 @@ def test_two_backfill_runs_at_once_take_one_catch_up_job(start_fleet, monkeypatc
     assert covered["job_started_at"] is None  # it started no job and adopted none
     assert running.state()["hosts"][0]["max_concurrent_jobs"] == 1
     assert running.state()["hosts"][0]["open_shells"] == 0
+
+
+def test_a_catch_up_that_ends_while_another_run_looks_is_seen_as_covering_it(monkeypatch, tmp_path):
+    """The other run's catch-up succeeds between the two reads of `_catch_up_elsewhere` (the row leaves `running`
+    for `succeeded` then): this run must see either, never neither (it started a second job then, once in CI)."""
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    clock = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
+    first, second = _steps(engine, clock, 1), _steps(engine, clock, 2)
+    first.record(status="running", job_started_at=clock - timedelta(minutes=5))
+    reads = []
+
+    def then_the_first_succeeds(read):
+        def wrapped(*args, **kwargs):
+            found = read(*args, **kwargs)
+            if not reads:  # the first of the two reads is done: the first run's verify lands now
+                first.record(status="succeeded", backup_version="11/27/2026-03:57")
+            reads.append(read.__name__)
+            return found
+        return wrapped
+
+    monkeypatch.setattr(catalog, "covering_backup", then_the_first_succeeds(catalog.covering_backup))
+    monkeypatch.setattr(catalog, "backups_under_way", then_the_first_succeeds(catalog.backups_under_way))
+    with pytest.raises(NotThisTime, match="covered by the backup"):
+        second._catch_up_elsewhere()
+    assert reads == ["backups_under_way", "covering_backup"]
+    assert catalog.row(engine, second.run.key())["status"] == "covered"
 
 
 def test_a_dead_runs_running_row_keeps_nobody_waiting(start_fleet, monkeypatch, tmp_path):

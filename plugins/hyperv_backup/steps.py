@@ -177,12 +177,18 @@ class BackupSteps:
         """For a backfilled interval, right before its job would start: None when this run takes the
         catch-up; a description of another run's catch-up of this VM still under way, to wait for;
         NotThisTime when that one has succeeded and covers this interval. Concurrent backfill runs
-        thus take one catch-up per VM; the host alone would only keep their jobs from overlapping."""
+        thus take one catch-up per VM; the host alone would only keep their jobs from overlapping.
+
+        The catch-ups under way are read before the one that covers: a row goes from `running` to its result once,
+        so a catch-up that ends between the two reads is seen in the second. (Read the other way round, it was
+        in neither, and a second catch-up job started: seen in CI.)"""
+        under_way = [other for other in catalog.backups_under_way(self.engine, self.run.host, self.run.vm_name,
+                                                                  self.run.interval_end, self.run.dag_id, self.run.run_id)
+                     if self.run_alive(other["dag_id"], other["run_id"])]
         self._raise_if_covered()
-        for other in catalog.backups_under_way(self.engine, self.run.host, self.run.vm_name, self.run.interval_end,
-                                               self.run.dag_id, self.run.run_id):
-            if self.run_alive(other["dag_id"], other["run_id"]):
-                return f"run {other['run_id']} is backing {self.run.vm_name} up (job of {other['job_started_at']:%H:%M:%S} UTC)"
+        if under_way:
+            other = under_way[0]
+            return f"run {other['run_id']} is backing {self.run.vm_name} up (job of {other['job_started_at']:%H:%M:%S} UTC)"
         return None
 
     # -- probe ----------------------------------------------------------------------
