@@ -160,9 +160,9 @@ class HostStepOperator(BaseOperator):
         and no rendered fields to write."""
         ti = context["ti"]
         self.probe, = pulled(ti, self.probe_task_id)
-        self.order = run_order(ti) if self.takes_turns or "vm_name" not in self.probe else None  # a probe of the
-        # version before did not name its VM (a night that went on across an upgrade): its place in the order does
-        self.vm_name = context["vm_name"] = self.probe.get("vm_name") or self.order[ti.map_index]  # context: map_index_template
+        named = self.probe.get("vm_name")  # none by a probe of the version before (a night that went on across an upgrade)
+        self.order = run_order(ti) if self.takes_turns or not named else None
+        self.vm_name = context["vm_name"] = named or self.order[ti.map_index]  # its place in the order; context: map_index_template
         return steps_for(context, self.host, self.winrm_conn_id, self.backup_target, self.vm_name, self.poll_interval,
                          max_attempts=self.max_attempts, order=self.order)
 

@@ -150,9 +150,10 @@ class BackupJobTrigger(KeptShellTrigger):
         return False
 
     def _sight(self, status: BackupStatus) -> None:
-        """Note the first moment this wait saw our job running past its shadow copy: nothing on the host marks an
-        online shadow copy's end (record.timings). A job the copy step started (after a failed one, a restart) is
-        seen so only here; the copy step's result carries it to verify."""
+        """Note the first moment this wait saw our job past its shadow copy (running on, or already succeeded:
+        record.past_shadow_copy): nothing on the host marks an online shadow copy's end (record.timings). A job
+        the copy step started (after a failed one, a restart) is seen so only here; the copy step's result
+        carries it to verify."""
         job = status.job_started_at(parse_time(self.job_start)) if self.job_start else None
         if self._seen_past_shadow_copy is None and job is not None and past_shadow_copy(job, status.boot_time):
             self._seen_past_shadow_copy = status.clock
