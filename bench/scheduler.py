@@ -2,14 +2,20 @@
 what it holds of the workers, and how little it asks of each host.
 
 Starts the simulator (4 hosts x 12 online VMs by default, at 10x) and a real Airflow (api-server,
-scheduler, dag-processor, triggerer; LocalExecutor; `include/cluster.py`), triggers every host's
-backup DAG (last midnight's scheduled run, a whole-day window), samples the metadata database every 0.2 s for task instances in the `running`
-state (each holds a worker slot), and prints, from the simulator's journal (host time):
+scheduler, dag-processor, triggerer; LocalExecutor; `include/cluster.py`), lets the other DAGs' first runs end
+(a fresh Airflow runs each DAG's latest interval at once: the report's, the audit's, the restore tests' and the
+RPO watch's, which on a real night run at their own hours, away from the windows), then adds the hosts to the
+inventory, so that every host's backup DAG runs last midnight's scheduled run (a whole-day window); samples the
+metadata database every 0.2 s for task instances in the `running` state, and prints, from the simulator's journal
+(host time) and Airflow's logs:
 
 - per host, the idle gap between one job's end and the next one's start, as a share of job time;
 - the fleet's makespan (first job start to last job end) over its longest host's job time;
 - worker-slot seconds (real) of the backup's tasks over job seconds (host time, the time the jobs
-  would take on real hosts: the simulator's speed shrinks the jobs, not Airflow's overheads);
+  would take on real hosts: the simulator's speed shrinks the jobs, not Airflow's overheads). A slot is
+  held from the try's fork to its supervisor's end (the "Workload finished" durations the LocalExecutor's
+  workers log in the scheduler's log); beside it, the seconds the task instances were `running`, which
+  leave out the try's start and exit (the measure before 2026-11-27's tenth session);
 - how far apart the hosts' first jobs started (host time: the makespan's cold start);
 - the tries Airflow failed in its deferral race (apache/airflow#67287: the scheduler's log says the
   executor "reported that the task instance ... finished with state success, but the task instance's
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import threading
@@ -42,11 +49,13 @@ sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]
 from include import postgres  # noqa: E402
 from include.cluster import PARALLELISM, AirflowCluster, Topology  # noqa: E402
 from include.demo import connection_env, inventory_for  # noqa: E402
+from include.mailsink import MailSink  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 
 POLL_SECONDS = 5.0  # the product's default `[hyperv_backup] poll_seconds`
 RACE = "finished with state success, but the task instance's state attribute is"  # Airflow's deferral race, in its words
+OTHER_DAGS = ["hyperv_backup_report", "hyperv_checkpoint_audit", "hyperv_restore_test", "hyperv_rpo_watch"]
 ONE_SHOT = ("Get-HvbHostVMs", "Get-HvbVMBackupProbe", "Start-HvbVMBackup", "Get-HvbVMBackupResult", "wbadmin get versions")
 
 
@@ -85,6 +94,20 @@ class SlotSampler(threading.Thread):
             return None
         return states if len(states) == len(dag_ids) else None
 
+    def quiet(self) -> bool:
+        """Whether every parsed DAG has had the runs it was due (the scheduler moves `next_dagrun_create_after` past now
+        as it creates one) and none of them is queued or running."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        query = text("SELECT (SELECT COUNT(*) FROM dag WHERE NOT is_paused AND next_dagrun_create_after <= CURRENT_TIMESTAMP)"
+                     " + (SELECT COUNT(*) FROM dag_run WHERE state IN ('queued', 'running'))")
+        try:
+            with self.engine.connect() as db:
+                return db.execute(query).scalar() == 0
+        except SQLAlchemyError:  # SQLite held by a write for a moment: look again
+            return False
+
     def run(self) -> None:
         from sqlalchemy import text
         from sqlalchemy.exc import SQLAlchemyError
@@ -113,7 +136,7 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str, parallelis
         inventory = inventory_for(loaded)
         for host in inventory["hosts"]:  # last midnight's run, scheduled as soon as the DAGs are parsed, all in one file
             host |= {"schedule": "0 0 * * *", "window": {"start": "00:00", "end": "00:00", "timezone": "UTC"}}
-        (out / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+        (out / "inventory.yaml").write_text(yaml.safe_dump(inventory | {"hosts": []}))  # the hosts come once the rest is quiet
         env = connection_env(loaded, running) | {
             "HYPERV_BACKUP_INVENTORY": str(out / "inventory.yaml"),
             "AIRFLOW_CONN_HYPERV_BACKUP_CATALOG": json.dumps({"conn_type": "sqlite", "host": str(out / "catalog.sqlite")}),
@@ -125,9 +148,13 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str, parallelis
             database.create_database("hyperv_catalog")
             env["AIRFLOW_CONN_HYPERV_BACKUP_CATALOG"] = json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": database.port,
                                                                     "login": "postgres", "schema": "hyperv_catalog"})
-        with AirflowCluster(out / "airflow", env, topology) as cluster:
+        with MailSink(out / "mail") as mail, AirflowCluster(out / "airflow", env | {"AIRFLOW_CONN_SMTP_DEFAULT": mail.connection()},
+                                                              topology) as cluster:  # the report mails, as deployed
             sampler = SlotSampler(topology.metadata_url or f"sqlite:///file:{out / 'airflow' / 'airflow.db'}?mode=ro&uri=true")
             sampler.start()
+            cluster.wait_for_dags(OTHER_DAGS)
+            cluster.wait(sampler.quiet, "the other DAGs' first runs", timeout=600, every=1)
+            (out / "inventory.yaml").write_text(yaml.safe_dump(inventory))  # parsed again within min_file_process_interval
             cluster.wait_for_dags(dag_ids)
             began = time.monotonic()
             states = cluster.wait(lambda: sampler.finished_runs(dag_ids), "the hosts' runs", timeout=3600, every=1)
@@ -139,6 +166,20 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str, parallelis
         if database:
             database.stop()
     return {"states": states, "wall": wall, "slots": dict(sampler.slot_seconds)}
+
+
+def workload_seconds(scheduler_log: Path) -> Counter:
+    """Real seconds the backup DAGs' tries held a worker slot, by step: each try's supervisor, from the task's fork to
+    its own end, as the LocalExecutor's workers log it ("Workload finished ... duration=... workload_id=<ti id>"),
+    matched to its task by the scheduler's "TaskInstance Finished" line of the same id."""
+    text = scheduler_log.read_text(errors="replace")
+    steps = {ti: task.rpartition(".")[2] for dag, task, ti in re.findall(
+        r"TaskInstance Finished: dag_id=(\S+), task_id=(\S+), .*?ti_id=([\w-]+)", text) if dag.startswith("hyperv_backup_hv")}
+    seconds: Counter = Counter()
+    for duration, ti in re.findall(r"Workload finished .*?duration=([\d.]+) .*?workload_id=([\w-]+)", text):
+        if ti in steps:
+            seconds[steps[ti]] += float(duration)
+    return seconds
 
 
 def figures(out: Path, result: dict, vms: int) -> dict:
@@ -170,10 +211,12 @@ def figures(out: Path, result: dict, vms: int) -> dict:
     stock = 5 * one_shot + 5 * waits / POLL_SECONDS
     requests = sum(h["requests"] for h in state["hosts"])
     scheduler_log = out / "airflow" / "scheduler.log"
-    raced = scheduler_log.read_text(errors="replace").count(RACE) if scheduler_log.exists() else 0
+    raced = scheduler_log.read_text(errors="replace").count(RACE)
+    workloads = workload_seconds(scheduler_log)
     return {"first_starts": {host: (spans[0][0] - first).total_seconds() for host, spans in sorted(jobs.items())}, "raced": raced,
             "hosts": hosts, "makespan": (last - first).total_seconds(), "longest": max(h["busy"] for h in hosts.values()),
-            "job_seconds": job_seconds, "slot_seconds": sum(result["slots"].values()), "slots": result["slots"],
+            "job_seconds": job_seconds, "slot_seconds": sum(workloads.values()), "slots": dict(workloads),
+            "running_seconds": sum(result["slots"].values()),
             "requests_per_vm": requests / vm_count, "stock_per_vm": stock / vm_count,
             "scripts_per_vm": {k: v / vm_count for k, v in sorted(scripts.items())},
             "open_shells": sum(h["open_shells"] for h in state["hosts"])}
@@ -209,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worker-slot seconds (real) / job seconds (host): {f['slot_seconds']:.0f} / {f['job_seconds']:.0f} = "
           f"{f['slot_seconds'] / f['job_seconds']:.1%}  (by step: "
           + ", ".join(f"{k} {v:.0f}" for k, v in sorted(f["slots"].items())) + ")")
+    print(f"  of which the task instances were running: {f['running_seconds']:.0f} = {f['running_seconds'] / f['job_seconds']:.1%}")
     print(f"HTTP requests per VM: {f['requests_per_vm']:.1f}; the stock WinRMOperator for the same work: "
           f"{f['stock_per_vm']:.1f} ({f['requests_per_vm'] / f['stock_per_vm']:.2f}x)")
     print("script calls per VM: " + ", ".join(f"{k} {v:.1f}" for k, v in f["scripts_per_vm"].items()))

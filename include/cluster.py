@@ -42,6 +42,11 @@ WORKER_NAME = "HYPERV_BACKUP_WORKER_NAME"
 # at once than the cores can run make each one wait, the next VM's first steps too (README, Benchmarks).
 PARALLELISM = 2 * (os.cpu_count() or 1)
 
+# `[workers] min_heartbeat_interval` (Airflow's default: 5 s). It also bounds how long a try's supervisor sleeps when it
+# has read the task's last output before the process is gone: it notices the exit only at its next wake-up, and the
+# slot stays taken meanwhile. That was 5 s after one try in ten under bench.scheduler (README, Deploying).
+TRY_EXIT_SECONDS = "1"
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -90,6 +95,7 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": TRY_EXIT_SECONDS,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
         }
