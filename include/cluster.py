@@ -81,7 +81,8 @@ class AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {"AIRFLOW__CORE__PARALLELISM": str(PARALLELISM)} | dict(os.environ) | env | {  # the caller's, if it sets one
+        self.env = {"AIRFLOW__CORE__PARALLELISM": str(PARALLELISM), "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": TRY_EXIT_SECONDS,
+                    } | dict(os.environ) | env | {  # the caller's, if it sets them
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
@@ -95,7 +96,6 @@ class AirflowCluster:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": TRY_EXIT_SECONDS,
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
         }
