@@ -44,7 +44,7 @@ PARALLELISM = 2 * (os.cpu_count() or 1)
 
 # `[workers] min_heartbeat_interval` (Airflow's default: 5 s). It also bounds how long a try's supervisor sleeps when it
 # has read the task's last output before the process is gone: it notices the exit only at its next wake-up, and the
-# slot stays taken meanwhile. That was 5 s after one try in ten under bench.scheduler (README, Deploying).
+# slot stays taken meanwhile. That was 5 s after one try in ten under bench.scheduler (README, Run it for real).
 TRY_EXIT_SECONDS = "1"
 
 

@@ -58,7 +58,7 @@ def test_compose_validates_and_runs_every_airflow_component_on_celery_from_one_i
         # one Fernet key and one JWT secret for all: the api-server's tokens verify on the workers
         assert (env["AIRFLOW__CORE__FERNET_KEY"], env["AIRFLOW__API_AUTH__JWT_SECRET"]) == ("fernet-key-of-the-test", "jwt-secret-of-the-test")
         assert env["AIRFLOW_CONN_WINRM_HV01"].startswith('{"conn_type": "winrm"')  # connections from .env
-        # a try's slot is free within this long of its end, as in every Airflow include/cluster.py starts (README, Deploying)
+        # a try's slot is free within this long of its end, as in every Airflow include/cluster.py starts (README, Run it for real)
         assert env["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == TRY_EXIT_SECONDS, name
         assert any(v.endswith(":/opt/airflow/reports:rw") or v.endswith(":/opt/airflow/reports")
                    for v in services[name]["volumes"]), name  # reports outlive the containers
