@@ -16,7 +16,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostError, PermanentHostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, parse_time, timings
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, parse_time, sighted, timings
 from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import backup_like_the_dag, until_done, use_connection, winrm_connection
@@ -374,3 +374,29 @@ def test_the_retries_of_a_runs_vms_are_spread_not_fired_together():
     ti = SimpleNamespace(dag_id="hyperv_backup_hv01", run_id="scheduled__x", task_id="backup_vm.probe", map_index=3)
     decision = SpreadRetries(base).evaluate(RuntimeError("x"), 1, 3, {"ti": ti})
     assert decision.retry_delay == spread_delay(base, 1, "hyperv_backup_hv01#scheduled__x#backup_vm.probe#3")
+
+
+def test_a_backup_replaced_on_a_network_share_says_so_and_what_to_change(start_fleet, monkeypatch, tmp_path):
+    """Windows Server Backup keeps one version on a network share, and the next VM's backup replaces it. A VM whose
+    version was replaced before its verify step looked (as under dag.test, which runs the steps in no set order)
+    fails with that cause and its fix, not with a job that 'reported success' but left nothing; the VM verified
+    while its version stands succeeds, with its one restore point."""
+    share = "\\\\nas01\\hv-backups"
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "backup_target": share,
+                                                               "vms": [{"name": "VM1", "disk_gb": 2}, {"name": "VM2", "disk_gb": 2}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    first = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"), share,
+                        poll_seconds=0.05)
+    probe = first.probe()
+    snap = until_done(first, probe["vm_id"], lambda event: first.snapshot(probe, seen=sighted(event)))
+    until_done(first, probe["vm_id"], lambda event: first.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
+    job = until_done(first, probe["vm_id"], lambda event: first.advance(probe, seen=sighted(event)))
+    second = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM2"), share,
+                         poll_seconds=0.05)
+    assert backup_like_the_dag(second)["backup_version"]
+    with pytest.raises(PermanentHostError, match="replaced by a later one"):
+        first.verify(probe, snap, job)
+    rows = {r["vm_name"]: r for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id="manual__1")}
+    assert rows["VM1"]["status"] == "failed" and "VM2" in rows["VM1"]["error"] and "local volume" in rows["VM1"]["error"]
+    assert rows["VM2"]["status"] == "succeeded" and rows["VM2"]["restore_points"] == 1

@@ -178,6 +178,28 @@ def test_vm_removed_after_the_probe_is_permanent(start_fleet, monkeypatch):
         hook.run_script("Start-HvbVMBackup", VMId=vm_id, BackupTarget="E:")
 
 
+def test_a_host_error_met_in_a_trigger_is_recorded_in_a_workers_words(start_fleet, monkeypatch, tmp_path):
+    """The VM is gone when the copy step's trigger asks for it: the step fails with the host's words, the host named
+    once (the trigger's message had it already, and the step named it again: 'HV01: HV01 (...)')."""
+    from hyperv_backup.operators import raise_for_event
+    from hyperv_backup.record import Until
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "vm_removed", "at": "probe"}])
+    vm_id = _probe(hook)["vms"][0]["id"]
+    event = first_trigger_event(BackupJobTrigger("hv", vm_id, "VM1", Until.JOB_ENDED, poll_interval=0.05,
+                                                 job_start=hook.run_script("Get-HvbHostVMs")["clock_utc"]))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    steps = BackupSteps(hook, engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"), "E:")
+    with pytest.raises(AirflowFailException) as failed, outcome(steps):
+        raise_for_event(steps, event)
+    error = catalog.row(engine, steps.run.key())["error"]
+    assert error == str(failed.value) == "HV01 (Get-HvbVMBackupStatus): " + event["message"] + (
+        "" if event["message"].endswith(".") else ".") + " " + event["advice"], (error, event)
+    assert "unable to find a virtual machine" in error and error.count("HV01") == 1
+    assert running.state()["hosts"][0]["open_shells"] == 0
+
+
 def test_busy_is_its_own_error_class():
     assert issubclass(HostBusyError, Exception) and not issubclass(HostBusyError, PermanentHostError)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from airflow.providers.microsoft.winrm.hooks.winrm import WinRMHook
-from hyperv_backup.errors import PermanentHostError
+from hyperv_backup.errors import PermanentHostError, TransientHostError
 from hyperv_backup.hooks import HyperVHook
 
 from tests.conftest import use_connection, winrm_connection
@@ -165,3 +167,30 @@ def test_what_a_connection_would_expose_in_clear_text(transport, endpoint, encry
 
     found = plaintext_risk(transport, endpoint, encryption)
     assert (found is None) if risk is None else found.startswith(risk)
+
+
+@pytest.mark.parametrize("cut", ["reboot", "connection_drop"])
+def test_a_kept_ntlm_hook_logs_on_again_after_the_host_restarts_or_cuts_the_connection(start_fleet, monkeypatch, cut):
+    """An NTLM logon lives as long as its TCP connection. After a host's restart, or a connection cut mid-request,
+    a hook kept across polls (a trigger's) must log on again: sealed with the lost logon's keys, its next message
+    cannot be read by the host (HTTP 400), and taking that for a wrong setting failed healthy backups for good."""
+    faults = [{"kind": "connection_drop", "at": "verify"}] if cut == "connection_drop" else []
+    running = start_fleet({"seed": 1, "speed": 600, "hosts": [{"name": "HVN", "os": "2019", "transport": "ntlm",
+                                                                "faults": faults, "vms": [{"name": "VM1", "disk_gb": 1}]}]})
+    use_connection(monkeypatch, "hv_n", winrm_connection(running.endpoints["HVN"], None))
+    hook = HyperVHook("hv_n", keep_shell=True)
+    vm_id = hook.run_script("Get-HvbVMBackupProbe", VMName="VM1", BackupTarget="E:")["vms"][0]["id"]
+    if cut == "reboot":
+        running.reboot("HVN")
+    answers, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            answers.append(hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)["clock_utc"])
+            break
+        except TransientHostError as error:  # the host is still down, or the cut itself: the caller polls again
+            answers.append(error.message)
+            time.sleep(0.5)
+    assert answers[-1].startswith("20"), answers  # an answer (its clock), not an error
+    assert len(answers) > 1, answers  # the cut was seen: a transient error came first
+    hook.close()
+    assert _host(running, "HVN")["open_shells"] == 0

@@ -62,6 +62,7 @@ class HyperVHook(WinRMHook):
         self.winrm_conn_id = winrm_conn_id
         self.scripts_dir = scripts_dir or SCRIPTS_DIR
         self.keep_shell, self._shell_id = keep_shell, None
+        self._answered = False  # whether the current logon (winrm_protocol) has had an answer
 
     @cached_property
     def host_label(self) -> str:
@@ -177,12 +178,25 @@ class HyperVHook(WinRMHook):
         except HostError:
             raise
         except Exception as error:
+            failure = self._transport_error(error, label)
+            self._log_on_again()  # the failure may have cost the logon; the next command must not reuse it
             if shell_id is not None:  # a shell that saw a failure is not used again
-                self._close_shell(conn, shell_id)
-            raise self._transport_error(error, label) from None
+                self._close_shell(self.get_conn(), shell_id)
+            raise failure from None
+        self._answered = True
         if not self.keep_shell:
             self._close_shell(conn, shell_id)
         return int(code if code is not None else -1), b"".join(stdout).decode("utf-8", "replace"), b"".join(stderr).decode("utf-8", "replace")
+
+    def _log_on_again(self) -> None:
+        """Forget the logon, so that the next command makes a new one (a new pywinrm Protocol and HTTP session).
+
+        An NTLM or Kerberos logon over HTTP lives as long as its TCP connection, and seals every message with
+        its keys. When the connection is cut (a host's restart, a dropped connection, a closed idle one), the
+        HTTP session connects again by itself, and pywinrm sends the next message sealed with the lost logon's
+        keys: the host answers 401, the client logs on again and resends the same sealed body, and the host,
+        whose new logon has other keys, cannot read it (400). Over HTTPS nothing is lost but a TLS handshake."""
+        self.winrm_protocol, self._answered = None, False
 
     def _transport_error(self, error: Exception, label: str) -> HostError:
         host = self.host_label
@@ -197,6 +211,9 @@ class HyperVHook(WinRMHook):
             return TransientHostError(host, "connection lost (refused, cut or timed out)",
                                       f"check that the host is up, that its WinRM service runs (Test-WSMan from another machine) "
                                       f"and that {self._endpoint_words()} is open in its firewall", label, cause="unreachable")
+        if isinstance(error, WinRMTransportError) and error.code == 400 and self._answered:
+            return TransientHostError(host, "the host could not read a sealed message: the connection's logon was lost "
+                                      "(the host restarted, or it closed the connection)", "the next try logs on again", label)
         if isinstance(error, WinRMTransportError) and error.code == 400:
             return PermanentHostError(host, "the host refused the request (HTTP 400)",
                                       "a host refuses unencrypted messages over HTTP (WinRM's AllowUnencrypted is false by default): "

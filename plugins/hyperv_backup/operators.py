@@ -224,8 +224,11 @@ def raise_for_event(steps: BackupSteps, event: dict[str, Any]) -> None:
     what the host said cannot go on (recorded, final)."""
     if event.get("status") == "unreachable":
         raise TransientHostError(steps.run.host, event["message"])
-    if event.get("status") == "error":
-        raise steps.fail(event.get("message", "the backup could not be followed"))
+    if event.get("status") == "error":  # in the words a worker's own PermanentHostError has (the host named once)
+        error = PermanentHostError(steps.run.host, event.get("message", "the backup could not be followed"), event.get("advice", ""),
+                                   event.get("script"), event.get("cause"))
+        steps.record(status=Status.FAILED, error=str(error), host_fault=error.host_wide)
+        raise error
 
 
 class SnapshotOperator(HostStepOperator):

@@ -126,6 +126,19 @@ def policy_breach(mode: Mode, predicted: Mode, allowed: list[Mode] | None) -> st
             f"the probe predicted {predicted}: see the mode's reasons")
 
 
+def missing_version(vm_name: str, target: str, since_ours: list[dict[str, Any]]) -> str:
+    """Why no backup version holds the VM after its job succeeded, from the versions made since the job began
+    (Get-WBBackupSet). A network share keeps one version, and the next VM's backup replaces it: that is not a
+    fault of the job, and the fix is the target."""
+    later = [v for v in since_ours if vm_name not in v.get("vms", [])]
+    if not target.startswith("\\\\") or not later:
+        return "the job reported success but no backup version contains this VM"
+    last = later[-1]
+    return (f"its backup on the network share {target} was already replaced by a later one ({', '.join(last.get('vms') or ['another backup'])}, "
+            f"version {last.get('version_id')}): Windows Server Backup keeps one version on a share, and each VM's backup replaces the "
+            "one before; back up to a local volume, which keeps many, or give this host one VM a night")
+
+
 def recovery_checkpoints(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [c for c in checkpoints if c.get("type") == CheckpointType.RECOVERY]
 

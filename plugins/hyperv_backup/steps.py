@@ -419,7 +419,7 @@ class BackupSteps:
                                       SinceUtc=final.start.isoformat())
         versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]
         if not versions:
-            raise self.fail("the job reported success but no backup version contains this VM")
+            raise self.fail(rules.missing_version(self.run.vm_name, self.target, result["versions"]))
         version_id = versions[-1]["version_id"]
         code, stdout, _ = self.hook.run_text("wbadmin get versions")
         listed = {v.version_identifier for v in parse_wbadmin_versions(stdout)}

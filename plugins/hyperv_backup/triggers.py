@@ -274,7 +274,8 @@ class BackupJobTrigger(KeptShellTrigger):
                     await asyncio.sleep(self.poll_interval)
                     continue
                 except PermanentHostError as error:
-                    yield await self.answer({"status": "error", "message": str(error)})
+                    yield await self.answer({"status": "error", "message": error.message, "advice": error.advice,
+                                             "script": error.script, "cause": error.cause})
                     return
                 silent_since, failures = None, 0
                 if over:
