@@ -349,7 +349,7 @@ def _result(host: Host, request: Request) -> dict[str, Any]:
         "restore_points": [{"version_id": v.version_id, "backup_time_utc": iso(v.backup_time)} for v in host.versions if vm_name in v.vms],
         "events": [
             _event_json(e) for e in host.events
-            if e.time >= since and (e.id != 10150 or vm_id in e.message or vm_name in e.message)
+            if e.time >= since and (e.id != 10150 or vm_id.lower() in e.message.lower() or f"'{vm_name}'" in e.message)
         ],
     }
 

@@ -66,6 +66,7 @@ class Session:
 
     context: Any = None
     authenticated: bool = field(default=False)
+    refused: bool = False  # the next logon on this connection fails (an auth_fail fault: a locked account, a DC that said no)
 
     def authenticate(self, header: str) -> str | None:
         """Take an `Authorization: Negotiate <token>` header. Returns the challenge to send back with a 401, or None
@@ -84,6 +85,9 @@ class Session:
         except (SpnegoError, ValueError) as error:
             self.context, self.authenticated = None, False
             raise Refused(401, f"the logon failed: {error}") from None
+        if self.context.complete and self.refused:
+            self.context, self.refused = None, False
+            raise Refused(401, "the logon failed: the account was refused")
         if self.context.complete:
             self.authenticated = True
             return None

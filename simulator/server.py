@@ -73,6 +73,8 @@ class WinRMHandler(BaseHTTPRequestHandler):
             status, body = self._dispatch(message)
             if status == 401:
                 self._unauthorized()
+                if self.host.spec.transport == "ntlm":  # the logon the client tries next is refused as well
+                    self.__dict__["ntlm"] = ntlm.Session(refused=True)
             else:
                 self._send(status, body)
         except DropConnection:

@@ -16,7 +16,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostError, PermanentHostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.record import Action, EventRecord, JobRecord, decide, ours, parse_time, sighted, timings
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_during, ours, parse_time, sighted, timings
 from hyperv_backup.steps import BackupSteps, RunKey
 
 from tests.conftest import backup_like_the_dag, until_done, use_connection, winrm_connection
@@ -376,6 +376,43 @@ def test_the_retries_of_a_runs_vms_are_spread_not_fired_together():
     assert decision.retry_delay == spread_delay(base, 1, "hyperv_backup_hv01#scheduled__x#backup_vm.probe#3")
 
 
+def _through_the_copy(steps):
+    """A VM's steps up to its verify, as the DAG's tasks run them: the probe's, snapshot's and copy's results."""
+    probe = steps.probe()
+    snap = until_done(steps, probe["vm_id"], lambda event: steps.snapshot(probe, seen=sighted(event)))
+    until_done(steps, probe["vm_id"], lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
+    return probe, snap, until_done(steps, probe["vm_id"], lambda event: steps.advance(probe, seen=sighted(event)))
+
+
+def test_another_vms_event_10150_is_not_this_vms_evidence(start_fleet, monkeypatch, tmp_path):
+    """VM2's guest cannot take part, and Hyper-V logs event 10150 naming 'VM2' during VM2's job, which runs before
+    VM's verify step looks (dag.test runs the steps in no set order). VM was backed up online: the event came after
+    its job ended, and its name is in the message only as part of another's ('VM2'), as a short name can be in
+    another VM's id (A3 in "...-4A36-..."). Both made VM's row say `checkpoint`."""
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl",
+                                                               "vms": [{"name": "VM", "disk_gb": 2},
+                                                                       {"name": "VM2", "disk_gb": 2, "guest_vss": "fails"}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+
+    def steps(vm_name):
+        return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", vm_name), "E:",
+                           poll_seconds=0.05)
+
+    first = steps("VM")
+    probe, snap, job = _through_the_copy(first)
+    assert backup_like_the_dag(steps("VM2"))["mode"] == "checkpoint"  # its own event: the guest did not take part
+    assert first.verify(probe, snap, job)["mode"] == "online"
+    assert any(e["id"] == 10150 and "'VM2'" in e["message"] for h in running.state()["hosts"] for e in h["events"])
+
+
+def test_events_after_the_job_are_not_its_own():
+    job = _job(start=T0, minutes=10)
+    events = [{"id": 10150, "time_utc": (T0 + timedelta(minutes=m)).isoformat()} for m in (-1, 0, 5, 10, 11)]
+    assert [e["time_utc"] for e in logged_during(events, job)] == [(T0 + timedelta(minutes=m)).isoformat() for m in (0, 5, 10)]
+    assert len(logged_during(events, _job(state="Running", start=T0))) == 4  # a job still running: all from its start
+
+
 def test_a_backup_replaced_on_a_network_share_says_so_and_what_to_change(start_fleet, monkeypatch, tmp_path):
     """Windows Server Backup keeps one version on a network share, and the next VM's backup replaces it. A VM whose
     version was replaced before its verify step looked (as under dag.test, which runs the steps in no set order)
@@ -388,10 +425,7 @@ def test_a_backup_replaced_on_a_network_share_says_so_and_what_to_change(start_f
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     first = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"), share,
                         poll_seconds=0.05)
-    probe = first.probe()
-    snap = until_done(first, probe["vm_id"], lambda event: first.snapshot(probe, seen=sighted(event)))
-    until_done(first, probe["vm_id"], lambda event: first.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
-    job = until_done(first, probe["vm_id"], lambda event: first.advance(probe, seen=sighted(event)))
+    probe, snap, job = _through_the_copy(first)
     second = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM2"), share,
                          poll_seconds=0.05)
     assert backup_like_the_dag(second)["backup_version"]

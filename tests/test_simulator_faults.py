@@ -17,9 +17,9 @@ from hyperv_backup.steps import BackupSteps, RunKey
 from tests.conftest import first_trigger_event, use_connection, winrm_connection
 
 
-def _fleet(start_fleet, monkeypatch, faults, vm_faults=(), os_version="2022", speed=1200, **vm):
+def _fleet(start_fleet, monkeypatch, faults, vm_faults=(), os_version="2022", speed=1200, transport="ssl", **vm):
     running = start_fleet({"seed": 5, "speed": speed, "hosts": [{
-        "name": "HV01", "os": os_version, "transport": "ssl", "faults": list(faults),
+        "name": "HV01", "os": os_version, "transport": transport, "faults": list(faults),
         "vms": [{"name": "VM1", "disk_gb": 2, "faults": list(vm_faults)} | vm]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     return running, HyperVHook("hv")
@@ -332,10 +332,15 @@ def test_a_waiting_status_answers_when_the_host_changes_and_not_before(start_fle
     assert [e for e in running.journal() if e["event"] == "command"][-1]["script"] == "Get-HvbVMBackupStatus"
 
 
-def test_a_host_that_refuses_the_credentials_fails_the_vm_as_the_hosts_fault_until_it_answers(start_fleet, monkeypatch, tmp_path):
+@pytest.mark.parametrize("transport", ["ssl", "ntlm"])
+def test_a_host_that_refuses_the_credentials_fails_the_vm_as_the_hosts_fault_until_it_answers(start_fleet, monkeypatch, tmp_path,
+                                                                                              transport):
     """Through the steps as the DAG's tasks run them: the row says whose fault the failure was, and a later try that
-    reaches the host clears it. A VM's own failure (its target missing) is never the host's."""
-    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "auth_fail", "at": "probe"}])
+    reaches the host clears it. A VM's own failure (its target missing) is never the host's. Over NTLM the refusal
+    comes as Windows gives it: a 401 to a sealed request, and the logon the client then tries refused too (a
+    host that took the new logon and could not read the message sealed with the old one said HTTP 400, and the
+    step blamed the message encryption setting)."""
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "auth_fail", "at": "probe"}], transport=transport)
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     run = RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1")
     with pytest.raises(AirflowFailException, match="refused the credentials"), outcome(steps := BackupSteps(hook, engine, run, "E:")):

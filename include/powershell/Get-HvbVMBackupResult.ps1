@@ -7,7 +7,8 @@
 .PARAMETER VMId
     The VM's id (Get-VM's Id).
 .PARAMETER VMName
-    The VM's name, to find it in event messages that name it rather than its id.
+    The VM's name, to find it in event messages that name it (in quotes, as 'A3') rather than by its id; never
+    as a bare substring, which a short name finds inside another VM's id (A3 in "...-4A36-...").
 .PARAMETER SinceUtc
     The job's start (ISO 8601, UTC): versions and events from then on.
 .OUTPUTS
@@ -37,6 +38,6 @@ $events = @(
            vms = & $vmsOf $_ } })
     restore_points = @($sets | Where-Object { (& $vmsOf $_) -contains $VMName } | ForEach-Object {
         @{ version_id = $_.VersionId; backup_time_utc = $_.BackupTime.ToUniversalTime().ToString('o') } })
-    events = @($events | Where-Object { $_.Id -ne 10150 -or $_.Message.Contains($VMId) -or $_.Message.Contains($VMName) } | ForEach-Object {
+    events = @($events | Where-Object { $_.Id -ne 10150 -or $_.Message.IndexOf($VMId, [StringComparison]::OrdinalIgnoreCase) -ge 0 -or $_.Message.Contains("'$VMName'") } | ForEach-Object {
         @{ log = $_.LogName; id = $_.Id; time_utc = $_.TimeCreated.ToUniversalTime().ToString('o'); message = $_.Message } })
 }

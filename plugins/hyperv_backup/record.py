@@ -299,6 +299,12 @@ def _first(events: list[EventRecord], kind: tuple[str, int], after: datetime, be
     return next((e for e in events if e.is_(kind) and e.time >= after and (before is None or e.time <= before)), None)
 
 
+def logged_during(events: list[dict[str, Any]], job: JobRecord) -> list[dict[str, Any]]:
+    """The events (Get-HvbVMBackupResult's) logged while `job` ran. The script reads the logs from the job's start
+    on; what came after its end is another job's (the next VM's event 10150 is not this VM's evidence)."""
+    return [e for e in events if job.start <= parse_time(e["time_utc"]) and (job.end is None or parse_time(e["time_utc"]) <= job.end)]
+
+
 def timings(ours: list[JobRecord], events: tuple[EventRecord, ...] | list[EventRecord], boot_time: datetime, was_running: bool,
             sightings: tuple[datetime, ...] = ()) -> Timings:
     """What the catalog records of a backup whose last job is `ours[-1]`.

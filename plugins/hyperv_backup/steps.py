@@ -426,7 +426,7 @@ class BackupSteps:
         if version_id not in listed:
             raise self.fail(f"backup version {version_id} is not listed by wbadmin get versions (exit code {code})")
         prediction = rules.Prediction(Mode(probe["predicted_mode"]), probe["reasons"])
-        mode, reasons = rules.actual_mode(prediction, probe["os_version"], result["events"], times.saw_saved_state,
+        mode, reasons = rules.actual_mode(prediction, probe["os_version"], record.logged_during(result["events"], final), times.saw_saved_state,
                                           times.saw_recovery_checkpoint)
         if times.host_restarted:
             reasons = [*reasons, f"the host restarted during the backup; it was backed up again ({len(ours)} jobs in all)"]
