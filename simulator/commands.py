@@ -318,7 +318,7 @@ def _status(host: Host, request: Request) -> dict[str, Any]:
                "checkpoints": [{"id": cp.id, "name": cp.name, "type": cp.type, "created_utc": iso(cp.created)} for cp in vm.checkpoints],
                "disks": [{"path": d["path"]} for d in vm.disks()]},
         "events": [_event_json(e) for e in host.events
-                   if e.log in (WORKER_LOG, VMMS_LOG) and (after is None or e.time >= after) and (vm.id in e.message or f"'{vm.name}'" in e.message)],
+                   if e.log in (WORKER_LOG, VMMS_LOG) and (after is None or e.time >= after) and (vm.id.lower() in e.message.lower() or f"'{vm.name}'" in e.message)],
         "change_key": change_key(host, vm),
     }
 

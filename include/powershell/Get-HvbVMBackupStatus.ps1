@@ -67,7 +67,7 @@ if ($SinceUtc) {
     $events = @(
         Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Hyper-V-Worker-Admin'; Id = 18510, 18516; StartTime = $since } -ErrorAction SilentlyContinue
         Get-WinEvent -FilterHashtable @{ LogName = 'Microsoft-Windows-Hyper-V-VMMS-Admin'; Id = 18304, 19070, 19080, 19100; StartTime = $since } -ErrorAction SilentlyContinue
-    ) | Where-Object { $_.Message.Contains("$($vm.Id)") -or $_.Message.Contains("'$($vm.Name)'") } | ForEach-Object {
+    ) | Where-Object { $_.Message.IndexOf("$($vm.Id)", [StringComparison]::OrdinalIgnoreCase) -ge 0 -or $_.Message.Contains("'$($vm.Name)'") } | ForEach-Object {
         @{ log = $_.LogName; id = $_.Id; time_utc = $_.TimeCreated.ToUniversalTime().ToString('o'); message = $_.Message }
     }
 }
