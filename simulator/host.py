@@ -126,7 +126,7 @@ class Host:
         for owner, armed in ((vm.name if vm else None, vm.faults if vm else []), (None, self.faults)):
             fault = faults.take(armed, step, kinds)
             if fault is not None:
-                self.journal("fault", kind=fault.kind, at=step, vm=owner)
+                self.journal("fault", kind=fault.kind, step=step, vm=owner)
                 return fault.kind
         return None
 

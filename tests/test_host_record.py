@@ -267,7 +267,7 @@ def test_a_restart_after_the_window_closed_starts_no_new_job_and_says_so(start_f
     (row,) = catalog.rows(engine)
     assert row["status"] == "failed" and row["host_restarted"] and row["error"] in str(raised.value), row
     journal = running.journal()
-    assert [(line["kind"], line["at"]) for line in journal if line["event"] == "fault"] == [("host_reboot", at)]
+    assert [(line["kind"], line["step"]) for line in journal if line["event"] == "fault"] == [("host_reboot", at)]
     assert sum(line["event"] == "job_started" for line in journal) == 1
     state = running.state()["hosts"][0]
     vm = next(vm for vm in state["vms"] if vm["name"] == "VM1")

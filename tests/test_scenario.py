@@ -44,8 +44,9 @@ def test_only_name_is_required():
          r"line 4: a `target_full` fault cannot strike at `probe`; it strikes at copy"),
         ("hosts:\n  - name: HV01\n    faults: [{kind: vss_transient, at: verify}]\n", r"strikes at snapshot or copy"),
         # a plain null is no string, whichever YAML parser composed it (libyaml marks plain scalars '', PyYAML None)
-        ("hosts:\n  - name: HV01\n    os:\n", r"line 3: `os` must be a string"),
-        ("hosts:\n  - name: ~\n", r"line 2: `name` must be a string"),
+        ("hosts:\n  - name: HV01\n    os:\n", r"line 3: `os` is empty \(YAML reads ~, null"),
+        ("hosts:\n  - name: ~\n", r"line 2: `name` is empty"),
+        ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: ~}]\n", r"line 3: `name` is empty"),
     ],
 )
 def test_errors_name_the_key_and_line(text, expected):

@@ -48,7 +48,11 @@ def _wait(hook, vm_id, until=lambda s: s["job"]["job_state"] != "Running", timeo
 
 
 def _fault_events(running):
-    return [(line["kind"], line["at"]) for line in running.journal() if line["event"] == "fault"]
+    """The faults that struck, (kind, step), from the journal; every line of which says when, in ISO 8601 (a fault's
+    step once took the key `at`, and its line said "verify" where the time belongs)."""
+    journal = running.journal()
+    assert all(datetime.fromisoformat(line["at"]) for line in journal)
+    return [(line["kind"], line["step"]) for line in journal if line["event"] == "fault"]
 
 
 def test_connection_drop_is_transient_and_the_next_call_works(start_fleet, monkeypatch):

@@ -186,6 +186,10 @@ def validate(model: type, ctx: Ctx, root: yaml.Node, what: str, **extra: Any):
                 message = text
             elif ours:  # a field's: the message names the value
                 message = f"`{key}` {text}"
+            elif error["type"] == "string_type" and error["input"] is None:  # `~`, `null` or nothing, unquoted
+                where = f" (item {loc[-1] + 1})" if isinstance(loc[-1], int) else ""
+                message = (f"`{key}`{where} is empty (YAML reads ~, null and nothing at all as no value): give it one, "
+                           "in quotes if it is written so (\"~\")")
             elif error["type"] == "string_type":
                 message = f"`{key}` must be a string"
             else:
