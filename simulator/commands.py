@@ -89,11 +89,27 @@ def classify(host: Host, command: str) -> Request:
     matches = host.find_vm(vm_id=vm_id) if vm_id else host.find_vm(name=vm_name) if vm_name else []
     request.vm = matches[0] if matches else None
     request.step = SCRIPT_STEPS.get(request.script or "")
-    if request.script == "Get-HvbVMBackupStatus":  # a status poll belongs to the phase the job is in
-        job = host.last_job()
-        operation = job.operation if job and request.vm and job.vm_id == request.vm.id else "done"
-        request.step = {"snapshot": "snapshot", "merge": "merge", "copy": "copy"}.get(operation, "verify")
+    if request.script == "Get-HvbVMBackupStatus":
+        request.step = _status_step(host, request)
     return request
+
+
+def _status_step(host: Host, request: Request) -> str:
+    """The backup step a status poll belongs to, as a fault's `at` means it: the phase of the VM's running job; the
+    verify step's read of the record after it (the one poll that asks for the events since the job's start); the
+    copy step's look at a job of the VM that ended since its probe; else a wait before the VM's job (its turn, a
+    host held by another job): the snapshot step's."""
+    host.tick()
+    vm = request.vm
+    ours = [j for j in host.jobs if vm is not None and j.vm_id == vm.id and j.kind == "backup" and not j.external]
+    job = ours[-1] if ours else None
+    if job is not None and job.state == "Running":
+        return {"snapshot": "snapshot", "merge": "merge"}.get(job.operation, "copy")
+    if (request.params or {}).get("SinceUtc"):
+        return "verify"
+    if job is not None and vm.probed is not None and job.started >= vm.probed:
+        return "copy"
+    return "snapshot"
 
 
 def execute(host: Host, request: Request) -> Outcome:
@@ -220,6 +236,7 @@ def _probe(host: Host, request: Request) -> dict[str, Any]:
         ],
     }
     for vm in vms:
+        vm.probed = now
         if host.take_fault("probe", faults.COMMAND, vm):
             host.remove_vm(vm)
     return result

@@ -39,6 +39,7 @@ class VM:
     home: str | None = None  # where an imported VM's files live (a restore test's copy); else Hyper-V's default folder
     network_connected: bool = True  # its network adapter is connected to a virtual switch
     boot_seconds: float = 0.0  # from its start until the guest's heartbeat answers (a VM started here boots first)
+    probed: datetime | None = None  # when a probe (Get-HvbVMBackupProbe) last asked for it: its backup's steps begin
 
     @property
     def name(self) -> str:

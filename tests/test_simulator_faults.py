@@ -204,6 +204,32 @@ def test_a_host_error_met_in_a_trigger_is_recorded_in_a_workers_words(start_flee
     assert running.state()["hosts"][0]["open_shells"] == 0
 
 
+@pytest.mark.parametrize("at", ["snapshot", "copy", "verify"])
+def test_a_fault_strikes_at_its_step_also_where_steps_share_a_command(start_fleet, monkeypatch, tmp_path, at):
+    """Get-HvbVMBackupStatus serves every step that waits. A fault `at: verify` strikes the verify step's read of
+    the record after the job (it had struck the snapshot step's look at the host before the job started, since
+    no job of the VM ran then); `at: snapshot` the looks before the job and during its shadow copy."""
+    from tests.conftest import backup_like_the_dag
+
+    running, hook = _fleet(start_fleet, monkeypatch, [], [{"kind": "connection_drop", "at": at}], speed=600)
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    steps = BackupSteps(hook, engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"), "E:", poll_seconds=0.05)
+    assert backup_like_the_dag(steps)["mode"] == "online"
+    journal = running.journal()
+    events = [line["event"] for line in journal]
+    struck = events.index("fault")
+    assert _fault_events(running) == [("connection_drop", at)]
+    if at == "snapshot":
+        assert struck < events.index("job_finished")
+    else:
+        assert struck > events.index("job_started")
+    if at == "verify":
+        assert struck > events.index("job_finished")
+        assert [line.get("script") for line in journal[struck:] if line["event"] == "command"][-2:] == \
+            ["Get-HvbVMBackupResult", "wbadmin get versions"]  # ... then the verify step's own reads
+    assert running.state()["hosts"][0]["open_shells"] == 0
+
+
 def test_busy_is_its_own_error_class():
     assert issubclass(HostBusyError, Exception) and not issubclass(HostBusyError, PermanentHostError)
 

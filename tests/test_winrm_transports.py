@@ -174,7 +174,7 @@ def test_a_kept_ntlm_hook_logs_on_again_after_the_host_restarts_or_cuts_the_conn
     """An NTLM logon lives as long as its TCP connection. After a host's restart, or a connection cut mid-request,
     a hook kept across polls (a trigger's) must log on again: sealed with the lost logon's keys, its next message
     cannot be read by the host (HTTP 400), and taking that for a wrong setting failed healthy backups for good."""
-    faults = [{"kind": "connection_drop", "at": "verify"}] if cut == "connection_drop" else []
+    faults = [{"kind": "connection_drop", "at": "snapshot"}] if cut == "connection_drop" else []
     running = start_fleet({"seed": 1, "speed": 600, "hosts": [{"name": "HVN", "os": "2019", "transport": "ntlm",
                                                                 "faults": faults, "vms": [{"name": "VM1", "disk_gb": 1}]}]})
     use_connection(monkeypatch, "hv_n", winrm_connection(running.endpoints["HVN"], None))
