@@ -74,7 +74,7 @@ def test_slow_reply_runs_the_clients_receive_retry(start_fleet, monkeypatch):
 def test_soap_fault_is_transient(start_fleet, monkeypatch):
     running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "soap_fault", "at": "probe", "times": 2}])
     for _ in range(2):
-        with pytest.raises(TransientHostError, match="shell was not found"):
+        with pytest.raises(TransientHostError, match="no longer knew our remote shell"):
             _probe(hook)
     assert _probe(hook)["vms"]
 

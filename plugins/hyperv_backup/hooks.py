@@ -126,8 +126,8 @@ class HyperVHook(WinRMHook):
 
     def close(self) -> None:
         """Delete the kept shell, if any (after `keep_shell=True` or inside `session`)."""
-        if self._shell_id is not None:
-            self._close_shell(self.winrm_protocol, self._shell_id)
+        if self._shell_id is not None:  # on a new logon if a failure cost the last one (_log_on_again)
+            self._close_shell(self.get_conn(), self._shell_id)
 
     def _shell(self, conn) -> tuple[str, bool]:
         """The shell to run in, and whether it was opened earlier (and so may be gone)."""
@@ -146,22 +146,19 @@ class HyperVHook(WinRMHook):
         except Exception:  # noqa: BLE001 - the shell expires on the host by itself
             self.log.debug("closing shell %s failed", shell_id)
 
-    def _start(self, conn, command: str, skip_cmd_shell: bool) -> tuple[str, str]:
-        shell_id, kept = self._shell(conn)
-        try:
-            return shell_id, conn.run_command(shell_id, command, skip_cmd_shell=skip_cmd_shell)
-        except WSManFaultError as fault:
-            if not (kept and fault.wsman_fault_code == SHELL_NOT_FOUND):
-                raise
-        self._shell_id = None  # the host lost the kept shell; the command never started, so it runs in a new one
-        shell_id, _ = self._shell(conn)
-        return shell_id, conn.run_command(shell_id, command, skip_cmd_shell=skip_cmd_shell)
-
     def _execute(self, command: str, label: str, skip_cmd_shell: bool) -> tuple[int, str, str]:
         shell_id = None
         try:
             conn = self.get_conn()
-            shell_id, command_id = self._start(conn, command, skip_cmd_shell)
+            shell_id, kept = self._shell(conn)
+            try:
+                command_id = conn.run_command(shell_id, command, skip_cmd_shell=skip_cmd_shell)
+            except WSManFaultError as fault:
+                if not (kept and fault.wsman_fault_code == SHELL_NOT_FOUND):
+                    raise
+                self._shell_id = shell_id = None  # the host lost the kept shell; the command never started: a new one
+                shell_id, _ = self._shell(conn)
+                command_id = conn.run_command(shell_id, command, skip_cmd_shell=skip_cmd_shell)
             stdout, stderr = [], []
             done, code = False, None
             while not done:
@@ -218,6 +215,14 @@ class HyperVHook(WinRMHook):
             return PermanentHostError(host, "the host refused the request (HTTP 400)",
                                       "a host refuses unencrypted messages over HTTP (WinRM's AllowUnencrypted is false by default): "
                                       'leave the connection\'s "message_encryption" at "auto", or use HTTPS', label, cause="refused")
+        if isinstance(error, WSManFaultError) and error.wsman_fault_code == SHELL_NOT_FOUND:
+            return TransientHostError(host, "the host's WinRM service no longer knew our remote shell (WinRM restarted, or closed "
+                                      "the shell as idle)", "if it repeats, see the host's Microsoft-Windows-WinRM/Operational "
+                                      "event log, and its shell idle timeout (winrm get winrm/config/winrs)", label)
+        if isinstance(error, WSManFaultError):
+            said = " ".join(str(error.reason or error).split()).split(". ")[0].rstrip(".")  # its first sentence: what went wrong
+            return TransientHostError(host, f"WinRM refused the request (fault {error.wsman_fault_code}: {said})",
+                                      "see the host's Microsoft-Windows-WinRM/Operational event log", label)
         if isinstance(error, (WinRMTransportError, WinRMError)):
             return TransientHostError(host, f"WinRM answered with an error: {error}",
                                       "see the host's Microsoft-Windows-WinRM/Operational event log", label)
