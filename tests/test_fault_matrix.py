@@ -1,5 +1,5 @@
 """Every fault kind at every step where it can strike, on a 2019 host and a 2012 host (which saves the VM for
-its shadow copy), once and persistent (`times: 5`).
+its shadow copy), and over NTLM where a fault costs the logon, once and persistent (`times: 5`).
 
 Through the steps as the DAG's tasks run them (`backup_like_the_dag`: waits in BackupJobTrigger, transient
 failures retried as Airflow retries a task), VM1 with the fault and a healthy neighbour VM2 after it. Whatever
@@ -33,8 +33,11 @@ UNSAID = ("Traceback", "Error:", "HostError", "WSManFault", "wsman", "retried wi
 STRUCK = [(kind, step) for kind, spec in KINDS.items() for step in STEPS if step in spec.steps]
 # On 2012 only the steps around the Saved state differ from 2019 (its VM is saved for the shadow copy and
 # resumed; there is no merge): the probe's and the verify's commands are the same, and a fault there is
-# tested on 2019 (the suite's time is worth more than repeating them).
-CASES = [(kind, step, "2019") for kind, step in STRUCK] + [(kind, step, "2012") for kind, step in STRUCK if step in ("snapshot", "copy")]
+# tested on 2019 (the suite's time is worth more than repeating them). Over NTLM, the faults that cost the
+# connection's logon (a cut, a restart, a refusal), at every step: a wait kept across one must log on again.
+CASES = [(kind, step, "2019", "ssl") for kind, step in STRUCK] + \
+        [(kind, step, "2012", "ssl") for kind, step in STRUCK if step in ("snapshot", "copy")] + \
+        [(kind, step, "2019", "ntlm") for kind, step in STRUCK if kind in ("connection_drop", "host_reboot", "auth_fail")]
 
 
 def _backup(engine, vm_name):
@@ -49,12 +52,12 @@ def _backup(engine, vm_name):
 
 
 @pytest.mark.parametrize("times", [1, 5])
-@pytest.mark.parametrize(("kind", "at", "os_version"), CASES)
-def test_every_fault_at_every_step(start_fleet, monkeypatch, tmp_path, kind, at, os_version, times):
+@pytest.mark.parametrize(("kind", "at", "os_version", "transport"), CASES)
+def test_every_fault_at_every_step(start_fleet, monkeypatch, tmp_path, kind, at, os_version, transport, times):
     gen = {} if os_version >= "2012 R2" else {"generation": 1, "volumes": [{"fs": "NTFS"}]}
     vm1 = {"name": "VM1", "disk_gb": 2, "checkpoints": [USER_CHECKPOINT], "faults": [{"kind": kind, "at": at, "times": times}],
            "guest_vss": "missing" if at == "merge" else "ok"}  # a merge step needs a Recovery checkpoint (2012 R2 and newer)
-    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": os_version, "transport": "ssl",
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": os_version, "transport": transport,
                                                                "vms": [vm1 | gen, {"name": "VM2", "disk_gb": 2} | gen]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
