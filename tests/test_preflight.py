@@ -54,6 +54,14 @@ def test_each_check_fails_or_warns_on_what_it_checks(changes, check, status):
     assert all(c.fix for c in checks if c.status != "ok")  # every problem comes with what to do
 
 
+def test_a_share_target_says_how_many_backups_a_night_it_keeps():
+    share = _readiness(target__kind="share", target__free_bytes=None)
+    alone, = [c for c in preflight.readiness("HV1", share, NOW, 0, 1) if c.check == "backup_target"]
+    several, = [c for c in preflight.readiness("HV1", share, NOW, 0, 3) if c.check == "backup_target"]
+    assert "a failed night can leave none" in alone.detail
+    assert "of the 3 VMs of a night only the last keeps its backup" in several.detail and several.status == "warn"
+
+
 def test_the_connection_checks_name_what_failed():
     unreachable = TransientHostError("HV1", "connection lost", "check port 5986", cause="unreachable")
     assert _statuses(preflight.connection("HV1", unreachable, "https://hv1:5986/wsman", None, NOW)) == {"reachable": "fail"}
