@@ -32,6 +32,8 @@ HOST = "hosts:\n  - name: HV01\n    connection: c\n"
     ("- HV01\n", r"line 1: the inventory must be a mapping"),
     ("", r"the inventory is empty"),
     ("hosts:\n  - name: ''\n    connection: c\n", r"line 2: `name` must be 1 to 100 printable characters"),
+    ("hosts:\n  - name: HV 01\n    connection: c\n", r"line 2: `name` 'HV 01' is not a host name \(letters, digits"),
+    ("hosts:\n  - name: hv/03\n    connection: c\n", r"line 2: `name` 'hv/03' is not a host name"),
     (HOST + "    vms: [DC01, ~, SQL01]\n", r"line 4: `vms` \(item 2\) is empty \(YAML reads ~, null and nothing at all as no value\)"),
 ])
 def test_a_mistake_names_the_file_the_line_and_the_key(text, expected):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -40,6 +41,14 @@ def _restore_path(value: str) -> str:
     return value
 
 
+def _host_name(value: str) -> str:
+    """A computer's name or FQDN: it names the host's DAG (hyperv_backup_<name>), whose id Airflow limits to these
+    characters; one host with another would lose every host's DAG to one import error."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-', '.' and '_', as a computer's name or FQDN)")
+    return value
+
+
 Names = Annotated[list[Name], NULL_IS_EMPTY]
 FORBID = {"extra": "forbid"}  # an unknown key is a mistake, named with its line
 
@@ -49,7 +58,7 @@ class HostEntry(BaseModel):
 
     model_config = ConfigDict(**FORBID, title="a host")
 
-    name: Name
+    name: Annotated[Name, AfterValidator(_host_name)]
     connection: Name
     backup_target: str = "E:"
     schedule: Annotated[str, AfterValidator(_cron)] = "0 22 * * *"
