@@ -175,7 +175,7 @@ class HyperVHook(WinRMHook):
         except HostError:
             raise
         except Exception as error:
-            failure = self._transport_error(error, label)
+            failure = self._transport_error(error, label)  # first: whether this logon had answered tells a lost one (400)
             self._log_on_again()  # the failure may have cost the logon; the next command must not reuse it
             if shell_id is not None:  # a shell that saw a failure is not used again
                 self._close_shell(self.get_conn(), shell_id)
