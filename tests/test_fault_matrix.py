@@ -29,7 +29,7 @@ FINAL = {  # kind -> words its failure must have
     "auth_fail": "refused the credentials", "target_full": "target is full", "merge_stuck": "Remove-VMSnapshot",
     "vm_removed": "unable to find a virtual machine",
 }
-UNSAID = ("Traceback", "Error:", "HostError", "WSManFault", "wsman", "retried with backoff", "None")
+UNSAID = ("Traceback", "Error:", "HostError", "WSManFault", "wsman", "retried with backoff", "None", "retrying usually succeeds")
 STRUCK = [(kind, step) for kind, spec in KINDS.items() for step in STEPS if step in spec.steps]
 # On 2012 only the steps around the Saved state differ from 2019 (its VM is saved for the shadow copy and
 # resumed; there is no merge): the probe's and the verify's commands are the same, and a fault there is

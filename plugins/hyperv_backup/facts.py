@@ -113,7 +113,7 @@ class HResult:
 
 
 HRESULT_MEANINGS: dict[int, str] = {
-    HResult.VSS_WRITER_TRANSIENT: "a VSS writer hit a transient error (0x800423F3); retrying usually succeeds",
+    HResult.VSS_WRITER_TRANSIENT: "a VSS writer hit a transient error (0x800423F3)",  # a new job is started: record.decide
     HResult.DISK_FULL: "the backup target is full (0x80070070); free space on the target or add a disk",
     HResult.FILE_EXISTS: (
         "a file already exists (0x80070050), usually a Recovery checkpoint left by an earlier failed backup; "
