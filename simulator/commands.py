@@ -215,7 +215,7 @@ def _probe(host: Host, request: Request) -> dict[str, Any]:
     caption, version = OS_CAPTIONS[host.spec.os]
     job = host.running_job()
     target = params.get("BackupTarget", "")
-    exists = target.rstrip(":\\").upper() == host.spec.backup_target.rstrip(":\\").upper()
+    exists = host.on_target(target, folders=False)
     vms = host.find_vm(name=params.get("VMName"))
     result = {
         "host": {"computer_name": host.name, "os_caption": caption, "os_version": version,
@@ -269,10 +269,10 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
     if running is not None:
         return {"started": False, "clock_utc": iso(now), "vm": before, "job": _job_brief(host, running)}
     target = (request.params or {}).get("BackupTarget", "")
-    if target.rstrip(":\\").upper() != host.spec.backup_target.rstrip(":\\").upper():
+    if not host.on_target(target, folders=True):
         raise ScriptError(f"The backup target '{target}' was not found.", "ObjectNotFound")
     try:
-        job = host.start_job(vm, host.spec.backup_target)
+        job = host.start_job(vm, target)
     except JobAlreadyRunning as error:
         raise ScriptError(str(error), "ResourceBusy") from None
     return {"started": True, "clock_utc": iso(now), "vm": before, "job": _job_brief(host, job)}
@@ -375,7 +375,7 @@ def _readiness(host: Host, request: Request) -> dict[str, Any]:
     spec = host.spec
     target = (request.params or {}).get("BackupTarget", "")
     share = target.startswith("\\\\")
-    exists = target.rstrip(":\\").upper() == spec.backup_target.rstrip(":\\").upper()
+    exists = host.on_target(target, folders=False)
     return {
         "host": {"computer_name": host.name, "os_caption": OS_CAPTIONS[spec.os][0], "ps_version": POWERSHELL_VERSIONS[spec.os],
                  # the host's wall clock: the real time plus its skew (the accelerated clock of jobs and events is
@@ -387,7 +387,7 @@ def _readiness(host: Host, request: Request) -> dict[str, Any]:
         "winrm": {"max_shells_per_user": spec.winrm.max_shells_per_user, "max_memory_per_shell_mb": spec.winrm.max_memory_per_shell_mb,
                   "idle_timeout_ms": spec.winrm.idle_timeout_s * 1000},
         "target": {"path": target, "kind": "share" if share else "volume", "exists": exists,
-                   "free_bytes": host.target_free_bytes if exists and not share else None},
+                   "free_bytes": host.target_free_bytes if exists else None},
     }
 
 

@@ -159,6 +159,13 @@ class Host:
 
     # -- Windows Server Backup -----------------------------------------------------------
 
+    def on_target(self, path: str, folders: bool) -> bool:
+        """Whether `path` is the host's backup target (a volume, or a network share), or with `folders` also a folder
+        in the share (New-WBBackupTarget -NetworkPath takes any folder of a share, which Start-HvbVMBackup creates)."""
+        target = self.spec.backup_target.rstrip(":\\").upper()
+        path = path.rstrip(":\\").upper()
+        return path == target or (folders and target.startswith("\\\\") and path.startswith(target + "\\") and "\\" not in path[len(target) + 1:])
+
     def start_job(self, vm: VM, target: str) -> Job:
         """Start-WBBackup for one VM; raises JobAlreadyRunning while another job runs."""
         running = self.running_job()
@@ -333,11 +340,11 @@ class Host:
         existing = {v.version_id for v in self.versions}
         while (version_id := moment.strftime("%m/%d/%Y-%H:%M")) in existing:
             moment += timedelta(minutes=1)  # WSB versions are per minute; never reuse one
-        if self.spec.backup_target.startswith("\\\\"):  # a network share keeps one version: each backup replaces the last
-            self.versions = [v for v in self.versions if v.target != self.spec.backup_target]
+        if job.target.startswith("\\\\"):  # a network share folder keeps one version: each backup into it replaces the last
+            self.versions = [v for v in self.versions if v.target.lower() != job.target.lower()]
         source = next((vm for vm in self.vms if vm.id == job.vm_id), None)
         sources = {job.vm_name: (job.vm_id, source.spec.model_copy(deep=True))} if source else {}
-        self.versions.append(BackupVersion(version_id, when, self.spec.backup_target, [job.vm_name], sources))
+        self.versions.append(BackupVersion(version_id, when, job.target, [job.vm_name], sources))
         return version_id
 
     # -- recovery (restore tests) ---------------------------------------------------------

@@ -171,36 +171,47 @@ def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05)
             os.environ[key] = before
 
 
-def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
-                        probe: dict | None = None, copy_window=None, **snapshot_options) -> dict:
-    """One VM's backup through BackupSteps as the DAG's tasks run it: probe -> snapshot -> verify merge ->
-    copy (the state machine) -> verify, their waits in BackupJobTrigger, each step retried on a
-    transient error as Airflow retries a task (`probe`: one already taken). `copy_window`: (a function
-    that says the last moment a new job may start, asked when the copy step begins; the window's words)
-    for the copy step. Returns verify's answer; a permanent error is raised."""
+def like_a_task(steps, step, retries: int = 3, retry_delay: float = 1.5):
+    """`step()` as an Airflow task runs it: tried again on a transient error, `retries` times, `retry_delay` apart,
+    each failed try recorded as the task's end records it (BackupSteps.failed_try)."""
     import time
-    from datetime import timedelta
 
     from hyperv_backup.errors import TransientHostError
+
+    for attempt in range(retries + 1):
+        try:
+            return step()
+        except TransientHostError as error:
+            steps.tried_again = lambda: attempt < retries  # noqa: B023 - asked right here, in this iteration
+            steps.failed_try(str(error), error.host_wide)
+            if attempt == retries:
+                raise
+            time.sleep(retry_delay)
+
+
+def through_the_copy(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
+                     probe: dict | None = None, copy_window=None, **snapshot_options) -> tuple[dict, dict, dict]:
+    """One VM's backup up to its verify, as the DAG's tasks run it: probe -> snapshot -> verify merge -> copy (the
+    state machine), their waits in BackupJobTrigger, each step retried as `like_a_task` (`probe`: one already
+    taken). `copy_window`: (a function that says the last moment a new job may start, asked when the copy step
+    begins; the window's words) for the copy step. Returns the probe's, snapshot's and copy's answers, which the
+    verify step takes; a permanent error is raised."""
+    from datetime import timedelta
+
     from hyperv_backup.record import parse_time, sighted
 
-    def task(step):
-        for attempt in range(retries + 1):
-            try:
-                return step()
-            except TransientHostError as error:
-                steps.tried_again = lambda: attempt < retries  # noqa: B023 - asked right here, in this iteration
-                steps.failed_try(str(error), error.host_wide)
-                if attempt == retries:
-                    raise
-                time.sleep(retry_delay)
-
     def waiting(step):
-        return task(lambda: until_done(steps, probe["vm_id"], step, conn_id, poll))
+        return like_a_task(steps, lambda: until_done(steps, probe["vm_id"], step, conn_id, poll), retries, retry_delay)
 
-    probe = probe or task(steps.probe)
+    probe = probe or like_a_task(steps, steps.probe, retries, retry_delay)
     snap = waiting(lambda event: steps.snapshot(probe, seen=sighted(event), **snapshot_options))
     waiting(lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
     window = (copy_window[0](), copy_window[1]) if copy_window else ()
-    job = waiting(lambda event: steps.advance(probe, *window, seen=sighted(event)))
-    return task(lambda: steps.verify(probe, snap, job))
+    return probe, snap, waiting(lambda event: steps.advance(probe, *window, seen=sighted(event)))
+
+
+def backup_like_the_dag(steps, conn_id: str = "hv", retries: int = 3, retry_delay: float = 1.5, poll: float = 0.05,
+                        probe: dict | None = None, copy_window=None, **snapshot_options) -> dict:
+    """One VM's whole backup as the DAG's tasks run it: `through_the_copy`, then verify. Returns verify's answer."""
+    probe, snap, job = through_the_copy(steps, conn_id, retries, retry_delay, poll, probe, copy_window, **snapshot_options)
+    return like_a_task(steps, lambda: steps.verify(probe, snap, job), retries, retry_delay)

@@ -16,10 +16,11 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostError, PermanentHostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
-from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_during, ours, parse_time, sighted, timings
+from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_during, ours, parse_time, timings
+from hyperv_backup.rules import missing_version
 from hyperv_backup.steps import BackupSteps, RunKey
 
-from tests.conftest import backup_like_the_dag, until_done, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, through_the_copy, until_done, use_connection, winrm_connection
 
 T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=40)
@@ -376,14 +377,6 @@ def test_the_retries_of_a_runs_vms_are_spread_not_fired_together():
     assert decision.retry_delay == spread_delay(base, 1, "hyperv_backup_hv01#scheduled__x#backup_vm.probe#3")
 
 
-def _through_the_copy(steps):
-    """A VM's steps up to its verify, as the DAG's tasks run them: the probe's, snapshot's and copy's results."""
-    probe = steps.probe()
-    snap = until_done(steps, probe["vm_id"], lambda event: steps.snapshot(probe, seen=sighted(event)))
-    until_done(steps, probe["vm_id"], lambda event: steps.verify_merge(probe, timedelta(minutes=60), parse_time((event or {}).get("merge_deadline"))))
-    return probe, snap, until_done(steps, probe["vm_id"], lambda event: steps.advance(probe, seen=sighted(event)))
-
-
 def test_another_vms_event_10150_is_not_this_vms_evidence(start_fleet, monkeypatch, tmp_path):
     """VM2's guest cannot take part, and Hyper-V logs event 10150 naming 'VM2' during VM2's job, which runs before
     VM's verify step looks (dag.test runs the steps in no set order). VM was backed up online: the event came after
@@ -400,7 +393,7 @@ def test_another_vms_event_10150_is_not_this_vms_evidence(start_fleet, monkeypat
                            poll_seconds=0.05)
 
     first = steps("VM")
-    probe, snap, job = _through_the_copy(first)
+    probe, snap, job = through_the_copy(first)
     assert backup_like_the_dag(steps("VM2"))["mode"] == "checkpoint"  # its own event: the guest did not take part
     assert first.verify(probe, snap, job)["mode"] == "online"
     assert any(e["id"] == 10150 and "'VM2'" in e["message"] for h in running.state()["hosts"] for e in h["events"])
@@ -413,24 +406,52 @@ def test_events_after_the_job_are_not_its_own():
     assert len(logged_during(events, _job(state="Running", start=T0))) == 4  # a job still running: all from its start
 
 
-def test_a_backup_replaced_on_a_network_share_says_so_and_what_to_change(start_fleet, monkeypatch, tmp_path):
-    """Windows Server Backup keeps one version on a network share, and the next VM's backup replaces it. A VM whose
-    version was replaced before its verify step looked (as under dag.test, which runs the steps in no set order)
-    fails with that cause and its fix, not with a job that 'reported success' but left nothing; the VM verified
-    while its version stands succeeds, with its one restore point."""
+def test_on_a_network_share_each_vm_keeps_its_backup_in_a_folder_of_its_own(start_fleet, monkeypatch, tmp_path):
+    """Windows Server Backup keeps one version in a network share folder, and a backup into it replaces the one before.
+    Each VM's backup goes to its own folder: VM2's job, between VM1's copy and VM1's verify (dag.test runs the steps in
+    no set order), leaves VM1's version alone, and both VMs succeed with one restore point. VM1's next backup replaces
+    only its own version. A backup of another kind into VM1's folder is named when it replaced VM1's."""
     share = "\\\\nas01\\hv-backups"
     running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "backup_target": share,
-                                                               "vms": [{"name": "VM1", "disk_gb": 2}, {"name": "VM2", "disk_gb": 2}]}]})
+                                                               "vms": [{"name": "VM1", "disk_gb": 2}, {"name": "VM:2", "disk_gb": 2}]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    first = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"), share,
-                        poll_seconds=0.05)
-    probe, snap, job = _through_the_copy(first)
-    second = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM2"), share,
-                         poll_seconds=0.05)
-    assert backup_like_the_dag(second)["backup_version"]
-    with pytest.raises(PermanentHostError, match="replaced by a later one"):
-        first.verify(probe, snap, job)
+
+    def steps(vm_name, run_id="manual__1"):
+        return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", run_id, None, None, "HV01", vm_name), share,
+                           poll_seconds=0.05)
+
+    first = steps("VM1")
+    probe, snap, job = through_the_copy(first)
+    assert backup_like_the_dag(steps("VM:2"))["backup_version"]
+    assert first.verify(probe, snap, job)["backup_version"]
     rows = {r["vm_name"]: r for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id="manual__1")}
-    assert rows["VM1"]["status"] == "failed" and "VM2" in rows["VM1"]["error"] and "local volume" in rows["VM1"]["error"]
-    assert rows["VM2"]["status"] == "succeeded" and rows["VM2"]["restore_points"] == 1
+    assert [(r["status"], r["restore_points"]) for r in rows.values()] == [("succeeded", 1)] * 2
+    folders = {v["vms"][0]: v["target"] for v in running.state()["hosts"][0]["backup_versions"]}
+    assert folders == {"VM1": f"{share}\\VM1_{probe['vm_id'][:8].lower()}", "VM:2": folders["VM:2"]}
+    assert folders["VM:2"].startswith(f"{share}\\VM_2_")  # a colon cannot be in a folder's name
+
+    assert backup_like_the_dag(steps("VM1", "manual__2"))["backup_version"]
+    after = running.state()["hosts"][0]["backup_versions"]
+    assert sorted(v["vms"][0] for v in after) == ["VM1", "VM:2"] and all(v["target"] in folders.values() for v in after)
+
+
+def test_a_version_replaced_in_the_vms_own_share_folder_names_the_backup_that_replaced_it():
+    folder = "\\\\nas01\\hv-backups\\VM1_0a1b2c3d"
+    others = [{"version_id": "11/27/2026-01:00", "target": "\\\\nas01\\hv-backups\\VM2_99999999", "vms": ["VM2"]}]
+    assert missing_version("VM1", folder, others) == "the job reported success but no backup version contains this VM"
+    replaced = missing_version("VM1", folder, [*others, {"version_id": "11/27/2026-01:05", "target": folder.upper(), "vms": []}])
+    assert "replaced by a later one (another backup, version 11/27/2026-01:05)" in replaced and "another schedule or tool" in replaced
+    assert missing_version("VM1", "E:", [{"version_id": "x", "target": "E:", "vms": ["VM2"]}]).startswith("the job reported success")
+
+
+def test_a_share_the_hosts_winrm_session_cannot_reach_fails_the_probe_with_the_second_hop_named(start_fleet, monkeypatch, tmp_path):
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl",
+                                                               "backup_target": "\\\\nas01\\hv-backups", "vms": [{"name": "VM1"}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"),
+                        "\\\\nas02\\hv-backups", poll_seconds=0.05)
+    with pytest.raises(PermanentHostError, match="cannot reach it from a WinRM session.*trusted for delegation"):
+        steps.probe()
+    assert running.state()["hosts"][0]["jobs"] == []

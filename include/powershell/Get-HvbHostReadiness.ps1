@@ -25,6 +25,11 @@ $principal = New-Object Security.Principal.WindowsPrincipal($identity)
 $wellKnown = [ordered]@{ 'S-1-5-32-544' = 'Administrators'; 'S-1-5-32-578' = 'Hyper-V Administrators'; 'S-1-5-32-551' = 'Backup Operators' }
 $share = $BackupTarget.StartsWith('\\')
 $drive = $(if (-not $share) { Get-PSDrive -Name $BackupTarget.TrimEnd(':', '\') -PSProvider FileSystem -ErrorAction SilentlyContinue })
+$free = $(if ($drive) { $drive.Free } else { $null })
+if ($share) {  # the share's free space, as Get-HvbVMBackupProbe reads it; null when this session cannot read it
+    $parts = $BackupTarget.TrimStart('\').Split('\')
+    try { $free = [int64](New-Object -ComObject Scripting.FileSystemObject).GetDrive("\\$($parts[0])\$($parts[1])").AvailableSpace } catch { }
+}
 @{
     host = @{
         computer_name = $env:COMPUTERNAME; os_caption = $os.Caption; clock_utc = $now.ToString('o')
@@ -46,6 +51,6 @@ $drive = $(if (-not $share) { Get-PSDrive -Name $BackupTarget.TrimEnd(':', '\') 
     target = @{
         path = $BackupTarget; kind = $(if ($share) { 'share' } else { 'volume' })
         exists = $(if ($share) { Test-Path -LiteralPath $BackupTarget } else { [bool]$drive })
-        free_bytes = $(if ($drive) { $drive.Free } else { $null })
+        free_bytes = $free
     }
 }

@@ -9,7 +9,11 @@
 .PARAMETER VMName
     The VM's name, matched exactly (case and all): a name with [ or * is a name, not a pattern.
 .PARAMETER BackupTarget
-    The backup target volume (E: or a volume path), checked for existence and free space.
+    The backup target: a volume (E: or a volume path) or a network share (\\server\share), checked for
+    existence and free space. A share is checked from this session: a WinRM logon cannot pass itself on to
+    another computer (the second hop) unless the host is trusted for delegation, so a share this session cannot
+    reach reads as missing. Its free space is the share's (Scripting.FileSystemObject reads it for \\server\share
+    only), or null when it cannot be read.
 .OUTPUTS
     One JSON document: host (computer_name, os_caption, os_version, culture, clock_utc); target (path,
     exists, free_bytes); wsb_job (the running job, or null); vms, every VM of that name, each with id,
@@ -25,13 +29,21 @@ $now = (Get-Date).ToUniversalTime()
 $os = Get-CimInstance -ClassName Win32_OperatingSystem
 $vms = @(Get-VM | Where-Object { $_.Name -ceq $VMName })
 $job = Get-WBJob
-$drive = Get-PSDrive -Name $BackupTarget.TrimEnd(':', '\') -PSProvider FileSystem -ErrorAction SilentlyContinue
+if ($BackupTarget.StartsWith('\\')) {
+    $parts = $BackupTarget.TrimStart('\').Split('\')
+    $free = $null
+    try { $free = [int64](New-Object -ComObject Scripting.FileSystemObject).GetDrive("\\$($parts[0])\$($parts[1])").AvailableSpace } catch { }
+    $target = @{ path = $BackupTarget; exists = (Test-Path -LiteralPath $BackupTarget); free_bytes = $free }
+} else {
+    $drive = Get-PSDrive -Name $BackupTarget.TrimEnd(':', '\') -PSProvider FileSystem -ErrorAction SilentlyContinue
+    $target = @{ path = $BackupTarget; exists = [bool]$drive; free_bytes = $(if ($drive) { $drive.Free } else { 0 }) }
+}
 @{
     host = @{
         computer_name = $env:COMPUTERNAME; os_caption = $os.Caption; os_version = $os.Version
         culture = (Get-UICulture).Name; clock_utc = $now.ToString('o')
     }
-    target = @{ path = $BackupTarget; exists = [bool]$drive; free_bytes = $(if ($drive) { $drive.Free } else { 0 }) }
+    target = $target
     wsb_job = $(if ($job -and "$($job.JobState)" -eq 'Running') {
         @{ job_state = "$($job.JobState)"; operation = $job.CurrentOperation; start_time_utc = $job.StartTime.ToUniversalTime().ToString('o') }
     })

@@ -10,7 +10,9 @@
 .PARAMETER VMId
     The VM's id (Get-VM's Id).
 .PARAMETER BackupTarget
-    The backup target volume (E: or a volume path).
+    Where the backup goes: a volume (E: or a volume path), or a folder of a network share
+    (\\server\share\folder: hyperv_backup.rules.backup_location gives each VM its own, because a share
+    folder keeps one version). The folder is created if it does not exist yet.
 .PARAMETER NotAfterUtc
     The backup window's end plus grace (ISO 8601, UTC); past it on the host's clock, no job starts.
     Empty: no limit (a manual run, or a forced one).
@@ -38,7 +40,13 @@ if ($running -and "$($running.JobState)" -eq 'Running') {
 $policy = New-WBPolicy
 $source = Get-WBVirtualMachine | Where-Object { "$($_.VMId)" -eq $VMId }
 Add-WBVirtualMachine -Policy $policy -VirtualMachine $source
-Add-WBBackupTarget -Policy $policy -Target (New-WBBackupTarget -VolumePath $BackupTarget)
+if ($BackupTarget.StartsWith('\\')) {
+    New-Item -ItemType Directory -Path $BackupTarget -Force | Out-Null
+    $target = New-WBBackupTarget -NetworkPath $BackupTarget
+} else {
+    $target = New-WBBackupTarget -VolumePath $BackupTarget
+}
+Add-WBBackupTarget -Policy $policy -Target $target
 Set-WBVssBackupOption -Policy $policy -VssCopyBackup
 Start-WBBackup -Policy $policy -Async -Force
 $job = Get-WBJob

@@ -213,7 +213,7 @@ def trigger_for(wait: Wait, steps: BackupSteps, conn_id: str, vm_id: str, poll: 
     return BackupJobTrigger(conn_id, vm_id, steps.run.vm_name, wait.until, poll, iso(wait.job_start), iso(wait.not_after),
                             iso(wait.merge_deadline), job_timeout.total_seconds(), silence.total_seconds(),
                             turn=turn if is_turn else None, since=iso(wait.since), known=[iso(t) for t in wait.known],
-                            start={"target": steps.target, **steps.run.key()} if is_turn and wait.trigger_starts else None,
+                            start={"target": steps.location(vm_id), **steps.run.key()} if is_turn and wait.trigger_starts else None,
                             host_wait_seconds=host_wait.total_seconds(), settle_seconds=settle_seconds,
                             finish={**steps.run.key(), "attempts": wait.attempts, "host_restarted": wait.restarted}
                             if wait.until == Until.JOB_ENDED else None)

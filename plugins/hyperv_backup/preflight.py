@@ -67,7 +67,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
 
 
-def readiness(host: str, answer: dict[str, Any], now: datetime, need_bytes: int, vm_count: int = 1) -> list[Check]:
+def readiness(host: str, answer: dict[str, Any], now: datetime, need_bytes: int) -> list[Check]:
     """`powershell`, `hyperv`, `windows_server_backup`, `rights`, `backup_target`, `target_space`, `clock` and
     `winrm_limits` from Get-HvbHostReadiness (`need_bytes`: the size of the VMs the inventory selects)."""
     checks = []
@@ -93,10 +93,9 @@ def readiness(host: str, answer: dict[str, Any], now: datetime, need_bytes: int,
         checks.append(Check(host, "backup_target", FAIL, f"the backup target {target['path']} does not exist",
                             "attach the backup volume, or correct backup_target in the inventory"))
     elif target["kind"] == "share":
-        lost = (f"also another VM's: of the {vm_count} VMs of a night only the last keeps its backup" if vm_count > 1
-                else "so a failed night can leave none")
-        checks.append(Check(host, "backup_target", WARN, f"{target['path']} is a network share: Windows Server Backup keeps "
-                            f"one version there, and each backup replaces it, {lost}",
+        checks.append(Check(host, "backup_target", WARN, f"{target['path']} is a network share: each VM's backup goes to a "
+                            "folder of its own there, where Windows Server Backup keeps one version and each backup replaces "
+                            "the last, so a VM has one restore point and a failed backup can leave it none",
                             "back up to a local volume, which keeps many versions"))
     else:
         checks.append(Check(host, "backup_target", OK, f"{target['path']} is a local volume (many versions)"))

@@ -61,7 +61,7 @@ def check_host(entry, hook, now: datetime) -> list[preflight.Check]:
             size += sum(int(d.get("size_bytes") or 0) for vm in probe["vms"] for d in vm["disks"])
         except HostError as error:
             checks.append(preflight.Check(entry.name, "plan", preflight.FAIL, f"{name}: {error.message}", error.advice))
-    return checks + preflight.readiness(entry.name, answer, now, size, len(chosen)) + preflight.vms(entry.name, chosen, missing, listed, probes)
+    return checks + preflight.readiness(entry.name, answer, now, size) + preflight.vms(entry.name, chosen, missing, listed, probes)
 
 
 def build_preflight_dag() -> DAG:

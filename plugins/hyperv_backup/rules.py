@@ -7,6 +7,7 @@ table is tested in milliseconds.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,17 +127,37 @@ def policy_breach(mode: Mode, predicted: Mode, allowed: list[Mode] | None) -> st
             f"the probe predicted {predicted}: see the mode's reasons")
 
 
-def missing_version(vm_name: str, target: str, since_ours: list[dict[str, Any]]) -> str:
+def is_share(target: str) -> bool:
+    """Whether the inventory's backup target is a network share (\\\\server\\share), not a volume."""
+    return target.startswith("\\\\")
+
+
+NOT_IN_A_FOLDER_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def backup_location(target: str, vm_name: str, vm_id: str) -> str:
+    """Where the VM's backup goes. A volume keeps many versions, so every VM's backup goes to the volume itself.
+    A network share folder keeps one version, and each backup into it replaces the one before, whichever VM it held:
+    so on a share each VM has a folder of its own (created by Start-HvbVMBackup), and a night's later VM no longer
+    replaces the one before. The folder is the VM's name, made a valid folder name, and the first 8 characters of its
+    id: two names that read alike once cleaned, or a VM named CON, still get folders of their own."""
+    if not is_share(target):
+        return target
+    name = NOT_IN_A_FOLDER_NAME.sub("_", vm_name).rstrip(". ") or "VM"
+    return f"{target.rstrip(chr(92))}\\{name}_{vm_id[:8].lower()}"
+
+
+def missing_version(vm_name: str, location: str, since_ours: list[dict[str, Any]]) -> str:
     """Why no backup version holds the VM after its job succeeded, from the versions made since the job began
-    (Get-WBBackupSet). A network share keeps one version, and the next VM's backup replaces it: that is not a
-    fault of the job, and the fix is the target."""
-    later = [v for v in since_ours if vm_name not in v.get("vms", [])]
-    if not target.startswith("\\\\") or not later:
+    (Get-WBBackupSet). On a network share (`location`: the VM's folder there) a later backup into the same folder
+    replaces the version: not a fault of the job. Another backup (a second schedule, another tool) wrote there."""
+    later = [v for v in since_ours if vm_name not in v.get("vms", []) and v.get("target", "").lower() == location.lower()]
+    if not is_share(location) or not later:
         return "the job reported success but no backup version contains this VM"
     last = later[-1]
-    return (f"its backup on the network share {target} was already replaced by a later one ({', '.join(last.get('vms') or ['another backup'])}, "
-            f"version {last.get('version_id')}): Windows Server Backup keeps one version on a share, and each VM's backup replaces the "
-            "one before; back up to a local volume, which keeps many, or give this host one VM a night")
+    return (f"its backup in {location} was already replaced by a later one ({', '.join(last.get('vms') or ['another backup'])}, "
+            f"version {last.get('version_id')}): a network share folder keeps one version, and this folder is this VM's; "
+            "find what else backs up into it (another schedule or tool) and give that its own folder")
 
 
 def recovery_checkpoints(checkpoints: list[dict[str, Any]]) -> list[dict[str, Any]]:

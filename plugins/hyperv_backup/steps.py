@@ -140,6 +140,10 @@ class BackupSteps:
         under_way = row is not None and row["job_started_at"] is not None
         self.record(status=Status.RUNNING if under_way else Status.FAILED, error=error, host_fault=host_fault)
 
+    def location(self, vm_id: str) -> str:
+        """Where this VM's backup goes on the target (its own folder on a network share: rules.backup_location)."""
+        return rules.backup_location(self.target, self.run.vm_name, vm_id)
+
     def fail(self, error: str, **values: Any) -> PermanentHostError:
         self.record(status=Status.FAILED, error=error, **values)
         return PermanentHostError(self.run.host, error, script=None)
@@ -230,9 +234,13 @@ class BackupSteps:
                 f"Remove-VMSnapshot -VMName '{vm['name']}' -Name <name> and let Hyper-V merge, then rerun", **values)
         size = sum(int(d.get("size_bytes") or 0) for d in vm["disks"])
         if not result["target"]["exists"]:
-            raise self.fail(f"the backup target {self.target} does not exist on {self.run.host}", **values)
-        if result["target"]["free_bytes"] < size:
-            free_gb, need_gb = result["target"]["free_bytes"] / 1024**3, size / 1024**3
+            raise self.fail(f"the backup target {self.target} does not exist on {self.run.host}" + (
+                f", or {self.run.host} cannot reach it from a WinRM session: check that the share exists and that the "
+                "account may write to it; a WinRM logon reaches another computer's share only where the host is trusted "
+                "for delegation (Kerberos constrained delegation, or CredSSP)" if rules.is_share(self.target) else ""), **values)
+        free = result["target"]["free_bytes"]  # None: a share whose free space the host could not read
+        if free is not None and free < size:
+            free_gb, need_gb = free / 1024**3, size / 1024**3
             raise self.fail(f"the backup target {self.target} has {free_gb:.1f} GB free; this VM needs {need_gb:.1f} GB", **values)
         self.record(status=Status.RUNNING, error=None, **values)
         return {"vm_name": self.run.vm_name, "vm_id": vm["id"], "os_version": os_version, "predicted_mode": prediction.mode.value,
@@ -312,7 +320,7 @@ class BackupSteps:
         clock says the window has closed."""
         limit = {"NotAfterUtc": last_start.isoformat()} if last_start is not None else {}
         started = catalog.start_claimed(self.engine, self.run.key(), clock, lambda: self.hook.run_script(
-            "Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.target, **limit))
+            "Start-HvbVMBackup", VMId=vm_id, BackupTarget=self.location(vm_id), **limit))
         if started["started"]:
             self.record(status=Status.RUNNING, job_started_at=_parse_time(started["job"]["start_time_utc"]))
             return True
@@ -419,7 +427,7 @@ class BackupSteps:
                                       SinceUtc=final.start.isoformat())
         versions = [v for v in result["versions"] if self.run.vm_name in v.get("vms", [])]
         if not versions:
-            raise self.fail(rules.missing_version(self.run.vm_name, self.target, result["versions"]))
+            raise self.fail(rules.missing_version(self.run.vm_name, self.location(probe["vm_id"]), result["versions"]))
         version_id = versions[-1]["version_id"]
         code, stdout, _ = self.hook.run_text("wbadmin get versions")
         listed = {v.version_identifier for v in parse_wbadmin_versions(stdout)}
