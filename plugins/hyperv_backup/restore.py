@@ -11,7 +11,6 @@ the recovery job's end, the heartbeat, or the host's clock passing the phase's l
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -19,6 +18,7 @@ from typing import Any
 
 from .facts import RESTORE_COPY_PREFIX
 from .record import parse_time
+from .rules import folder_name
 
 
 class Phase(StrEnum):
@@ -35,7 +35,7 @@ def copy_name(vm_name: str, started: datetime) -> str:
 def folder(root: str, name: str) -> str:
     """The test's own folder under the host's restore_test_path: the copy's name, with what Windows forbids in a file
     name replaced (a VM's name may hold `:` or `?`)."""
-    return root.rstrip("\\") + "\\" + re.sub(r'[\\/:*?"<>|]', "_", name)
+    return root.rstrip("\\") + "\\" + folder_name(name)
 
 
 def period(cron: str, now: datetime) -> timedelta:

@@ -132,19 +132,21 @@ def is_share(target: str) -> bool:
     return target.startswith("\\\\")
 
 
-NOT_IN_A_FOLDER_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+def folder_name(name: str) -> str:
+    """`name` as a Windows folder's name: what Windows forbids in a file name (a VM's name may hold `:` or `?`)
+    becomes `_`, and a trailing dot or space (which Windows drops) goes."""
+    return re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", name).rstrip(". ") or "_"
 
 
 def backup_location(target: str, vm_name: str, vm_id: str) -> str:
     """Where the VM's backup goes. A volume keeps many versions, so every VM's backup goes to the volume itself.
     A network share folder keeps one version, and each backup into it replaces the one before, whichever VM it held:
     so on a share each VM has a folder of its own (created by Start-HvbVMBackup), and a night's later VM no longer
-    replaces the one before. The folder is the VM's name, made a valid folder name, and the first 8 characters of its
-    id: two names that read alike once cleaned, or a VM named CON, still get folders of their own."""
+    replaces the one before. The folder is the VM's name as a folder's name and the first 8 characters of its id:
+    two names that read alike once cleaned, or a VM named CON, still get folders of their own."""
     if not is_share(target):
         return target
-    name = NOT_IN_A_FOLDER_NAME.sub("_", vm_name).rstrip(". ") or "VM"
-    return f"{target.rstrip(chr(92))}\\{name}_{vm_id[:8].lower()}"
+    return f"{target.rstrip(chr(92))}\\{folder_name(vm_name)}_{vm_id[:8].lower()}"
 
 
 def missing_version(vm_name: str, location: str, since_ours: list[dict[str, Any]]) -> str:
