@@ -262,8 +262,12 @@ def _start(host: Host, request: Request) -> dict[str, Any]:
     if not_after and now > _parse_since(not_after):
         return {"started": False, "window_closed": True, "clock_utc": iso(now)}
     vm = _vm_by_id(host, request)
+    fault = host.take_fault("snapshot", faults.COMMAND, vm)
+    if fault == "vm_removed":  # deleted between its probe and its job: Get-VM -Id finds nothing
+        host.remove_vm(vm)
+        vm = _vm_by_id(host, request)
     before = {"state": vm.state, "uptime_seconds": vm.uptime_seconds(now)}
-    if host.take_fault("snapshot", faults.COMMAND, vm):
+    if fault == "job_running":
         host.start_external_job()
     running = host.running_job()
     if running is not None:

@@ -206,7 +206,8 @@ class Host:
         rng = self.fleet.rng
         t = job.started
         shadow = SHADOW_COPY_SECONDS + rng.uniform(0, 10)
-        transient_at_snapshot = self.take_fault("snapshot", faults.HOST, vm)
+        at_snapshot = self.take_fault("snapshot", faults.HOST, vm)
+        transient_at_snapshot = at_snapshot == "vss_transient"
         falls_back = job.mode != Mode.OFFLINE and vm.spec.guest_vss == "fails" and self.guest_can_take_part(vm)
 
         if falls_back:
@@ -221,6 +222,8 @@ class Host:
             shadow += SAVE_RESTORE_SECONDS
             self.schedule.at(t + timedelta(seconds=shadow), lambda: self._resume(vm))
 
+        if at_snapshot == "host_reboot":
+            self.schedule.at(t + timedelta(seconds=shadow / 2), self.reboot)
         if transient_at_snapshot:
             def fail_snapshot() -> None:
                 self._remove_recovery_checkpoints(vm)
@@ -235,10 +238,13 @@ class Host:
         if job.mode == Mode.CHECKPOINT:
             # The shadow copy is done: WSB removes the Recovery checkpoint and Hyper-V merges it, then the copy starts.
             t_copy = t_snapshot + timedelta(seconds=MERGE_SECONDS)
-            if not self.take_fault("merge", faults.HOST, vm):
-                self.schedule.at(t_snapshot, lambda: self._remove_recovery_checkpoints(vm))
-            else:
+            at_merge = self.take_fault("merge", faults.HOST, vm)
+            if at_merge == "merge_stuck":
                 self.schedule.at(t_snapshot, lambda: self.journal("merge_stuck", vm=vm.name))
+            else:
+                self.schedule.at(t_snapshot, lambda: self._remove_recovery_checkpoints(vm))
+            if at_merge == "host_reboot":
+                self.schedule.at(t_snapshot + timedelta(seconds=MERGE_SECONDS / 2), self.reboot)
             self.schedule.at(t_copy, lambda: self._set_operation(job, "copy", t_copy))
 
         copy_seconds = job.bytes_total / (self.spec.throughput_mb_s * 1024**2) * rng.uniform(0.95, 1.05)
@@ -249,6 +255,8 @@ class Host:
         if copy_fault == "target_full":
             share = min(1.0, self.target_free_bytes / job.bytes_total) if job.bytes_total else 0
             self.schedule.at(t_copy + timedelta(seconds=copy_seconds * share), lambda: self._target_full(job, vm))
+        elif copy_fault == "host_reboot":
+            self.schedule.at(t_copy + timedelta(seconds=copy_seconds / 2), self.reboot)
         elif copy_fault == "vss_transient":
             self.schedule.at(t_copy + timedelta(seconds=copy_seconds / 2), lambda: self._finish(
                 job, vm, HResult.VSS_WRITER_TRANSIENT, "A VSS writer reported a transient error during the copy."))

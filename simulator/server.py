@@ -52,6 +52,7 @@ class WinRMHandler(BaseHTTPRequestHandler):
         payload = self.rfile.read(length)
         with fleet.lock:
             self.host.requests += 1
+            self.host.tick()  # a restart planned on a job's timeline may have come due: then this request meets it
             down = time.monotonic() < self.host.down_until
         try:
             if down:

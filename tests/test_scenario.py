@@ -112,10 +112,13 @@ def test_the_fault_table_in_the_docs_is_the_registry():
 def test_each_layer_is_given_only_the_kinds_that_strike_there():
     from simulator import faults
 
-    assert faults.striking(faults.HOST, "copy") == ("vss_transient", "target_full")
-    assert faults.striking(faults.COMMAND, "snapshot") == ("job_running",)
+    assert faults.striking(faults.HOST, "copy") == ("host_reboot", "vss_transient", "target_full")
+    assert faults.striking(faults.COMMAND, "snapshot") == ("job_running", "vm_removed")
     assert faults.striking(faults.HOST, "verify") == ()
     assert set(faults.striking(faults.PROTOCOL, "verify")) == {"connection_drop", "slow", "soap_fault", "auth_fail", "host_reboot"}
+    # a restart during the job's phases is the host's own moment, planned on the job's timeline; at a command elsewhere
+    assert faults.striking(faults.HOST, "merge") == ("host_reboot", "merge_stuck")
+    assert "host_reboot" not in faults.striking(faults.PROTOCOL, "copy")
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
@@ -14,6 +14,7 @@ from hyperv_backup.operators import outcome
 from hyperv_backup.record import BackupStatus, parse_time
 from hyperv_backup.steps import BackupSteps, RunKey
 
+from simulator.host import MERGE_SECONDS
 from tests.conftest import first_trigger_event, use_connection, winrm_connection
 
 
@@ -141,20 +142,25 @@ def test_merge_stuck_leaves_the_recovery_checkpoint(start_fleet, monkeypatch):
     assert status["vm"]["disks"][0]["path"].endswith(".avhdx")
 
 
-def test_host_reboot_in_the_merge_makes_the_job_vanish_and_the_merge_resume_after_the_boot(start_fleet, monkeypatch):
-    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "host_reboot", "at": "merge"}], guest_vss="missing",
-                           speed=60)  # slow enough that a poll lands in the 15-second merge
+@pytest.mark.parametrize("speed", [60, 1200])
+def test_host_reboot_in_the_merge_makes_the_job_vanish_and_the_merge_resume_after_the_boot(start_fleet, monkeypatch, speed):
+    """The restart is the host's own moment, halfway through the merge, also where the merge's 15 host seconds are a
+    hundredth of a real second (1200x) and no poll lands in it: the next request meets the restarted host."""
+    running, hook = _fleet(start_fleet, monkeypatch, [{"kind": "host_reboot", "at": "merge"}], guest_vss="missing", speed=speed)
     vm_id, _ = _start(hook)
     with pytest.raises(TransientHostError, match="connection lost"):
         for _ in range(200):  # poll through the snapshot into the merge, where the host restarts
             hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id)
-            time.sleep(0.02)
+            time.sleep(0.02 * 60 / speed)
     status = _wait(hook, vm_id)  # the host answers again after its pause
     assert status["job"]["job_state"] == "Failed" and status["boot_time_utc"] > status["job"]["start_time_utc"]
     assert status["vm"]["checkpoints"] == []  # WSB had removed the Recovery checkpoint; its .avhdx was merging
     status = _wait(hook, vm_id, until=lambda s: not s["vm"]["disks"][0]["path"].endswith(".avhdx"))
-    events = [line["event"] for line in running.journal()]
+    journal = running.journal()
+    events = [line["event"] for line in journal]
     assert "job_vanished" in events and events.index("merge_finished") > events.index("host_reboot")
+    at = {line["event"]: datetime.fromisoformat(line["at"].replace("Z", "+00:00")) for line in journal}
+    assert at["host_reboot"] - at["checkpoint_removed"] == timedelta(seconds=MERGE_SECONDS / 2)  # the merge began there
 
 
 def test_a_job_that_never_ends_is_given_up_at_its_limit_in_host_time_and_left_running(start_fleet, monkeypatch):

@@ -387,18 +387,17 @@ class BackupSteps:
             return decision.job.to_json() | record.sighting(seen)
         if ours:  # ours ended and failed: a Recovery checkpoint it left (a restart cut it) goes, whatever comes next
             self._remove_our_recovery_checkpoints(status, ours[0].start)
+        so_far = {"attempts": len(ours) or None, "host_restarted": decision.restarted or None}  # whatever comes next
         if decision.action == record.Action.FAILED:
-            raise self.fail(decision.reason, attempts=len(ours) or None, host_restarted=decision.restarted or None,
-                            job_finished_at=decision.job.end if decision.job else None)
+            raise self.fail(decision.reason, job_finished_at=decision.job.end if decision.job else None, **so_far)
+        closed = f"{decision.reason}; no new job was started because the backup window {window} has closed (the VM goes first next time)"
         if last_start is not None and status.clock > last_start:
-            raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
-                            "(the VM goes first next time)")
+            raise self.fail(closed, **so_far)
         if decision.action != record.Action.WAIT_HOST:
             try:
                 started = self._try_start(probe["vm_id"], status.clock, last_start, window)
             except NotThisTime:
-                raise self.fail(f"{decision.reason}; no new job was started because the backup window {window} has closed "
-                                "(the VM goes first next time)") from None
+                raise self.fail(closed, **so_far) from None
             if started:
                 self.log.info("%s: new Windows Server Backup job (attempt %d): %s", self.run.vm_name, len(ours) + 1, decision.reason)
                 return self.advance(probe, last_start, window)  # follow the new job (its start is the host's)
