@@ -155,7 +155,7 @@ def test_a_job_with_no_recorded_end_is_drawn_open_and_the_legend_shows_only_what
 
 
 def test_a_host_that_could_not_be_reached_is_told_once_with_the_vms_it_kept_from_their_backup():
-    unreachable = "HV02: connection lost (refused, cut or timed out). check that the host is up"
+    unreachable = "HV02: connection lost (refused, cut or timed out); check that the host is up"
     built = build([row("HV01", "DC01"), row("HV01", "SQL01", status="failed", error="0x80070070 target full", host_fault=False),
                    *(row("HV02", vm, status="failed", error=unreachable, host_fault=True, minutes=0) for vm in ("FS01", "WEB01"))])
     assert built.summary.subject == "Hyper-V backups 2026-11-23: 1/4 succeeded, 3 failed, HV02 failed as a whole (2 VMs), 3 VMs past RPO"

@@ -113,12 +113,13 @@ def test_no_backups_gives_an_empty_list():
 
 
 def test_a_hosts_error_reads_as_one_sentence_then_the_advice():
-    """The host's own message often ends with a period (PowerShell's do): the advice follows it, with no second one."""
+    """The host's own message often ends with a period (PowerShell's do): the advice, written to follow a sentence,
+    goes on it after a semicolon, never as a sentence of its own that starts in lower case."""
     from hyperv_backup.errors import classify_script_error
 
     gone = classify_script_error("HV01", "Get-HvbVMBackupStatus", {
         "message": 'Hyper-V was unable to find a virtual machine with ID "02C7".', "category": "ObjectNotFound"})
-    assert str(gone) == ('HV01 (Get-HvbVMBackupStatus): Hyper-V was unable to find a virtual machine with ID "02C7". '
+    assert str(gone) == ('HV01 (Get-HvbVMBackupStatus): Hyper-V was unable to find a virtual machine with ID "02C7"; '
                          "check that the VM and the backup target still exist on the host")
     bare = classify_script_error("HV01", "Start-HvbVMBackup", {"message": "no such target", "category": "ObjectNotFound"})
-    assert str(bare).startswith("HV01 (Start-HvbVMBackup): no such target. check")
+    assert str(bare).startswith("HV01 (Start-HvbVMBackup): no such target; check")

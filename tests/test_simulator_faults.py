@@ -204,8 +204,7 @@ def test_a_host_error_met_in_a_trigger_is_recorded_in_a_workers_words(start_flee
     with pytest.raises(AirflowFailException) as failed, outcome(steps):
         raise_for_event(steps, event)
     error = catalog.row(engine, steps.run.key())["error"]
-    assert error == str(failed.value) == "HV01 (Get-HvbVMBackupStatus): " + event["message"] + (
-        "" if event["message"].endswith(".") else ".") + " " + event["advice"], (error, event)
+    assert error == str(failed.value) == "HV01 (Get-HvbVMBackupStatus): " + event["message"].rstrip(".") + "; " + event["advice"], (error, event)
     assert "unable to find a virtual machine" in error and error.count("HV01") == 1
     assert running.state()["hosts"][0]["open_shells"] == 0
 

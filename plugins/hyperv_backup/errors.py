@@ -16,7 +16,8 @@ class HostError(Exception):
     def __init__(self, host: str, message: str, advice: str = "", script: str | None = None, cause: str | None = None):
         self.host, self.message, self.advice, self.script, self.cause = host, message, advice, script, cause
         where = f"{host}" + (f" ({script})" if script else "")
-        super().__init__(f"{where}: {message}" + (f"{'' if message.endswith('.') else '.'} {advice}" if advice else ""))
+        # the advice goes on the message's sentence ("...; check that ..."): it is written to follow one
+        super().__init__(f"{where}: {message.rstrip('.')}; {advice}" if advice else f"{where}: {message}")
 
     @property
     def host_wide(self) -> bool:
