@@ -171,6 +171,15 @@ def until_done(steps, vm_id: str, step, conn_id: str = "hv", poll: float = 0.05)
             os.environ[key] = before
 
 
+def hv01_steps(engine, vm_name: str = "VM1", run_id: str = "manual__1", target: str = "E:", **options):
+    """BackupSteps for one VM of the tests' one-host fleets (host HV01, connection `hv`), polling every 0.05 s."""
+    from hyperv_backup.hooks import HyperVHook
+    from hyperv_backup.steps import BackupSteps, RunKey
+
+    return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", run_id, None, None, "HV01", vm_name), target,
+                       poll_seconds=0.05, **options)
+
+
 def like_a_task(steps, step, retries: int = 3, retry_delay: float = 1.5):
     """`step()` as an Airflow task runs it: tried again on a transient error, `retries` times, `retry_delay` apart,
     each failed try recorded as the task's end records it (BackupSteps.failed_try)."""

@@ -16,12 +16,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from hyperv_backup import catalog
 from hyperv_backup.errors import HostError
 from hyperv_backup.facts import STEPS
-from hyperv_backup.hooks import HyperVHook
 from hyperv_backup.operators import outcome
-from hyperv_backup.steps import BackupSteps, RunKey
 
 from simulator.faults import KINDS
-from tests.conftest import backup_like_the_dag, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, hv01_steps, use_connection, winrm_connection
 
 USER_CHECKPOINT = {"name": "before-patch", "type": "Standard"}
 CURABLE = {"connection_drop", "slow", "soap_fault", "host_reboot", "vss_transient", "job_running"}
@@ -42,8 +40,7 @@ CASES = [(kind, step, "2019", "ssl") for kind, step in STRUCK] + \
 
 def _backup(engine, vm_name):
     """One VM's backup; a failure that ends it is recorded as a task's end records it (`outcome`), and returned."""
-    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", vm_name), "E:",
-                        poll_seconds=0.05)
+    steps = hv01_steps(engine, vm_name)
     try:
         with outcome(steps):
             return backup_like_the_dag(steps)  # retried 1.5 s apart: longer than a restart (3 real seconds) takes

@@ -20,7 +20,7 @@ from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_
 from hyperv_backup.rules import missing_version
 from hyperv_backup.steps import BackupSteps, RunKey
 
-from tests.conftest import backup_like_the_dag, through_the_copy, until_done, use_connection, winrm_connection
+from tests.conftest import backup_like_the_dag, hv01_steps, through_the_copy, until_done, use_connection, winrm_connection
 
 T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=40)
@@ -157,10 +157,8 @@ def _fleet(start_fleet, monkeypatch, os_version, faults, guest_vss="ok", speed=6
 
 
 def _backup(engine, vm_name):
-    run = RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", vm_name)
-    steps = BackupSteps(HyperVHook("hv"), engine, run, "E:", poll_seconds=0.05)
     try:
-        return backup_like_the_dag(steps)
+        return backup_like_the_dag(hv01_steps(engine, vm_name))
     except HostError as error:
         return error
 
@@ -204,8 +202,7 @@ CURED = [  # (os, the VM's guest VSS, fault kind, at)
 
 def _scheduled_steps(engine) -> BackupSteps:
     """VM1's steps in a scheduled run: the only kind of run whose window can close."""
-    return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "scheduled__1", None, None, "HV01", "VM1"), "E:",
-                       poll_seconds=0.05)
+    return hv01_steps(engine, run_id="scheduled__1")
 
 
 def _closed_at_the_job_start(engine) -> tuple:
@@ -388,13 +385,9 @@ def test_another_vms_event_10150_is_not_this_vms_evidence(start_fleet, monkeypat
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
 
-    def steps(vm_name):
-        return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", vm_name), "E:",
-                           poll_seconds=0.05)
-
-    first = steps("VM")
+    first = hv01_steps(engine, "VM")
     probe, snap, job = through_the_copy(first)
-    assert backup_like_the_dag(steps("VM2"))["mode"] == "checkpoint"  # its own event: the guest did not take part
+    assert backup_like_the_dag(hv01_steps(engine, "VM2"))["mode"] == "checkpoint"  # its own event: the guest did not take part
     assert first.verify(probe, snap, job)["mode"] == "online"
     assert any(e["id"] == 10150 and "'VM2'" in e["message"] for h in running.state()["hosts"] for e in h["events"])
 
@@ -410,20 +403,16 @@ def test_on_a_network_share_each_vm_keeps_its_backup_in_a_folder_of_its_own(star
     """Windows Server Backup keeps one version in a network share folder, and a backup into it replaces the one before.
     Each VM's backup goes to its own folder: VM2's job, between VM1's copy and VM1's verify (dag.test runs the steps in
     no set order), leaves VM1's version alone, and both VMs succeed with one restore point. VM1's next backup replaces
-    only its own version. A backup of another kind into VM1's folder is named when it replaced VM1's."""
+    only its own version."""
     share = "\\\\nas01\\hv-backups"
     running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "backup_target": share,
                                                                "vms": [{"name": "VM1", "disk_gb": 2}, {"name": "VM:2", "disk_gb": 2}]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
 
-    def steps(vm_name, run_id="manual__1"):
-        return BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", run_id, None, None, "HV01", vm_name), share,
-                           poll_seconds=0.05)
-
-    first = steps("VM1")
+    first = hv01_steps(engine, target=share)
     probe, snap, job = through_the_copy(first)
-    assert backup_like_the_dag(steps("VM:2"))["backup_version"]
+    assert backup_like_the_dag(hv01_steps(engine, "VM:2", target=share))["backup_version"]
     assert first.verify(probe, snap, job)["backup_version"]
     rows = {r["vm_name"]: r for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id="manual__1")}
     assert [(r["status"], r["restore_points"]) for r in rows.values()] == [("succeeded", 1)] * 2
@@ -431,7 +420,7 @@ def test_on_a_network_share_each_vm_keeps_its_backup_in_a_folder_of_its_own(star
     assert folders == {"VM1": f"{share}\\VM1_{probe['vm_id'][:8].lower()}", "VM:2": folders["VM:2"]}
     assert folders["VM:2"].startswith(f"{share}\\VM_2_")  # a colon cannot be in a folder's name
 
-    assert backup_like_the_dag(steps("VM1", "manual__2"))["backup_version"]
+    assert backup_like_the_dag(hv01_steps(engine, "VM1", "manual__2", share))["backup_version"]
     after = running.state()["hosts"][0]["backup_versions"]
     assert sorted(v["vms"][0] for v in after) == ["VM1", "VM:2"] and all(v["target"] in folders.values() for v in after)
 
@@ -450,8 +439,7 @@ def test_a_share_the_hosts_winrm_session_cannot_reach_fails_the_probe_with_the_s
                                                                "backup_target": "\\\\nas01\\hv-backups", "vms": [{"name": "VM1"}]}]})
     use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
-    steps = BackupSteps(HyperVHook("hv"), engine, RunKey("hyperv_backup_hv01", "manual__1", None, None, "HV01", "VM1"),
-                        "\\\\nas02\\hv-backups", poll_seconds=0.05)
+    steps = hv01_steps(engine, target="\\\\nas02\\hv-backups")
     with pytest.raises(PermanentHostError, match="cannot reach it from a WinRM session.*trusted for delegation"):
         steps.probe()
     assert running.state()["hosts"][0]["jobs"] == []
