@@ -58,6 +58,9 @@ def test_a_share_target_says_each_vm_keeps_one_restore_point_in_its_folder():
     share = _readiness(target__kind="share", target__free_bytes=None)
     check, = [c for c in preflight.readiness("HV1", share, NOW, 0) if c.check == "backup_target"]
     assert check.status == "warn" and "a folder of its own" in check.detail and "one restore point" in check.detail
+    unreachable = _readiness(target__kind="share", target__exists=False, target__free_bytes=None)
+    check, = [c for c in preflight.readiness("HV1", unreachable, NOW, 0) if c.check == "backup_target"]
+    assert check.status == "fail" and "cannot reach it" in check.detail and "delegation" in check.fix
 
 
 def test_the_connection_checks_name_what_failed():
