@@ -91,9 +91,7 @@ def readiness(host: str, answer: dict[str, Any], now: datetime, need_bytes: int)
     target = answer["target"]
     if not target["exists"] and target["kind"] == "share":
         checks.append(Check(host, "backup_target", FAIL, f"the share {target['path']} does not exist, or this WinRM session "
-                            "cannot reach it", "check the share and that the account may write to it; a WinRM logon reaches "
-                            "another computer's share only where the host is trusted for delegation (Kerberos constrained "
-                            "delegation, or CredSSP)"))
+                            "cannot reach it", rules.SHARE_UNREACHABLE))
     elif not target["exists"]:
         checks.append(Check(host, "backup_target", FAIL, f"the backup target {target['path']} does not exist",
                             "attach the backup volume, or correct backup_target in the inventory"))

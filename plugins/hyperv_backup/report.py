@@ -22,6 +22,7 @@ from .errors import host_faults
 from .facts import Status
 from .mailer import TABLE_ROWS
 from .rpo import Exposure
+from .rules import is_share
 from .windows import Window
 
 MODES = ("online", "checkpoint", "saved", "offline")
@@ -289,7 +290,7 @@ def build(inputs: Inputs, interval: Interval, windows: dict[str, Window], rpo_ho
     vms = vm_table(rows, min_restore_points)
     hosts = window_table(vms, rows, windows)
     rpo = rpo_table(inputs.vms, interval.end, rpo_hours)
-    shares = {host: target for host, target in (targets or {}).items() if target.startswith("\\\\")}
+    shares = {host: target for host, target in (targets or {}).items() if is_share(target)}
     return Report(interval, summarize(interval, vms, hosts, rpo), vms, hosts, rpo, trend_table(inputs.days, interval.end),
                   impact_table(vms), restore_table(inputs.vms, inputs.tests, interval.end, restore_test_days or {}), shares)
 

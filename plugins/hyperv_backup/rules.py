@@ -132,6 +132,10 @@ def is_share(target: str) -> bool:
     return target.startswith("\\\\")
 
 
+SHARE_UNREACHABLE = ("check that the share exists and that the account may write to it; a WinRM logon reaches another "
+                     "computer's share only where the host is trusted for delegation (Kerberos constrained delegation, or CredSSP)")
+
+
 def folder_name(name: str) -> str:
     """`name` as a Windows folder's name: what Windows forbids in a file name (a VM's name may hold `:` or `?`)
     becomes `_`, and a trailing dot or space (which Windows drops) goes."""
@@ -146,7 +150,8 @@ def backup_location(target: str, vm_name: str, vm_id: str) -> str:
     two names that read alike once cleaned, or a VM named CON, still get folders of their own."""
     if not is_share(target):
         return target
-    return f"{target.rstrip(chr(92))}\\{folder_name(vm_name)}_{vm_id[:8].lower()}"
+    share = target.rstrip("\\")
+    return f"{share}\\{folder_name(vm_name)}_{vm_id[:8].lower()}"
 
 
 def missing_version(vm_name: str, location: str, since_ours: list[dict[str, Any]]) -> str:

@@ -234,10 +234,9 @@ class BackupSteps:
                 f"Remove-VMSnapshot -VMName '{vm['name']}' -Name <name> and let Hyper-V merge, then rerun", **values)
         size = sum(int(d.get("size_bytes") or 0) for d in vm["disks"])
         if not result["target"]["exists"]:
-            raise self.fail(f"the backup target {self.target} does not exist on {self.run.host}" + (
-                f", or {self.run.host} cannot reach it from a WinRM session: check that the share exists and that the "
-                "account may write to it; a WinRM logon reaches another computer's share only where the host is trusted "
-                "for delegation (Kerberos constrained delegation, or CredSSP)" if rules.is_share(self.target) else ""), **values)
+            unreachable = f", or {self.run.host} cannot reach it from a WinRM session: {rules.SHARE_UNREACHABLE}"
+            raise self.fail(f"the backup target {self.target} does not exist on {self.run.host}"
+                            + (unreachable if rules.is_share(self.target) else ""), **values)
         free = result["target"]["free_bytes"]  # None: a share whose free space the host could not read
         if free is not None and free < size:
             free_gb, need_gb = free / 1024**3, size / 1024**3
