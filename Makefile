@@ -62,7 +62,7 @@ compose:
 
 test: venv browser postgres redis compose
 	$(PY) -m ruff check dags plugins include simulator tests bench
-	$(PY) -m pytest -q --durations=25 tests  # the slowest 25 printed: where the suite's 30 minutes go
+	$(PY) -m pytest -q -n 2 --durations=25 tests  # in two lanes (tests/conftest.py); the slowest 25 printed
 
 bench: venv
 	$(PY) -m bench.pipeline
