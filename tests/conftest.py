@@ -28,7 +28,7 @@ from simulator import harness  # noqa: E402
 # schedule's fires, a window's end) and the long end-to-end runs, about as long together as the rest; meanwhile the
 # machine's two cores work for the other lane. Without `-n` the lanes mean nothing.
 SECOND_LANE = frozenset({"test_outage_backfill.py", "test_rpo_alerts.py", "test_audit_approval.py", "test_demo_cluster.py",
-                         "test_demo_restore.py", "test_end_to_end.py"})
+                         "test_demo_restore.py", "test_end_to_end.py", "test_long_night.py"})
 
 
 def pytest_xdist_make_scheduler(config, log):
