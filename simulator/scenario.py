@@ -150,14 +150,12 @@ class HostSpec(BaseModel):
     @field_validator("vms")
     @classmethod
     def _vms_fit_the_host(cls, vms: list[VMSpec], info: ValidationInfo) -> list[VMSpec]:
-        os_version, seen = info.data.get("os", "2022"), set()
+        """Two VMs may share a name, as on Hyper-V (an imported copy keeps its source's): a VM is its id."""
+        os_version = info.data.get("os", "2022")
         for index, vm in enumerate(vms):
             if vm.generation == 2 and not at_least(os_version, "2012 R2"):
                 raise error_at((index,), f"VM {vm.name!r} is generation 2, which needs a host of 2012 R2 or newer "
                                          f"(host {info.data.get('name')} is {os_version})")
-            if vm.name.lower() in seen:
-                raise error_at((index,), f"VM name {vm.name!r} appears twice on host {info.data.get('name')}")
-            seen.add(vm.name.lower())
         return vms
 
 

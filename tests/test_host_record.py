@@ -16,6 +16,7 @@ from hyperv_backup import catalog
 from hyperv_backup.errors import HostError, PermanentHostError
 from hyperv_backup.facts import HostEvent, HResult
 from hyperv_backup.hooks import HyperVHook
+from hyperv_backup.inventory import parse_inventory
 from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_during, ours, parse_time, timings
 from hyperv_backup.rules import missing_version
 from hyperv_backup.steps import BackupSteps, RunKey
@@ -423,6 +424,28 @@ def test_on_a_network_share_each_vm_keeps_its_backup_in_a_folder_of_its_own(star
     assert backup_like_the_dag(hv01_steps(engine, "VM1", "manual__2", share))["backup_version"]
     after = running.state()["hosts"][0]["backup_versions"]
     assert sorted(v["vms"][0] for v in after) == ["VM1", "VM:2"] and all(v["target"] in folders.values() for v in after)
+
+
+def test_vms_that_share_a_name_fail_once_with_what_to_rename_and_a_name_in_another_case_is_another_vm(start_fleet, monkeypatch,
+                                                                                                    tmp_path):
+    """Hyper-V lets two VMs share a name (an imported copy keeps its source's); a backup by that name would be
+    ambiguous. The run takes the name once, and its probe fails it with what to do, in one row. `twin` is another
+    VM (names match case and all, as the probe compares them) and is backed up."""
+    running = start_fleet({"seed": 3, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "transport": "ssl", "vms": [
+        {"name": "Twin", "disk_gb": 1}, {"name": "Twin", "disk_gb": 1}, {"name": "twin", "disk_gb": 1}]}]})
+    use_connection(monkeypatch, "hv", winrm_connection(running.endpoints["HV01"], running.ca_path))
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    listed = [vm["name"] for vm in HyperVHook("hv").run_script("Get-HvbHostVMs")["vms"]]
+    entry = parse_inventory("hosts:\n  - name: HV01\n    connection: hv\n", "inventory.yaml").hosts[0]
+    assert sorted(listed) == ["Twin", "Twin", "twin"] and entry.selected(listed) == ["Twin", "twin"]
+
+    with pytest.raises(PermanentHostError, match="2 VMs are named 'Twin' on HV01: rename one so the backup is unambiguous"):
+        hv01_steps(engine, "Twin").probe()
+    assert backup_like_the_dag(hv01_steps(engine, "twin"))["backup_version"]
+    rows = sorted((r["vm_name"], r["status"]) for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id="manual__1"))
+    assert rows == [("Twin", "failed"), ("twin", "succeeded")]
+    state = running.state()["hosts"][0]
+    assert [v["vms"] for v in state["backup_versions"]] == [["twin"]] and state["max_concurrent_jobs"] == 1
 
 
 def test_a_version_replaced_in_the_vms_own_share_folder_names_the_backup_that_replaced_it():

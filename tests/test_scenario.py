@@ -37,7 +37,6 @@ def test_only_name_is_required():
          r"line 5: `kind` is 'gremlins'"),
         ("hosts:\n  - name: HV01\n    vms:\n      - name: A\n        disk_gb: -1\n", r"line 5: `disk_gb` is '-1'; input should be greater than or equal to 0.001"),
         ("hosts:\n  - {name: HV01}\n  - {name: hv01}\n", r"host name\(s\) given more than once: HV01"),
-        ("hosts:\n  - name: HV01\n    vms: [{name: A}, {name: a}]\n", r"VM name 'a' appears twice"),
         ("hosts: [\n", r"not valid YAML"),
         ("hosts:\n  - name: HV01\n    backup_target: E:\n", r"such as the drive E:, must be quoted"),
         ("hosts:\n  - name: HV01\n    faults:\n      - {kind: target_full, at: probe}\n",

@@ -88,11 +88,13 @@ class HostEntry(BaseModel):
     def selected(self, names: list[str], last_good: dict[str, datetime] | None = None) -> list[str]:
         """The VM names this entry backs up, in the order their jobs should run.
 
-        Names match the host's VMs exactly (as Hyper-V does, case and all); patterns are fnmatch.
+        Names match the host's VMs exactly (case and all, as the probe matches them); patterns are fnmatch.
         Order: highest priority first, then the oldest last good backup (never backed up first),
-        then the name, so VMs a closed window deferred go first next time.
+        then the name, so VMs a closed window deferred go first next time. Each name once: Hyper-V lets
+        two VMs share a name (an imported copy keeps its source's), and the probe fails that name once,
+        with the VMs to rename, rather than twice under one catalog row.
         """
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.vms or ["*"])
+        chosen = [n for n in dict.fromkeys(names) if any(fnmatch.fnmatchcase(n, p) for p in self.vms or ["*"])
                   and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
                   and not n.startswith(RESTORE_COPY_PREFIX)]  # a restore test's copy is never the fleet's
         last_good = last_good or {}
