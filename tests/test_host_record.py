@@ -439,7 +439,8 @@ def test_vms_that_share_a_name_fail_once_with_what_to_rename_and_a_name_in_anoth
     entry = parse_inventory("hosts:\n  - name: HV01\n    connection: hv\n", "inventory.yaml").hosts[0]
     assert sorted(listed) == ["Twin", "Twin", "twin"] and entry.selected(listed) == ["Twin", "twin"]
 
-    with pytest.raises(PermanentHostError, match="2 VMs are named 'Twin' on HV01: rename one so the backup is unambiguous"):
+    twins = [vm["id"] for vm in running.state()["hosts"][0]["vms"] if vm["name"] == "Twin"]
+    with pytest.raises(PermanentHostError, match=rf"2 VMs are named 'Twin' on HV01 \(ids {twins[0]}, {twins[1]}\): rename one \(Rename-VM\)"):
         hv01_steps(engine, "Twin").probe()
     assert backup_like_the_dag(hv01_steps(engine, "twin"))["backup_version"]
     rows = sorted((r["vm_name"], r["status"]) for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id="manual__1"))

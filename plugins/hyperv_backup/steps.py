@@ -218,7 +218,8 @@ class BackupSteps:
         if not vms:
             raise self.fail(f"no VM named {self.run.vm_name!r} on {self.run.host}: check the inventory")
         if len(vms) > 1:
-            raise self.fail(f"{len(vms)} VMs are named {self.run.vm_name!r} on {self.run.host}: rename one so the backup is unambiguous")
+            raise self.fail(f"{len(vms)} VMs are named {self.run.vm_name!r} on {self.run.host} (ids {', '.join(vm['id'] for vm in vms)}): "
+                            "rename one (Rename-VM) so the backup is unambiguous")
         vm = vms[0]
         prediction = rules.predict_mode(os_version, vm)
         values = {"vm_id": vm["id"], "predicted_mode": prediction.mode.value, "mode_reasons": json.dumps(prediction.reasons)}
