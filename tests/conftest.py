@@ -25,10 +25,12 @@ from simulator import harness  # noqa: E402
 
 # `make test` runs the suite in two lanes at once (`pytest -n 2`: pytest-xdist's two workers), each in the suite's
 # order: these files in one, every other file in the other. They are the stories that mostly wait on real minutes (a
-# schedule's fires, a window's end) and the long end-to-end runs, about as long together as the rest; meanwhile the
-# machine's two cores work for the other lane. Without `-n` the lanes mean nothing.
+# schedule's fires, a window's end), the long end-to-end runs, and every user of the session's `demo` (a lane's
+# session fixtures are its own: in both lanes the demo would run twice); about as long together as the rest, while
+# the machine's two cores work for the other lane. Without `-n` the lanes mean nothing.
 SECOND_LANE = frozenset({"test_outage_backfill.py", "test_rpo_alerts.py", "test_audit_approval.py", "test_demo_cluster.py",
-                         "test_demo_restore.py", "test_end_to_end.py", "test_long_night.py"})
+                         "test_demo_restore.py", "test_end_to_end.py", "test_long_night.py", "test_fleet_page.py",
+                         "test_report_delivery.py"})
 
 
 def pytest_xdist_make_scheduler(config, log):
