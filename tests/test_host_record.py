@@ -467,3 +467,36 @@ def test_a_share_the_hosts_winrm_session_cannot_reach_fails_the_probe_with_the_s
     with pytest.raises(PermanentHostError, match="cannot reach it from a WinRM session.*trusted for delegation"):
         steps.probe()
     assert running.state()["hosts"][0]["jobs"] == []
+
+
+def test_a_vm_deleted_from_the_host_is_retired_by_the_next_run_and_leaves_the_rpo(start_fleet, tmp_path):
+    """The backup DAG twice (dag.test, the real client): B is deleted during the first run (after its probe) and
+    fails there; the second run's select_vms no longer finds it on the host and retires it, in one `skipped` row
+    that says so, and the run succeeds. From then on B is no one's RPO (the watch and the fleet page read
+    latest_per_vm); A, still on the host, is backed up both nights."""
+    import json
+    import os
+    from pathlib import Path
+
+    from tests.conftest import dag_test
+
+    running = start_fleet({"seed": 4, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "vms": [
+        {"name": "A", "disk_gb": 1}, {"name": "B", "disk_gb": 1, "faults": [{"kind": "vm_removed", "at": "probe"}]}]}]})
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(json.dumps({"hosts": [{"name": "HV01", "connection": "winrm_hv01", "backup_target": "E:"}]}))
+    catalog_path = tmp_path / "catalog.sqlite"
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
+               AIRFLOW__HYPERV_BACKUP__POLL_SECONDS="0.1", AIRFLOW__HYPERV_BACKUP__RETRIES="0",
+               AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(catalog_path)}),
+               AIRFLOW_CONN_WINRM_HV01=winrm_connection(running.endpoints["HV01"], running.ca_path))
+    dags = Path(__file__).resolve().parent.parent / "dags"
+    states = [dag_test(dags, "hyperv_backup_hv01", env).stdout.splitlines()[-1] for _ in range(2)]
+    assert states == ["STATE failed", "STATE success"]
+
+    engine = catalog.engine_for(f"sqlite:///{catalog_path}")
+    runs = sorted({r["run_id"] for r in catalog.rows(engine)})
+    nights = [{r["vm_name"]: r for r in catalog.rows(engine, dag_id="hyperv_backup_hv01", run_id=run)} for run in runs]
+    assert [(n["A"]["status"], n["B"]["status"]) for n in nights] == [("succeeded", "failed"), ("succeeded", "skipped")]
+    assert nights[1]["B"]["retired"] and nights[1]["B"]["error"].startswith("no longer on HV01: its VM list no longer has it")
+    assert not nights[1]["A"]["retired"] and catalog.standing(engine, "HV01") == ["A"]
+    assert [r["vm_name"] for r in catalog.latest_per_vm(engine)] == ["A"]

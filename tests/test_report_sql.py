@@ -169,6 +169,48 @@ def test_the_upsert_is_one_statement_and_keeps_what_it_was_not_given(catalog_url
         catalog.upsert(engine, key, {"status": "done"}, datetime(2026, 11, 23, 3, tzinfo=UTC))
 
 
+def test_a_vm_the_host_no_longer_lists_is_retired_from_the_rpo_until_it_comes_back(catalog_url):
+    """B was backed up on the first night and deleted before the second, whose select_vms retired it (one `skipped` row
+    with `retired`): no longer followed by the RPO watch and the fleet page (latest_per_vm) nor by the report's RPO
+    table (last_good_per_vm), where it would be past its RPO every day for good; its rows stay. Listed again (a VM
+    of that name restored or re-created), its next row brings it back. C, never backed up and retired, goes too."""
+    engine = catalog.engine_for(catalog_url)
+    nights = [datetime(2026, 11, day, 22, tzinfo=UTC) for day in (20, 21, 22)]
+
+    def row(night: int, vm: str, **values) -> None:
+        key = {"dag_id": "hyperv_backup_hv01", "run_id": f"scheduled__{nights[night]:%Y-%m-%d}", "host": "HV01", "vm_name": vm}
+        catalog.upsert(engine, key, {"interval_end": nights[night]} | values, nights[night])
+
+    for vm in ("A", "B"):
+        row(0, vm, status="succeeded", job_started_at=nights[0])
+    row(0, "C", status="failed", error="0x80070070")
+    row(1, "A", status="succeeded", job_started_at=nights[1])
+    for vm in ("B", "C"):
+        row(1, vm, status="skipped", retired=True, error="no longer on HV01")
+    at = nights[1] + timedelta(hours=30)
+    assert catalog.standing(engine, "HV01") == ["A"]
+    assert [r["vm_name"] for r in catalog.latest_per_vm(engine)] == ["A"]
+    assert list(catalog.last_good_per_vm(engine, at)["vm_name"]) == ["A"]
+    assert sorted(catalog.last_good_per_vm(engine, nights[1])["vm_name"]) == ["A", "B", "C"]  # before it was retired
+    assert len(catalog.rows(engine)) == 6
+
+    row(2, "B", status="running")  # listed again: probed in the next run
+    assert catalog.standing(engine, "HV01") == ["A", "B"]
+    latest = {r["vm_name"]: r for r in catalog.latest_per_vm(engine)}
+    assert sorted(latest) == ["A", "B"] and latest["B"]["last_good"].replace(tzinfo=UTC) == nights[0]
+
+
+def test_only_a_vm_selected_by_a_pattern_is_retired_when_the_host_no_longer_lists_it():
+    from hyperv_backup.inventory import parse_inventory
+
+    entry = parse_inventory("hosts:\n  - name: HV01\n    connection: c\n    vms: ['SQL*', DC01]\n    exclude: [SQL-TEST]\n",
+                            "inventory.yaml").hosts[0]
+    standing = ["DC01", "SQL01", "SQL02", "SQL-TEST", "WEB01"]
+    # DC01 is named outright: its probe says it is missing, night after night; SQL-TEST and WEB01 are not this entry's
+    assert entry.vanished(standing, ["SQL02"]) == ["SQL01"]
+    assert entry.vanished(standing, ["DC01", "SQL01", "SQL02"]) == []
+
+
 def test_the_mail_ledger_answers_many_keys_in_one_query_and_records_a_mail_all_or_nothing():
     engine = catalog.engine_for("sqlite://")
     now = datetime(2026, 11, 25, tzinfo=UTC)

@@ -75,6 +75,7 @@ vm_backups = Table(
     Column("restore_points", Integer),  # backup versions holding the VM on its target after this backup (the host's list)
     Column("oldest_restore_point", DateTime(timezone=True)),  # the oldest of them
     Column("claimed_from", DateTime(timezone=True)),  # host time: this row asked for a job then; see start_claimed
+    Column("retired", Boolean),  # the host no longer listed the VM (this run's select_vms): see standing
     Column("updated_at", DateTime(timezone=True)),
     UniqueConstraint(*KEY, name="uq_vm_backups_run_vm"),
 )
@@ -150,6 +151,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (5, ()),  # the restore_tests table (created with the tables added since)
     (6, ("host_fault",)),
     (7, ("claimed_from",)),
+    (8, ("retired",)),
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 
@@ -286,15 +288,34 @@ def record_restore_test(engine: Engine, key: dict[str, Any], values: dict[str, A
         db.execute(statement.on_conflict_do_update(index_elements=list(KEY), set_=values | {"updated_at": now}))
 
 
+def _newest_ids(*where):
+    """Each VM's newest row's id (a row is inserted by the run it belongs to, so a later run's row has a larger id)."""
+    return select(func.max(vm_backups.c.id).label("id")).where(*where).group_by(vm_backups.c.host, vm_backups.c.vm_name)
+
+
+def standing(engine: Engine, host: str) -> list[str]:
+    """The VMs of a host that the catalog still follows: every VM with a row whose newest row is not its retirement.
+
+    A VM the host no longer lists (deleted, or renamed: Hyper-V keeps no record of either that a backup could read)
+    is retired by the next run's select_vms, in one `skipped` row with `retired` set. From then on it is no one's
+    RPO: the RPO watch, the report's RPO table and the fleet page leave it out, where it would otherwise be past its
+    RPO every day for good. Its rows and its backups stay. If the host lists it again, its next row brings it back."""
+    query = select(vm_backups.c.vm_name).where(vm_backups.c.id.in_(_newest_ids(vm_backups.c.host == host)),
+                                               vm_backups.c.retired.is_not(True)).order_by(vm_backups.c.vm_name)
+    with engine.connect() as db:
+        return list(db.scalars(query))
+
+
 def latest_per_vm(engine: Engine) -> list[dict[str, Any]]:
     """Each VM's newest row (its last backup, or the one under way), with its newest successful job start as
-    `last_good`: the fleet page's facts, two grouped reads whatever the catalog's size."""
-    newest = select(func.max(vm_backups.c.id).label("id")).group_by(vm_backups.c.host, vm_backups.c.vm_name).subquery()
+    `last_good`: the fleet page's and the RPO watch's facts, two grouped reads whatever the catalog's size. A
+    retired VM (`standing`) is left out."""
+    newest = _newest_ids().subquery()
     good = (select(vm_backups.c.host, vm_backups.c.vm_name, func.max(vm_backups.c.job_started_at).label("last_good"))
             .where(vm_backups.c.status == Status.SUCCEEDED).group_by(vm_backups.c.host, vm_backups.c.vm_name).subquery())
     query = (select(vm_backups, good.c.last_good).join(newest, vm_backups.c.id == newest.c.id)
              .outerjoin(good, (good.c.host == vm_backups.c.host) & (good.c.vm_name == vm_backups.c.vm_name))
-             .order_by(vm_backups.c.host, vm_backups.c.vm_name))
+             .where(vm_backups.c.retired.is_not(True)).order_by(vm_backups.c.host, vm_backups.c.vm_name))
     with engine.connect() as db:
         return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()} for row in db.execute(query)]
 
@@ -453,13 +474,16 @@ def interval_rows(engine: Engine, start: datetime, end: datetime):
 
 
 def last_good_per_vm(engine: Engine, at: datetime):
-    """Every VM with a row due before `at`, with its newest successful job start before `at` (NaT: none yet)."""
+    """Every VM with a row due before `at`, with its newest successful job start before `at` (NaT: none yet); not a
+    VM whose newest such row retired it (`standing`)."""
     import pandas as pd
 
     good = (vm_backups.c.status == Status.SUCCEEDED) & (vm_backups.c.job_started_at < _as_utc(at))
+    retirement = func.max(case((vm_backups.c.retired.is_(True), vm_backups.c.id)))
     query = (select(vm_backups.c.host, vm_backups.c.vm_name,
                     func.max(case((good, vm_backups.c.job_started_at))).label("last_good"))
-             .where(DUE < _as_utc(at)).group_by(vm_backups.c.host, vm_backups.c.vm_name))
+             .where(DUE < _as_utc(at)).group_by(vm_backups.c.host, vm_backups.c.vm_name)
+             .having((retirement.is_(None)) | (retirement != func.max(vm_backups.c.id))))
     with engine.connect() as db:
         return pd.read_sql(query, db)
 

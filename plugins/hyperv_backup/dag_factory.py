@@ -78,8 +78,13 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
             except HostError as error:
                 _host_failed(error)
                 raise
-            named = [v for v in entry.vms if v not in entry.patterns and v not in listed]  # probe records them as missing
-            chosen = entry.selected(listed + named, catalog.last_good(settings.catalog_engine(), host))
+            engine = settings.catalog_engine()
+            named = [v for v in entry.named if v not in listed]  # probe records them as missing
+            for name in entry.vanished(catalog.standing(engine, host), listed):
+                _steps(name).record(status=Status.SKIPPED, retired=True, error=(
+                    f"no longer on {host}: its VM list no longer has it (deleted, or renamed); its backups stay on {target}, "
+                    "and it leaves the RPO watch and the fleet page until the host lists it again"))
+            chosen = entry.selected(listed + named, catalog.last_good(engine, host))
             wanted = params.get("vms") or []
             unknown = sorted(set(wanted) - set(chosen))
             if unknown:
@@ -91,7 +96,8 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
         def _host_failed(error: HostError) -> None:
             """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why, in the
             error's own words (unreachable, refused credentials, untrusted certificate are different fixes)."""
-            known = set(catalog.last_good(settings.catalog_engine(), host)) | {v for v in entry.vms if v not in entry.patterns}
+            engine = settings.catalog_engine()  # a retired VM is not the host's any more
+            known = (set(catalog.last_good(engine, host)) & set(catalog.standing(engine, host))) | set(entry.named)
             for vm_name in sorted(known):
                 _steps(vm_name).record(status=Status.FAILED, error=f"the host's VMs could not be listed: {error}", host_fault=True)
 

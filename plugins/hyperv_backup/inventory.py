@@ -79,6 +79,18 @@ class HostEntry(BaseModel):
     def patterns(self) -> list[str]:
         return [p for p in self.vms or ["*"] if any(ch in p for ch in "*?[")]
 
+    @property
+    def named(self) -> list[str]:
+        """The VMs the entry names outright (not by a pattern): each is probed, and recorded missing while the host lacks it."""
+        return [v for v in self.vms if v not in self.patterns]
+
+    def vanished(self, standing: list[str], listed: list[str]) -> list[str]:
+        """The VMs to retire (catalog.standing): those the catalog still follows (`standing`) that this entry selects by a
+        pattern and the host no longer lists (`listed`). A VM the entry names is not retired: its probe says it is missing,
+        until the inventory changes."""
+        here = set(listed)
+        return [name for name in self.selected([n for n in standing if n not in here]) if name not in self.named]
+
     def allowed_modes(self, vm_name: str) -> list[Mode] | None:
         """The modes `require` allows this VM's backup to be taken in (every pattern that matches it applies: the
         modes all of them allow), or None when no pattern names it (any mode)."""
