@@ -164,6 +164,17 @@ def test_the_alerts_the_fleet_page_and_the_report_agree_where_the_rpo_runs_out()
         assert [e.vm_name for e in rpo.breaches(latest, {"HV01": 24.0}, when)] == (["A"] if past else [])
 
 
+def test_the_rpo_is_followed_only_for_what_the_inventory_still_backs_up():
+    """A host taken out of the inventory, or a VM its entry no longer selects, is no one's RPO: the watch, the report's
+    RPO and restore tables and the fleet page read the catalog's rows through inventory.followed."""
+    from hyperv_backup.inventory import followed, parse_inventory
+
+    hosts = parse_inventory("hosts:\n  - name: HV01\n    connection: c\n    exclude: ['OLD*']\n", "inventory.yaml").hosts
+    rows = [_latest("A", NOW), _latest("OLD1", None), _latest("B", NOW, host="HV99"), _latest("N", None)]
+    assert [(r["host"], r["vm_name"]) for r in followed(hosts, rows)] == [("HV01", "A"), ("HV01", "N")]
+    assert followed([], rows) == []
+
+
 def test_a_fleet_past_its_rpo_is_mailed_as_the_most_exposed_vms_and_a_count_of_the_others():
     from hyperv_backup import mailer
 

@@ -26,11 +26,11 @@ def _auth():
 
 def _fleet() -> tuple[list, list, datetime]:
     from . import catalog, fleet, settings
-    from .inventory import load_inventory
+    from .inventory import followed, load_inventory
 
-    engine, now = settings.catalog_engine(), datetime.now(UTC)
+    engine, now, hosts = settings.catalog_engine(), datetime.now(UTC), load_inventory().hosts
     tests = {(r["host"], r["vm_name"]): r for r in catalog.last_restore_tests(engine)}
-    vm_lines = fleet.lines(catalog.latest_per_vm(engine), tests, {h.name: h.rpo_hours for h in load_inventory().hosts}, now)
+    vm_lines = fleet.lines(followed(hosts, catalog.latest_per_vm(engine)), tests, {h.name: h.rpo_hours for h in hosts}, now)
     return fleet.hosts(vm_lines), vm_lines, now
 
 

@@ -144,6 +144,15 @@ class Inventory(BaseModel):
         return self.mail.admins or self.mail.to
 
 
+def followed(hosts: list[HostEntry], rows: list[dict]) -> list[dict]:
+    """The catalog's per-VM rows (`host`, `vm_name`) that these inventory entries still back up: the host's entry selects
+    the VM. The RPO watch, the report's RPO and restore tables and the fleet page follow only these: a host taken out of
+    the inventory, or a VM its entry no longer selects, is no one's RPO (with a VM its host no longer lists:
+    catalog.standing)."""
+    chosen = {(h.name, name) for h in hosts for name in h.selected([r["vm_name"] for r in rows if r["host"] == h.name])}
+    return [row for row in rows if (row["host"], row["vm_name"]) in chosen]
+
+
 def parse_inventory(text: str, source: str) -> Inventory:
     ctx, root = compose(text, source, InventoryError)
     if root is None:

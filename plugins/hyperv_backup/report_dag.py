@@ -67,14 +67,19 @@ def build_report_dag() -> DAG:
         @task(multiple_outputs=False)  # the whole dict is what send_report reads: no XCom per key (dag_factory.probe)
         def build_report(params=None) -> dict:
             """Build from the catalog alone and write the files; returns what the mail needs."""
+            import pandas as pd
+
             from . import render, report  # pandas and matplotlib: imported by the task, not by the DAG file
+            from .inventory import followed
 
             context = get_current_context()
             interval = _interval(context, params)
             inventory = load_inventory()
             windows = {h.name: h.window for h in inventory.hosts}
             rpo = {h.name: h.rpo_hours for h in inventory.hosts}
-            built = report.build(report.read(settings.catalog_engine(), interval), interval, windows, rpo,
+            inputs = report.read(settings.catalog_engine(), interval)
+            inputs.vms = pd.DataFrame(followed(inventory.hosts, inputs.vms.to_dict("records")), columns=inputs.vms.columns)
+            built = report.build(inputs, interval, windows, rpo,
                                  {h.name: h.min_restore_points for h in inventory.hosts},
                                  {h.name: h.restore_test_days for h in inventory.hosts}, {h.name: h.backup_target for h in inventory.hosts})
             prefix = report.file_prefix(interval)

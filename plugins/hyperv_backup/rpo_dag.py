@@ -129,10 +129,9 @@ def _window_closed(host: str, dag_id: str, run_id: str, run_state: str, closed: 
 def _selected_latest(hosts: list[HostEntry], engine) -> list[dict[str, Any]]:
     """Each VM's newest catalog row with its last good backup, for the VMs these hosts' inventory entries select."""
     from . import catalog
+    from .inventory import followed
 
-    rows = catalog.latest_per_vm(engine)
-    chosen = {(h.name, name) for h in hosts for name in h.selected([r["vm_name"] for r in rows if r["host"] == h.name])}
-    return [row for row in rows if (row["host"], row["vm_name"]) in chosen]
+    return followed(hosts, catalog.latest_per_vm(engine))
 
 
 def build_rpo_watch_dag() -> DAG:
