@@ -175,6 +175,37 @@ def test_the_rpo_is_followed_only_for_what_the_inventory_still_backs_up():
     assert followed([], rows) == []
 
 
+def test_the_report_counts_past_their_rpo_only_the_vms_the_inventory_still_backs_up(tmp_path):
+    """The report DAG (dag.test) over a catalog whose VMs were last backed up three days ago: HV01's A is past its RPO;
+    HV99 was taken out of the inventory, OLD1 is excluded by it, and GONE was retired by HV01's last run (its host no
+    longer lists it): none of them is counted, nor listed in the RPO table."""
+    import os
+    import re
+
+    from conftest import dag_test
+    from hyperv_backup import catalog
+
+    engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    backed_up = NOW - timedelta(days=3)
+    for host, vm, values in (("HV01", "A", {}), ("HV01", "OLD1", {}), ("HV99", "B", {}), ("HV01", "GONE", {})):
+        key = {"dag_id": f"hyperv_backup_{host.lower()}", "run_id": "scheduled__1", "host": host, "vm_name": vm}
+        catalog.upsert(engine, key, {"status": "succeeded", "job_started_at": backed_up, "interval_end": backed_up} | values, backed_up)
+    catalog.upsert(engine, {"dag_id": "hyperv_backup_hv01", "run_id": "scheduled__2", "host": "HV01", "vm_name": "GONE"},
+                   {"status": "skipped", "retired": True, "interval_end": NOW - timedelta(days=2)}, NOW - timedelta(days=2))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("hosts:\n  - {name: HV01, connection: winrm_hv01, exclude: ['OLD*']}\n")
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "home"), HYPERV_BACKUP_INVENTORY=str(inventory),
+               AIRFLOW__HYPERV_BACKUP__REPORTS_PATH=str(tmp_path / "reports"),
+               AIRFLOW_CONN_HYPERV_BACKUP_CATALOG=json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "catalog.sqlite")}))
+    done = dag_test(Path(__file__).resolve().parent.parent / "dags", "hyperv_backup_report", env,
+                    {"interval_start": (NOW - timedelta(days=1)).isoformat(), "interval_end": NOW.isoformat(), "send_mail": False})
+    assert done.stdout.splitlines()[-1] == "STATE success", done.stdout[-3000:] + done.stderr[-3000:]
+    (page,) = (tmp_path / "reports").glob("*[0-9].html")
+    html = page.read_text(encoding="utf-8")
+    assert re.search(r"<title>Hyper-V backups [^<]*: nothing ran, 1 VM past RPO</title>", html), html[:400]
+    assert "OLD1" not in html and "HV99" not in html and "GONE" not in html and ">A<" in html
+
+
 def test_a_fleet_past_its_rpo_is_mailed_as_the_most_exposed_vms_and_a_count_of_the_others():
     from hyperv_backup import mailer
 
