@@ -147,8 +147,8 @@ class Inventory(BaseModel):
 def followed(hosts: list[HostEntry], rows: list[dict]) -> list[dict]:
     """The catalog's per-VM rows (`host`, `vm_name`) that these inventory entries still back up: the host's entry selects
     the VM. The RPO watch, the report's RPO and restore tables and the fleet page follow only these: a host taken out of
-    the inventory, or a VM its entry no longer selects, is no one's RPO (with a VM its host no longer lists:
-    catalog.standing)."""
+    the inventory, or a VM its entry no longer selects, is no one's RPO. (A VM its host no longer lists is left out by
+    the catalog's reads themselves: catalog.standing.)"""
     chosen = {(h.name, name) for h in hosts for name in h.selected([r["vm_name"] for r in rows if r["host"] == h.name])}
     return [row for row in rows if (row["host"], row["vm_name"]) in chosen]
 
