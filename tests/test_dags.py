@@ -19,7 +19,8 @@ for dag_id, dag in bag.dags.items():
                           "tasks": sorted(dag.task_ids), "params": sorted(dag.params.keys()),
                           "paused_upon_creation": dag.is_paused_upon_creation,
                           "spread_retries": sorted(t.task_id for t in dag.tasks if type(t.retry_policy).__name__ == "SpreadRetries"),
-                          "execution_timeouts": sorted({{str(t.execution_timeout) for t in dag.tasks}}),
+                          "execution_timeouts": sorted({{str(getattr(t, "try_timeout", None) or t.execution_timeout) for t in dag.tasks}}),
+                          "from_triggerer": sorted(t.task_id for t in dag.tasks if t.start_from_trigger and t.execution_timeout is None),
                           "weights": {{t.task_id: [str(t.weight_rule), t.priority_weight] for t in dag.tasks}},
                           "split_outputs": sorted(t.task_id for t in dag.tasks if getattr(t, "multiple_outputs", False)),
                           "required": sorted(k for k, p in dag.params.items() if "null" not in p.schema.get("type", ["null"]))}}
@@ -55,6 +56,8 @@ def test_one_dag_per_host_with_the_five_steps(tmp_path):
     assert set(steps) <= set(dag["tasks"])
     assert set(steps) <= set(dag["spread_retries"])  # a run's VMs retry at different moments
     assert dag["execution_timeouts"] == ["0:30:00"]  # a step's own work; its waits on the host are deferred
+    # the steps whose first look would only wait start in the triggerer, their tries bounded by the step's timeout
+    assert dag["from_triggerer"] == ["backup_vm.copy", "backup_vm.verify_merge"]
     # short of worker slots, the steps that lead to the host's next job go first, in the run's order (the map index
     # breaks ties): not a VM's later steps, which would leave the host idle (bench/scheduler.py measures it)
     rules = {rule for rule, _ in dag["weights"].values()}

@@ -406,3 +406,52 @@ def test_a_restarted_winrm_service_holds_none_of_the_shells_of_before():
     new = shells.open(rebooted)
     assert shells.count(rebooted) == 1 and len(shells._by_id) == 1
     assert shells.find(old[1].id, rebooted) is None and shells.find(new.id, rebooted) is new
+
+
+def test_a_step_airflow_starts_in_the_triggerer_finds_its_vm_by_its_place_and_ends_itself(start_fleet, monkeypatch, tmp_path):
+    """verify_merge and copy are started by the scheduler in the triggerer, with the kwargs their operators declare
+    (the same for every VM) and a task instance that says only its place. The trigger finds the VM at that place in
+    the run's order (kept by select_vms), follows the job its row names, and ends the step itself: the merge's once
+    the Recovery checkpoint is merged, the copy's once the job succeeded, recorded as the copy step records it. A place
+    the catalog cannot name (no job under way, or a later run's order replaced this one) goes to the step's worker."""
+    import json
+    from types import SimpleNamespace
+
+    from airflow.triggers.base import TaskSuccessEvent
+    from hyperv_backup.operators import VerifyMergeOperator, WaitForBackupJobOperator
+    from hyperv_backup.triggers import BackupJobTrigger
+
+    running, hook = _fleet(start_fleet, monkeypatch, [], disk_gb=20, speed=60)
+    vm_id, started = _start(hook)
+    path = tmp_path / "catalog.sqlite"
+    monkeypatch.setenv("AIRFLOW_CONN_HYPERV_BACKUP_CATALOG", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    engine = catalog.engine_for(f"sqlite:///{path}")
+    dag_id, run_id = "hyperv_backup_hv01", "scheduled__1"
+    catalog.record_order(engine, dag_id, run_id, "HV01", ["OFF1", "VM1"])
+    catalog.upsert(engine, {"dag_id": dag_id, "run_id": run_id, "host": "HV01", "vm_name": "OFF1"}, {"status": "skipped"}, datetime.now(UTC))
+    key = {"dag_id": dag_id, "run_id": run_id, "host": "HV01", "vm_name": "VM1"}
+    catalog.upsert(engine, key, {"status": "running", "vm_id": vm_id, "attempts": 1,
+                                 "job_started_at": parse_time(started["job"]["start_time_utc"])}, datetime.now(UTC))
+    common = {"host": "HV01", "winrm_conn_id": "hv", "backup_target": "E:", "probe_task_id": "backup_vm.probe", "poll_interval": 0.05}
+    operators = [VerifyMergeOperator(task_id="verify_merge", **common), WaitForBackupJobOperator(task_id="copy", **common)]
+
+    def started_by_airflow(operator, place: int, run: str = run_id) -> BackupJobTrigger:
+        trigger = BackupJobTrigger(**operator.start_trigger_args.trigger_kwargs)
+        trigger.task_instance = SimpleNamespace(dag_id=dag_id, run_id=run, task_id=operator.task_id, map_index=place)
+        return trigger
+
+    for operator in operators:  # OFF1 took no job (skipped): its place is the worker's to decide
+        assert first_trigger_event(started_by_airflow(operator, 0))["status"] == "changed"
+    merge, copy = (first_trigger_event(started_by_airflow(operator, 1), whole=True) for operator in operators)
+    status = BackupStatus.from_json(hook.run_script("Get-HvbVMBackupStatus", VMId=vm_id))
+    (job,) = status.jobs
+    assert isinstance(merge, TaskSuccessEvent) and not merge.xcoms  # verify_merge pushes no result
+    assert isinstance(copy, TaskSuccessEvent) and job.succeeded
+    result = copy.xcoms["return_value"]
+    result.pop("snapshot_seen_at", None)
+    assert result == job.to_json()  # what the copy step returns (BackupSteps.advance), for verify to read
+    (row,) = catalog.rows(engine, **key)
+    assert (row["job_finished_at"].replace(tzinfo=UTC), row["bytes_copied"], row["attempts"]) == (job.end, job.bytes_transferred, 1)
+    catalog.record_order(engine, dag_id, "scheduled__2", "HV01", ["VM1"])  # the DAG's next run: this run's order is gone
+    assert first_trigger_event(started_by_airflow(operators[1], 1))["status"] == "changed"
+    assert running.state()["hosts"][0]["open_shells"] == 0

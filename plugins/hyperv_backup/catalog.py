@@ -122,6 +122,18 @@ restore_tests = Table(
     UniqueConstraint(*KEY, name="uq_restore_tests_run_vm"),
 )
 RESTORE_COLUMNS = [c.name for c in restore_tests.columns if c.name not in ("id", "updated_at")]
+# Each backup DAG's current run order (select_vms's list): a VM's place is the map index of its steps. Airflow starts
+# the steps that only wait on the host (verify merge, copy) in the triggerer and tells them no more than their place
+# (operators.StartsInTriggerer): they find their VM here, and its row in vm_backups. One run per DAG is kept.
+run_order = Table(
+    "run_order",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), nullable=False),
+    Column("place", Integer, primary_key=True),
+    Column("host", String(64), nullable=False),
+    Column("vm_name", String(256), nullable=False),
+)
 
 
 def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password: str | None, port: int | None,
@@ -152,6 +164,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (6, ("host_fault",)),
     (7, ("claimed_from",)),
     (8, ("retired",)),
+    (9, ()),  # the run_order table (created with the tables added since)
 )
 schema_version = Table(SCHEMA_VERSION_TABLE, metadata, Column("version", Integer, primary_key=True))
 
@@ -516,6 +529,26 @@ def past_their_turn(engine: Engine, dag_id: str, run_id: str) -> set[str]:
                                                vm_backups.c.job_started_at.is_not(None) | (vm_backups.c.status != Status.RUNNING))
     with engine.connect() as db:
         return {row.vm_name for row in db.execute(query)}
+
+
+def record_order(engine: Engine, dag_id: str, run_id: str, host: str, names: Sequence[str]) -> None:
+    """Keep a run's order of VMs (select_vms's list) as the DAG's current one, in place of any run's before."""
+    with engine.begin() as db:
+        db.execute(run_order.delete().where(run_order.c.dag_id == dag_id))
+        if names:
+            db.execute(run_order.insert(), [{"dag_id": dag_id, "run_id": run_id, "place": place, "host": host, "vm_name": name}
+                                            for place, name in enumerate(names)])
+
+
+def placed(engine: Engine, dag_id: str, run_id: str, place: int) -> dict[str, Any] | None:
+    """The catalog row of the VM at `place` in a run's order (record_order), times in UTC; None when the run's
+    order is not kept (a later run of the DAG replaced it) or the VM has no row yet."""
+    query = (select(vm_backups).join(run_order, (run_order.c.dag_id == vm_backups.c.dag_id) & (run_order.c.run_id == vm_backups.c.run_id)
+                                     & (run_order.c.host == vm_backups.c.host) & (run_order.c.vm_name == vm_backups.c.vm_name))
+             .where(run_order.c.dag_id == dag_id, run_order.c.run_id == run_id, run_order.c.place == place))
+    with engine.connect() as db:
+        found = db.execute(query).first()
+    return {k: _utc(v) if isinstance(v, datetime) else v for k, v in found._mapping.items()} if found else None
 
 
 def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:

@@ -91,7 +91,10 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 raise ValueError(f"not selected by the inventory for {host}: {', '.join(unknown)}")
             if not chosen:
                 raise ValueError(f"no VM on {host} matches the inventory ({', '.join(entry.vms or ['*'])})")
-            return [name for name in chosen if not wanted or name in wanted]
+            order = [name for name in chosen if not wanted or name in wanted]
+            dag_run = get_current_context()["dag_run"]  # kept for the steps Airflow starts in the triggerer
+            catalog.record_order(engine, dag_run.dag_id, dag_run.run_id, host, order)
+            return order
 
         def _host_failed(error: HostError) -> None:
             """The host could not be asked for its VMs: every VM it is known to have gets a failed row saying why, in the

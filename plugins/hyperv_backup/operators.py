@@ -12,6 +12,8 @@ from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator
 from airflow.sdk.api.client import ServerResponseError
 from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException, AirflowRuntimeError, AirflowSkipException
+from airflow.sdk.execution_time.timeout import timeout
+from airflow.triggers.base import StartTriggerArgs
 
 from . import catalog, windows
 from .errors import HostError, PermanentHostError, TransientHostError
@@ -145,14 +147,41 @@ class HostStepOperator(BaseOperator):
         raise NotImplementedError
 
     def execute(self, context):
-        return self._turn(context, None)
+        with self._bounded():
+            return self._turn(context, None)
 
     def resume(self, context, event: Any):
         event = event if isinstance(event, dict) else {}  # a DateTimeTrigger's event is its moment
-        steps = self._steps(context)
-        with outcome(steps):
-            raise_for_event(steps, event)
-        return self._turn(context, event, steps)
+        with self._bounded():
+            steps = self._steps(context)
+            with outcome(steps):
+                raise_for_event(steps, event)
+            return self._turn(context, event, steps)
+
+    def start_in_triggerer(self, until: Until, **kwargs: Any) -> None:
+        """Have Airflow start this step in the triggerer: its first look at the host would only find it must wait
+        (`until`, the merge or the job's end), so the scheduler defers it straight to BackupJobTrigger, and no worker
+        slot is taken for it (a try costs one 1.4-1.7 real seconds: bench.scheduler). The trigger learns only the
+        task's place and finds its VM in the catalog (catalog.placed); what it cannot settle comes to `resume` in a
+        worker. Airflow would bound such a step's whole wait by its `execution_timeout` (TaskInstance.defer_task),
+        so the step's timeout bounds each worker try instead (`_bounded`); dag.test runs it from `execute`."""
+        self.try_timeout, self.execution_timeout = self.execution_timeout, None
+        self.start_from_trigger = True
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls=f"{BackupJobTrigger.__module__}.{BackupJobTrigger.__name__}", next_method="resume",
+            trigger_kwargs={"winrm_conn_id": self.winrm_conn_id, "vm_id": "", "vm_name": "", "until": str(until),
+                            "poll_interval": self.poll_interval, "job_timeout_seconds": self.job_timeout.total_seconds(),
+                            "silence_seconds": self.silence.total_seconds(), "host_wait_seconds": self.host_wait.total_seconds(),
+                            **kwargs})
+
+    @contextmanager
+    def _bounded(self) -> Iterator[None]:
+        """A worker try bounded by the step's timeout, where Airflow's `execution_timeout` cannot be (start_in_triggerer)."""
+        if getattr(self, "try_timeout", None) is None:
+            yield
+            return
+        with timeout(self.try_timeout.total_seconds(), f"{self.task_id} worked longer than its {self.try_timeout} (step_timeout_minutes)"):
+            yield
 
     def _steps(self, context) -> BackupSteps:
         """The try's BackupSteps, with what the step reads of its run: the probe's result (which names the VM)
@@ -254,6 +283,7 @@ class VerifyMergeOperator(HostStepOperator):
     def __init__(self, *, merge_timeout: timedelta = timedelta(minutes=60), **kwargs: Any) -> None:
         super().__init__(do_xcom_push=False, **kwargs)
         self.merge_timeout = merge_timeout
+        self.start_in_triggerer(Until.MERGED, merge_limit_seconds=merge_timeout.total_seconds())
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         result = steps.verify_merge(self.probe, self.merge_timeout, parse_time((event or {}).get("merge_deadline")))
@@ -272,8 +302,12 @@ class WaitForBackupJobOperator(HostStepOperator):
 
     Each turn reads the host's record and decides: follow our job (defer until it ends), wait for
     the host (defer until no job holds it), start a new job after a transient failure or a host
-    restart, or finish.
+    restart, or finish. Airflow starts it in the triggerer, following the job the snapshot step started.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start_in_triggerer(Until.JOB_ENDED)
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         return steps.advance(self.probe, *self.last_start(context), seen=sighted(event))

@@ -31,6 +31,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from . import catalog
 from .facts import Status
 from .record import BackupStatus, JobRecord, Until, new_job, parse_time, past_shadow_copy, settled, sighting, succeeded_values
+from .rules import merged
 
 _WAITS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="hyperv-wait")  # host-side waits block a thread each
 
@@ -92,6 +93,12 @@ class BackupJobTrigger(KeptShellTrigger):
     have read, and a try costs a worker slot a second or more. Whatever else the record shows (the
     host restarted, the job vanished or failed) goes back to the step.
 
+    A wait for the merge ends the verify-merge step itself once the Recovery checkpoint is merged (the step
+    pushes no result). A merge or job-end wait without a VM (`vm_id` empty) is a step that Airflow started
+    here, with no worker try before it (operators.StartsInTriggerer): the trigger finds its VM by the task's
+    place in the run's order (catalog.placed) and follows the job its row names, and a merge from its first
+    look for `merge_limit_seconds` of host time. Where the catalog does not say, the step's worker decides.
+
     Between answers the host waits (`Get-HvbVMBackupStatus -WaitSeconds`, up to `host_wait_seconds`
     of host time, until what the last answer showed changes): a job's end is seen within a second
     of it, with one request a minute while nothing changes.
@@ -101,13 +108,14 @@ class BackupJobTrigger(KeptShellTrigger):
                  job_start: str | None = None, not_after: str | None = None, merge_deadline: str | None = None,
                  job_timeout_seconds: float = 12 * 3600, silence_seconds: float = 1800, turn: dict[str, Any] | None = None,
                  since: str | None = None, known: list[str] | None = None, start: dict[str, Any] | None = None,
-                 host_wait_seconds: float = 60, settle_seconds: float = 0, finish: dict[str, Any] | None = None):
+                 host_wait_seconds: float = 60, settle_seconds: float = 0, finish: dict[str, Any] | None = None,
+                 merge_limit_seconds: float | None = None):
         super().__init__()
         self.winrm_conn_id, self.vm_id, self.vm_name, self.until = winrm_conn_id, vm_id, vm_name, Until(until)
         self.poll_interval, self.job_start, self.not_after, self.merge_deadline = poll_interval, job_start, not_after, merge_deadline
         self.job_timeout_seconds, self.silence_seconds, self.turn = job_timeout_seconds, silence_seconds, turn
         self.since, self.known, self.start, self.host_wait_seconds = since, list(known or []), start, host_wait_seconds
-        self.settle_seconds, self.finish = settle_seconds, finish
+        self.settle_seconds, self.finish, self.merge_limit_seconds = settle_seconds, finish, merge_limit_seconds
         self.prepared, self._engine, self._patience = False, None, 0.0  # set by _prepare
         self._seen_past_shadow_copy: datetime | None = None  # set by _sight
 
@@ -118,7 +126,7 @@ class BackupJobTrigger(KeptShellTrigger):
                  "merge_deadline": self.merge_deadline, "job_timeout_seconds": self.job_timeout_seconds,
                  "silence_seconds": self.silence_seconds, "turn": self.turn, "since": self.since, "known": self.known,
                  "start": self.start, "host_wait_seconds": self.host_wait_seconds, "settle_seconds": self.settle_seconds,
-                 "finish": self.finish})
+                 "finish": self.finish, "merge_limit_seconds": self.merge_limit_seconds})
 
     async def _over(self, hook, status: BackupStatus) -> bool:
         """Whether the wait is over. A turn's is once a job of ours exists or the window closed; while the host is
@@ -168,10 +176,16 @@ class BackupJobTrigger(KeptShellTrigger):
           exists, and none did when it began.
         - A wait for our job's end (`finish`: the row's key, and the `attempts` and `host_restarted` the copy step
           recorded when it began the wait), once the job succeeded: the copy step's result, recorded as the step
-          records it (record.succeeded_values). No later job of ours can exist: only we start one."""
+          records it (record.succeeded_values). No later job of ours can exist: only we start one.
+        - A wait for the merge, once the Recovery checkpoint is merged and our job ran on or succeeded: the verify-merge
+          step's result, which it only logs (BackupSteps.verify_merge)."""
         job = status.job_started_at(parse_time(self.job_start))
         if job is None:
             return None
+        if self.until == Until.MERGED and merged(status.vm) and (job.runs_after(status.boot_time) or job.succeeded):
+            self.log.info("%s: no Recovery checkpoint of ours is left (host clock %s); the verify-merge step is done",
+                          self.vm_name, status.clock.isoformat())
+            return TaskSuccessEvent()
         if self.start is not None and self.until == Until.SHADOW_COPY and job.runs_after(status.boot_time):
             self.log.info("%s: past its shadow copy (host clock %s); the snapshot step is done", self.vm_name, status.clock.isoformat())
             return TaskSuccessEvent(xcoms={"return_value": {"job_started_at": job.start.isoformat()}
@@ -197,14 +211,30 @@ class BackupJobTrigger(KeptShellTrigger):
                 f"{job.operation or 'an unknown step'}; it is left running: see `wbadmin get status` on the host, and stop "
                 "it with `wbadmin stop job` if it hangs")
 
-    def _prepare(self, hook) -> None:
+    def _prepare(self, hook) -> bool:
         """What the wait needs from Airflow, fetched once before it matters (the triggerer answers a connection
-        request in its own time): the host's connection, and the catalog's for a turn."""
+        request in its own time): the host's connection, and the catalog's for a turn, a job's end or a wait
+        without its VM, which it then finds (`_find_vm`). False: the catalog does not say which VM."""
         from .settings import catalog_engine, task_states_seconds
 
         hook.get_conn()
-        self._engine = catalog_engine() if self.turn or self.start or self.finish else None
+        self._engine = catalog_engine() if self.turn or self.start or self.finish or not self.vm_id else None
         self._patience = task_states_seconds()
+        return bool(self.vm_id) or self._find_vm()
+
+    def _find_vm(self) -> bool:
+        """The VM of a step Airflow started here, by the task's place in its run's order, and the job its row names
+        (the latest of ours: the snapshot step, or the turn's trigger, recorded it). Its merge is awaited
+        `merge_limit_seconds` of host time from the first look, as the step's own first try would count it."""
+        ti = self.task_instance
+        row = catalog.placed(self._engine, ti.dag_id, ti.run_id, ti.map_index)
+        if row is None or not row["vm_id"] or row["job_started_at"] is None or row["status"] != Status.RUNNING:
+            self.log.info("the catalog names no job under way at place %s of %s: the step decides in a worker", ti.map_index, ti.run_id)
+            return False
+        self.vm_id, self.vm_name, self.job_start = row["vm_id"], row["vm_name"], row["job_started_at"].isoformat()
+        if self.until == Until.JOB_ENDED:
+            self.finish = {k: row[k] for k in catalog.KEY} | {"attempts": row["attempts"] or 1, "host_restarted": row["host_restarted"]}
+        return True
 
     def _still_to_go(self) -> list[str]:
         """The VMs earlier in the run's order that have yet to have their turn, as the catalog says (a row with a
@@ -237,7 +267,9 @@ class BackupJobTrigger(KeptShellTrigger):
             while True:
                 try:
                     if not self.prepared:
-                        await off_loop(self._prepare)(hook)
+                        if not await off_loop(self._prepare)(hook):
+                            yield await self.answer({"status": "changed", "until": str(self.until)})
+                            return
                         self.prepared = True
                     to_go = await off_loop(self._still_to_go)() if self.turn else []
                     if len(to_go) < len(went_before):
@@ -259,6 +291,8 @@ class BackupJobTrigger(KeptShellTrigger):
                             await asyncio.sleep(self.poll_interval)
                         continue
                     self.turn = None  # once had, a turn stays: ask the host alone from now on
+                    if self.until == Until.MERGED and self.merge_deadline is None and self.merge_limit_seconds is not None:
+                        self.merge_deadline = (status.clock + timedelta(seconds=self.merge_limit_seconds)).isoformat()
                     self._sight(status)
                     over = await self._over(hook, status)
                 except TransientHostError as error:
