@@ -560,13 +560,13 @@ def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:
 
 
 def export(engine: Engine, path: str) -> int:
-    """Copy the whole catalog (its backups and sent mails) into a new SQLite file with the same tables and
+    """Copy the whole catalog (its backups, restore tests, sent mails and run orders) into a new SQLite file with the same tables and
     columns, times in UTC as every catalog keeps them: DEMO_OUT's `catalog.sqlite` when the catalog lives in
     PostgreSQL. Returns the number of backup rows copied."""
     target = engine_for(f"sqlite:///{path}")
     copied: dict[str, int] = {}
     with engine.connect() as source, target.begin() as db:
-        for table in (vm_backups, report_mails, restore_tests):
+        for table in (vm_backups, report_mails, restore_tests, run_order):
             rows = [{k: _as_utc(v) if isinstance(v, datetime) else v for k, v in r._mapping.items()}
                     for r in source.execute(select(table))]
             if rows:
