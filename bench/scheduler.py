@@ -53,6 +53,7 @@ from include.mailsink import MailSink  # noqa: E402
 from simulator import harness  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 
+STEPS = ("probe", "snapshot", "verify_merge", "copy", "verify")  # a VM's steps
 POLL_SECONDS = 5.0  # the product's default `[hyperv_backup] poll_seconds`
 RACE = "finished with state success, but the task instance's state attribute is"  # Airflow's deferral race, in its words
 OTHER_DAGS = ["hyperv_backup_report", "hyperv_checkpoint_audit", "hyperv_restore_test", "hyperv_rpo_watch"]
@@ -168,18 +169,21 @@ def run(hosts: int, vms: int, speed: float, out: Path, metadata: str, parallelis
     return {"states": states, "wall": wall, "slots": dict(sampler.slot_seconds)}
 
 
-def workload_seconds(scheduler_log: Path) -> Counter:
-    """Real seconds the backup DAGs' tries held a worker slot, by step: each try's supervisor, from the task's fork to
-    its own end, as the LocalExecutor's workers log it ("Workload finished ... duration=... workload_id=<ti id>"),
-    matched to its task by the scheduler's "TaskInstance Finished" line of the same id."""
+def workload_seconds(scheduler_log: Path) -> tuple[Counter, Counter]:
+    """Real seconds the backup DAGs' tries held a worker slot, and the tries, by step: each try's supervisor, from the
+    task's fork to its own end, as the LocalExecutor's workers log it ("Workload finished ... duration=... workload_id=<ti
+    id>"), matched to its task by the scheduler's "TaskInstance Finished" line of the same id. A step Airflow started
+    and ended in the triggerer has none."""
     text = scheduler_log.read_text(errors="replace")
     steps = {ti: task.rpartition(".")[2] for dag, task, ti in re.findall(
         r"TaskInstance Finished: dag_id=(\S+), task_id=(\S+), .*?ti_id=([\w-]+)", text) if dag.startswith("hyperv_backup_hv")}
     seconds: Counter = Counter()
+    tries: Counter = Counter()
     for duration, ti in re.findall(r"Workload finished .*?duration=([\d.]+) .*?workload_id=([\w-]+)", text):
         if ti in steps:
             seconds[steps[ti]] += float(duration)
-    return seconds
+            tries[steps[ti]] += 1
+    return seconds, tries
 
 
 def figures(out: Path, result: dict, vms: int) -> dict:
@@ -212,10 +216,10 @@ def figures(out: Path, result: dict, vms: int) -> dict:
     requests = sum(h["requests"] for h in state["hosts"])
     scheduler_log = out / "airflow" / "scheduler.log"
     raced = scheduler_log.read_text(errors="replace").count(RACE)
-    workloads = workload_seconds(scheduler_log)
+    workloads, tries = workload_seconds(scheduler_log)
     return {"first_starts": {host: (spans[0][0] - first).total_seconds() for host, spans in sorted(jobs.items())}, "raced": raced,
             "hosts": hosts, "makespan": (last - first).total_seconds(), "longest": max(h["busy"] for h in hosts.values()),
-            "job_seconds": job_seconds, "slot_seconds": sum(workloads.values()), "slots": dict(workloads),
+            "job_seconds": job_seconds, "slot_seconds": sum(workloads.values()), "slots": dict(workloads), "tries": dict(tries),
             "running_seconds": sum(result["slots"].values()),
             "requests_per_vm": requests / vm_count, "stock_per_vm": stock / vm_count,
             "scripts_per_vm": {k: v / vm_count for k, v in sorted(scripts.items())},
@@ -253,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{f['slot_seconds'] / f['job_seconds']:.1%}  (by step: "
           + ", ".join(f"{k} {v:.0f}" for k, v in sorted(f["slots"].items())) + ")")
     print(f"  of which the task instances were running: {f['running_seconds']:.0f} = {f['running_seconds'] / f['job_seconds']:.1%}")
+    print("worker tries by step: " + ", ".join(f"{k} {v}" for k, v in sorted(f["tries"].items()))
+          + f"; {sum(f['tries'].get(s, 0) for s in STEPS) / args.vms / args.hosts:.2f} a VM")
     print(f"HTTP requests per VM: {f['requests_per_vm']:.1f}; the stock WinRMOperator for the same work: "
           f"{f['stock_per_vm']:.1f} ({f['requests_per_vm'] / f['stock_per_vm']:.2f}x)")
     print("script calls per VM: " + ", ".join(f"{k} {v:.1f}" for k, v in f["scripts_per_vm"].items()))

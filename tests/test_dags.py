@@ -162,3 +162,23 @@ def test_a_waiting_step_names_its_vm_from_the_probe_in_one_request_or_from_its_p
     pulls.clear()
     results["backup_vm.probe"] = {"vm_id": "9F0C"}
     assert step._steps(context) == "B" and pulls == [("backup_vm.probe", 1), ("select_vms", None)]
+
+
+def test_a_step_airflow_starts_in_the_triggerer_bounds_each_worker_try_by_the_steps_timeout():
+    """Airflow would bound a step started in the triggerer, its whole wait included, by its execution_timeout
+    (TaskInstance.defer_task): the copy of a large VM would fail after 30 minutes. The step's timeout bounds each try
+    a worker makes of it instead, as execution_timeout bounds the other steps' tries."""
+    import time
+    from datetime import timedelta
+
+    import pytest
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+    from hyperv_backup.operators import WaitForBackupJobOperator
+
+    copy = WaitForBackupJobOperator(task_id="copy", host="HV01", winrm_conn_id="hv", backup_target="E:", probe_task_id="probe",
+                                    execution_timeout=timedelta(seconds=1))
+    assert copy.start_from_trigger and copy.execution_timeout is None and copy.try_timeout == timedelta(seconds=1)
+    began = time.monotonic()
+    with pytest.raises(AirflowTaskTimeout, match="copy worked longer than"), copy._bounded():
+        time.sleep(5)
+    assert time.monotonic() - began < 3

@@ -124,7 +124,7 @@ restore_tests = Table(
 RESTORE_COLUMNS = [c.name for c in restore_tests.columns if c.name not in ("id", "updated_at")]
 # Each backup DAG's current run order (select_vms's list): a VM's place is the map index of its steps. Airflow starts
 # the steps that only wait on the host (verify merge, copy) in the triggerer and tells them no more than their place
-# (operators.StartsInTriggerer): they find their VM here, and its row in vm_backups. One run per DAG is kept.
+# (operators.HostStepOperator.start_in_triggerer): they find their VM here, and its row in vm_backups. One run per DAG is kept.
 run_order = Table(
     "run_order",
     metadata,

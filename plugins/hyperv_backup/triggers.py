@@ -95,7 +95,7 @@ class BackupJobTrigger(KeptShellTrigger):
 
     A wait for the merge ends the verify-merge step itself once the Recovery checkpoint is merged (the step
     pushes no result). A merge or job-end wait without a VM (`vm_id` empty) is a step that Airflow started
-    here, with no worker try before it (operators.StartsInTriggerer): the trigger finds its VM by the task's
+    here, with no worker try before it (operators.HostStepOperator.start_in_triggerer): the trigger finds its VM by the task's
     place in the run's order (catalog.placed) and follows the job its row names, and a merge from its first
     look for `merge_limit_seconds` of host time. Where the catalog does not say, the step's worker decides.
 
