@@ -156,25 +156,33 @@ def test_a_catalog_of_the_previous_version_gets_the_run_kind_and_the_indexes(cat
     assert "run_order" in sqlalchemy.inspect(engine).get_table_names()  # schema 9: the triggerer's steps find their VM there
 
 
-def test_a_runs_order_names_the_vm_at_each_place_and_one_run_per_dag_is_kept(catalog_url):
-    """What a step Airflow starts in the triggerer reads: the VM at its place, with the VM's row of that run."""
+def test_a_runs_order_names_the_vm_at_each_place_and_is_kept_for_a_week(catalog_url):
+    """What a step Airflow starts in the triggerer reads: the VM at its place, with the VM's row of that run. Two runs
+    of a DAG at once (backfilled intervals) keep an order each; a try of select_vms replaces its run's; a week on, the
+    orders of runs long ended are gone."""
     engine = catalog.engine_for(catalog_url)
     now = datetime(2026, 11, 21, 1, 0, tzinfo=UTC)
+    dag = "hyperv_backup_hv01"
     for run_id in ("scheduled__1", "scheduled__2"):
         for name in ("A", "B"):
-            catalog.upsert(engine, {"dag_id": "hyperv_backup_hv01", "run_id": run_id, "host": "HV01", "vm_name": name},
-                           {"status": "running", "vm_id": f"id-{name}", "job_started_at": now}, now)
-    catalog.record_order(engine, "hyperv_backup_hv02", "scheduled__1", "HV02", ["A"])  # another DAG's: kept
-    catalog.record_order(engine, "hyperv_backup_hv01", "scheduled__1", "HV01", ["B", "A", "C"])
-    assert [catalog.placed(engine, "hyperv_backup_hv01", "scheduled__1", place)["vm_id"] for place in (0, 1)] == ["id-B", "id-A"]
-    assert catalog.placed(engine, "hyperv_backup_hv01", "scheduled__1", 0)["job_started_at"] == now  # UTC on SQLite too
-    assert catalog.placed(engine, "hyperv_backup_hv01", "scheduled__1", 2) is None  # C has no row yet
-    catalog.record_order(engine, "hyperv_backup_hv01", "scheduled__2", "HV01", ["A"])
-    assert catalog.placed(engine, "hyperv_backup_hv01", "scheduled__1", 0) is None  # the DAG's next run replaced it
-    assert catalog.placed(engine, "hyperv_backup_hv01", "scheduled__2", 0)["run_id"] == "scheduled__2"
-    assert catalog.placed(engine, "hyperv_backup_hv02", "scheduled__1", 0) is None  # its order is kept; A has no HV02 row
+            catalog.upsert(engine, {"dag_id": dag, "run_id": run_id, "host": "HV01", "vm_name": name},
+                           {"status": "running", "vm_id": f"id-{name}-{run_id[-1]}", "job_started_at": now}, now)
+    catalog.record_order(engine, "hyperv_backup_hv02", "scheduled__1", "HV02", ["A"], now)  # another DAG's
+    catalog.record_order(engine, dag, "scheduled__1", "HV01", ["A", "C"], now)
+    catalog.record_order(engine, dag, "scheduled__1", "HV01", ["B", "A", "C"], now)  # select_vms tried again
+    catalog.record_order(engine, dag, "scheduled__2", "HV01", ["A", "B"], now + timedelta(hours=1))
+    assert [catalog.placed(engine, dag, "scheduled__1", place)["vm_id"] for place in (0, 1)] == ["id-B-1", "id-A-1"]
+    assert [catalog.placed(engine, dag, "scheduled__2", place)["vm_id"] for place in (0, 1)] == ["id-A-2", "id-B-2"]
+    assert catalog.placed(engine, dag, "scheduled__1", 0)["job_started_at"] == now  # UTC on SQLite too
+    assert catalog.placed(engine, dag, "scheduled__1", 2) is None  # C has no row yet
+    assert catalog.placed(engine, "hyperv_backup_hv02", "scheduled__1", 0) is None  # kept, but A has no row on HV02
+    catalog.record_order(engine, dag, "scheduled__9", "HV01", ["A"], now + timedelta(days=7, minutes=30))
+    assert catalog.placed(engine, dag, "scheduled__1", 0) is None  # a week old: forgotten
+    assert catalog.placed(engine, dag, "scheduled__2", 1)["vm_id"] == "id-B-2"  # not quite a week: kept
     with engine.connect() as db:
-        assert db.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(catalog.run_order)).scalar() == 2
+        count = sqlalchemy.select(sqlalchemy.func.count()).select_from(catalog.run_order)
+        assert db.execute(count).scalar() == 4  # HV02's A, scheduled__2's two, scheduled__9's one
+
 
 
 def test_the_upsert_is_one_statement_and_keeps_what_it_was_not_given(catalog_url):

@@ -413,7 +413,7 @@ def test_a_step_airflow_starts_in_the_triggerer_finds_its_vm_by_its_place_and_en
     (the same for every VM) and a task instance that says only its place. The trigger finds the VM at that place in
     the run's order (kept by select_vms), follows the job its row names, and ends the step itself: the merge's once
     the Recovery checkpoint is merged, the copy's once the job succeeded, recorded as the copy step records it. A place
-    the catalog cannot name (no job under way, or a later run's order replaced this one) goes to the step's worker."""
+    the catalog cannot name (no job under way, or a run whose order is no longer kept) goes to the step's worker."""
     import json
     from types import SimpleNamespace
 
@@ -427,7 +427,7 @@ def test_a_step_airflow_starts_in_the_triggerer_finds_its_vm_by_its_place_and_en
     monkeypatch.setenv("AIRFLOW_CONN_HYPERV_BACKUP_CATALOG", json.dumps({"conn_type": "sqlite", "host": str(path)}))
     engine = catalog.engine_for(f"sqlite:///{path}")
     dag_id, run_id = "hyperv_backup_hv01", "scheduled__1"
-    catalog.record_order(engine, dag_id, run_id, "HV01", ["OFF1", "VM1"])
+    catalog.record_order(engine, dag_id, run_id, "HV01", ["OFF1", "VM1"], datetime.now(UTC))
     catalog.upsert(engine, {"dag_id": dag_id, "run_id": run_id, "host": "HV01", "vm_name": "OFF1"}, {"status": "skipped"}, datetime.now(UTC))
     key = {"dag_id": dag_id, "run_id": run_id, "host": "HV01", "vm_name": "VM1"}
     catalog.upsert(engine, key, {"status": "running", "vm_id": vm_id, "attempts": 1,
@@ -452,6 +452,5 @@ def test_a_step_airflow_starts_in_the_triggerer_finds_its_vm_by_its_place_and_en
     assert result == job.to_json()  # what the copy step returns (BackupSteps.advance), for verify to read
     (row,) = catalog.rows(engine, **key)
     assert (row["job_finished_at"].replace(tzinfo=UTC), row["bytes_copied"], row["attempts"]) == (job.end, job.bytes_transferred, 1)
-    catalog.record_order(engine, dag_id, "scheduled__2", "HV01", ["VM1"])  # the DAG's next run: this run's order is gone
-    assert first_trigger_event(started_by_airflow(operators[1], 1))["status"] == "changed"
+    assert first_trigger_event(started_by_airflow(operators[1], 1, "scheduled__0"))["status"] == "changed"  # no order kept
     assert running.state()["hosts"][0]["open_shells"] == 0

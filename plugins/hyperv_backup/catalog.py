@@ -8,7 +8,7 @@ a retry updates the same row (the key is dag_id, run_id, host, vm_name), never a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -122,18 +122,20 @@ restore_tests = Table(
     UniqueConstraint(*KEY, name="uq_restore_tests_run_vm"),
 )
 RESTORE_COLUMNS = [c.name for c in restore_tests.columns if c.name not in ("id", "updated_at")]
-# Each backup DAG's current run order (select_vms's list): a VM's place is the map index of its steps. Airflow starts
-# the steps that only wait on the host (verify merge, copy) in the triggerer and tells them no more than their place
-# (operators.HostStepOperator.start_in_triggerer): they find their VM here, and its row in vm_backups. One run per DAG is kept.
+# The backup runs' order of VMs (select_vms's list): a VM's place is the map index of its steps. Airflow starts the
+# steps that only wait on the host (verify merge, copy) in the triggerer and tells them no more than their place
+# (operators.HostStepOperator.start_in_triggerer): they find their VM here, and its row in vm_backups.
 run_order = Table(
     "run_order",
     metadata,
     Column("dag_id", String(250), primary_key=True),
-    Column("run_id", String(250), nullable=False),
+    Column("run_id", String(250), primary_key=True),
     Column("place", Integer, primary_key=True),
     Column("host", String(64), nullable=False),
     Column("vm_name", String(256), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
 )
+ORDER_KEPT = timedelta(days=7)  # a run's order outlives any night; a step whose run's order is gone decides in a worker
 
 
 def sqlalchemy_url(conn_type: str, host: str | None, login: str | None, password: str | None, port: int | None,
@@ -531,18 +533,20 @@ def past_their_turn(engine: Engine, dag_id: str, run_id: str) -> set[str]:
         return {row.vm_name for row in db.execute(query)}
 
 
-def record_order(engine: Engine, dag_id: str, run_id: str, host: str, names: Sequence[str]) -> None:
-    """Keep a run's order of VMs (select_vms's list) as the DAG's current one, in place of any run's before."""
+def record_order(engine: Engine, dag_id: str, run_id: str, host: str, names: Sequence[str], now: datetime) -> None:
+    """Keep a run's order of VMs (select_vms's list), in place of the order a try before kept, and forget the DAG's
+    orders older than ORDER_KEPT: runs that ended long ago."""
     with engine.begin() as db:
-        db.execute(run_order.delete().where(run_order.c.dag_id == dag_id))
+        db.execute(run_order.delete().where(run_order.c.dag_id == dag_id,
+                                            (run_order.c.run_id == run_id) | (run_order.c.recorded_at < now - ORDER_KEPT)))
         if names:
-            db.execute(run_order.insert(), [{"dag_id": dag_id, "run_id": run_id, "place": place, "host": host, "vm_name": name}
-                                            for place, name in enumerate(names)])
+            db.execute(run_order.insert(), [{"dag_id": dag_id, "run_id": run_id, "place": place, "host": host, "vm_name": name,
+                                             "recorded_at": now} for place, name in enumerate(names)])
 
 
 def placed(engine: Engine, dag_id: str, run_id: str, place: int) -> dict[str, Any] | None:
     """The catalog row of the VM at `place` in a run's order (record_order), times in UTC; None when the run's
-    order is not kept (a later run of the DAG replaced it) or the VM has no row yet."""
+    order is no longer kept or the VM has no row yet."""
     query = (select(vm_backups).join(run_order, (run_order.c.dag_id == vm_backups.c.dag_id) & (run_order.c.run_id == vm_backups.c.run_id)
                                      & (run_order.c.host == vm_backups.c.host) & (run_order.c.vm_name == vm_backups.c.vm_name))
              .where(run_order.c.dag_id == dag_id, run_order.c.run_id == run_id, run_order.c.place == place))

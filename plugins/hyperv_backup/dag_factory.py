@@ -7,7 +7,7 @@ full target) then shows as that host's failed run, and the other hosts go on.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 
 from airflow.sdk import DAG, Param, get_current_context, task, task_group
@@ -93,7 +93,7 @@ def build_dag(entry: HostEntry, inventory: Inventory) -> DAG:
                 raise ValueError(f"no VM on {host} matches the inventory ({', '.join(entry.vms or ['*'])})")
             order = [name for name in chosen if not wanted or name in wanted]
             dag_run = get_current_context()["dag_run"]  # kept for the steps Airflow starts in the triggerer
-            catalog.record_order(engine, dag_run.dag_id, dag_run.run_id, host, order)
+            catalog.record_order(engine, dag_run.dag_id, dag_run.run_id, host, order, datetime.now(UTC))
             return order
 
         def _host_failed(error: HostError) -> None:
