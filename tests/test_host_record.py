@@ -21,7 +21,15 @@ from hyperv_backup.record import Action, EventRecord, JobRecord, decide, logged_
 from hyperv_backup.rules import missing_version
 from hyperv_backup.steps import BackupSteps, RunKey
 
-from tests.conftest import backup_like_the_dag, hv01_steps, through_the_copy, until_done, use_connection, winrm_connection
+from tests.conftest import (
+    backup_like_the_dag,
+    dag_test,
+    hv01_steps,
+    through_the_copy,
+    until_done,
+    use_connection,
+    winrm_connection,
+)
 
 T0 = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
 LONG_AGO = T0 - timedelta(days=40)
@@ -477,8 +485,6 @@ def test_a_vm_deleted_from_the_host_is_retired_by_the_next_run_and_leaves_the_rp
     import json
     import os
     from pathlib import Path
-
-    from tests.conftest import dag_test
 
     running = start_fleet({"seed": 4, "speed": 600, "hosts": [{"name": "HV01", "os": "2019", "vms": [
         {"name": "A", "disk_gb": 1}, {"name": "B", "disk_gb": 1, "faults": [{"kind": "vm_removed", "at": "probe"}]}]}]})

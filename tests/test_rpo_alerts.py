@@ -187,9 +187,9 @@ def test_the_report_counts_past_their_rpo_only_the_vms_the_inventory_still_backs
 
     engine = catalog.engine_for(f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     backed_up = NOW - timedelta(days=3)
-    for host, vm, values in (("HV01", "A", {}), ("HV01", "OLD1", {}), ("HV99", "B", {}), ("HV01", "GONE", {})):
+    for host, vm in (("HV01", "A"), ("HV01", "OLD1"), ("HV99", "B"), ("HV01", "GONE")):
         key = {"dag_id": f"hyperv_backup_{host.lower()}", "run_id": "scheduled__1", "host": host, "vm_name": vm}
-        catalog.upsert(engine, key, {"status": "succeeded", "job_started_at": backed_up, "interval_end": backed_up} | values, backed_up)
+        catalog.upsert(engine, key, {"status": "succeeded", "job_started_at": backed_up, "interval_end": backed_up}, backed_up)
     catalog.upsert(engine, {"dag_id": "hyperv_backup_hv01", "run_id": "scheduled__2", "host": "HV01", "vm_name": "GONE"},
                    {"status": "skipped", "retired": True, "interval_end": NOW - timedelta(days=2)}, NOW - timedelta(days=2))
     inventory = tmp_path / "inventory.yaml"
