@@ -332,7 +332,7 @@ def latest_per_vm(engine: Engine) -> list[dict[str, Any]]:
              .outerjoin(good, (good.c.host == vm_backups.c.host) & (good.c.vm_name == vm_backups.c.vm_name))
              .where(vm_backups.c.retired.is_not(True)).order_by(vm_backups.c.host, vm_backups.c.vm_name))
     with engine.connect() as db:
-        return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()} for row in db.execute(query)]
+        return [_utc_row(row) for row in db.execute(query)]
 
 
 def last_tested(engine: Engine, host: str) -> dict[str, datetime]:
@@ -357,7 +357,7 @@ def last_restore_tests(engine: Engine, at: datetime | None = None) -> list[dict[
         newest, (restore_tests.c.host == newest.c.host) & (restore_tests.c.vm_name == newest.c.vm_name)
         & (restore_tests.c.finished_at == newest.c.finished_at))
     with engine.connect() as db:
-        return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()} for row in db.execute(query)]
+        return [_utc_row(row) for row in db.execute(query)]
 
 
 def row(engine: Engine, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -435,6 +435,11 @@ def job_claims(engine: Engine, key: dict[str, Any], since: datetime) -> tuple[da
 
 def _utc(value: datetime | None) -> datetime | None:
     return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands naive datetimes back
+
+
+def _utc_row(row) -> dict[str, Any]:
+    """A row read from the catalog as a dict, its times in UTC (`_utc`)."""
+    return {k: _utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
 
 
 def mail_sent(engine: Engine, report_key: str) -> dict[str, Any] | None:
@@ -552,7 +557,7 @@ def placed(engine: Engine, dag_id: str, run_id: str, place: int) -> dict[str, An
              .where(run_order.c.dag_id == dag_id, run_order.c.run_id == run_id, run_order.c.place == place))
     with engine.connect() as db:
         found = db.execute(query).first()
-    return {k: _utc(v) if isinstance(v, datetime) else v for k, v in found._mapping.items()} if found else None
+    return _utc_row(found) if found else None
 
 
 def rows(engine: Engine, **filters: Any) -> list[dict[str, Any]]:

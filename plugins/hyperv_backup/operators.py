@@ -142,6 +142,7 @@ class HostStepOperator(BaseOperator):
         self.job_timeout, self.silence, self.host_wait, self.window, self.max_attempts = job_timeout, silence, host_wait, window, max_attempts
 
     takes_turns = False  # whether the step waits for its VM's turn in the run's order (Until.TURN)
+    try_timeout: timedelta | None = None  # a worker try's bound where execution_timeout cannot be one (start_in_triggerer)
 
     def step(self, steps: BackupSteps, context, event: dict[str, Any] | None) -> Any:
         raise NotImplementedError
@@ -167,17 +168,15 @@ class HostStepOperator(BaseOperator):
         so the step's timeout bounds each worker try instead (`_bounded`); dag.test runs it from `execute`."""
         self.try_timeout, self.execution_timeout = self.execution_timeout, None
         self.start_from_trigger = True
-        self.start_trigger_args = StartTriggerArgs(
-            trigger_cls=f"{BackupJobTrigger.__module__}.{BackupJobTrigger.__name__}", next_method="resume",
-            trigger_kwargs={"winrm_conn_id": self.winrm_conn_id, "vm_id": "", "vm_name": "", "until": str(until),
-                            "poll_interval": self.poll_interval, "job_timeout_seconds": self.job_timeout.total_seconds(),
-                            "silence_seconds": self.silence.total_seconds(), "host_wait_seconds": self.host_wait.total_seconds(),
-                            **kwargs})
+        trigger_cls, trigger_kwargs = BackupJobTrigger(  # no VM: the trigger finds it (BackupJobTrigger._find_vm)
+            self.winrm_conn_id, "", "", until, self.poll_interval, job_timeout_seconds=self.job_timeout.total_seconds(),
+            silence_seconds=self.silence.total_seconds(), host_wait_seconds=self.host_wait.total_seconds(), **kwargs).serialize()
+        self.start_trigger_args = StartTriggerArgs(trigger_cls=trigger_cls, next_method="resume", trigger_kwargs=trigger_kwargs)
 
     @contextmanager
     def _bounded(self) -> Iterator[None]:
         """A worker try bounded by the step's timeout, where Airflow's `execution_timeout` cannot be (start_in_triggerer)."""
-        if getattr(self, "try_timeout", None) is None:
+        if self.try_timeout is None:
             yield
             return
         with timeout(self.try_timeout.total_seconds(), f"{self.task_id} worked longer than its {self.try_timeout} (step_timeout_minutes)"):

@@ -68,6 +68,12 @@ class JobRecord:
         cut may still read Running until the host rewrites its history)."""
         return self.running and not boot_time > self.start
 
+    def awaits_merge(self, boot_time: datetime) -> bool:
+        """Whether the merge of the Recovery checkpoint this job made is still to be awaited: the job runs on, or it
+        succeeded (a job does not wait for the merge). One that failed, or that a restart cut, leaves the next step
+        to the copy step's decision."""
+        return self.runs_after(boot_time) or self.succeeded
+
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> JobRecord:
         return cls(state=str(_need(document, "job_state", "a job")), start=parse_time(_need(document, "start_time_utc", "a job")),
@@ -266,7 +272,7 @@ def settled(until: Until, status: BackupStatus, job_start: datetime | None = Non
     if until in (Until.TURN, Until.HOST_FREE):
         return not status.host_busy() or (not_after is not None and status.clock >= not_after)
     job = status.job_started_at(job_start)
-    if job is None or not (job.runs_after(status.boot_time) or (until == Until.MERGED and job.succeeded)):
+    if job is None or not (job.awaits_merge(status.boot_time) if until == Until.MERGED else job.runs_after(status.boot_time)):
         return True
     if until == Until.SHADOW_COPY:
         return job.operation not in SHADOW_COPY_TEXTS

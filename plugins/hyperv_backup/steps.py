@@ -346,7 +346,7 @@ class BackupSteps:
         """
         status = self.status(probe["vm_id"])
         ours = self.ours(status, probe)
-        if not ours or not (ours[-1].runs_after(status.boot_time) or ours[-1].succeeded):
+        if not ours or not ours[-1].awaits_merge(status.boot_time):
             return {"merged": False, "job_state": ours[-1].state if ours else None}
         if rules.merged(status.vm):
             return {"merged": True}

@@ -182,7 +182,7 @@ class BackupJobTrigger(KeptShellTrigger):
         job = status.job_started_at(parse_time(self.job_start))
         if job is None:
             return None
-        if self.until == Until.MERGED and merged(status.vm) and (job.runs_after(status.boot_time) or job.succeeded):
+        if self.until == Until.MERGED and merged(status.vm) and job.awaits_merge(status.boot_time):
             self.log.info("%s: no Recovery checkpoint of ours is left (host clock %s); the verify-merge step is done",
                           self.vm_name, status.clock.isoformat())
             return TaskSuccessEvent()
